@@ -1,0 +1,71 @@
+# chatd — `make` builds bin/chatd; `make asan` the ASan/UBSan build;
+# `make test` runs the whole suite (tests/run).
+CC ?= cc
+LLHTTP_SRC ?= /usr/share/llhttp
+LLHTTP_INC ?= /usr/share/include/llhttp
+PKGS := libuv hiredis libcjson libjwt openssl
+DEPS_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+DEPS_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lwslay -lm
+
+WARN := -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter
+CFLAGS_COMMON := -std=gnu11 $(WARN) -I$(LLHTTP_INC) $(DEPS_CFLAGS) -D_GNU_SOURCE
+CFLAGS ?= -O2 -g
+ASAN_FLAGS := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
+
+SRC := $(wildcard common/*.c) $(wildcard proto/*.c) $(wildcard worker/*.c) $(wildcard master/*.c)
+LIB_SRC := $(filter-out master/%,$(SRC))
+LLHTTP_C := $(wildcard $(LLHTTP_SRC)/*.c)
+
+OBJ := $(SRC:%.c=build/rel/%.o)
+ASAN_OBJ := $(SRC:%.c=build/asan/%.o)
+LLHTTP_OBJ := $(notdir $(LLHTTP_C:.c=.o))
+LLHTTP_REL := $(LLHTTP_OBJ:%=build/rel/llhttp/%)
+LLHTTP_ASAN := $(LLHTTP_OBJ:%=build/asan/llhttp/%)
+
+UNIT_SRC := $(wildcard tests/unit/test_*.c)
+UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=build/tests/%)
+
+.PHONY: all asan unit test clean run
+all: bin/chatd
+
+bin/chatd: $(OBJ) $(LLHTTP_REL)
+	@mkdir -p bin
+	$(CC) $(CFLAGS) -o $@ $^ $(DEPS_LIBS)
+
+asan: bin/chatd-asan
+bin/chatd-asan: $(ASAN_OBJ) $(LLHTTP_ASAN)
+	@mkdir -p bin
+	$(CC) $(ASAN_FLAGS) -o $@ $^ $(DEPS_LIBS)
+
+build/rel/%.o: %.c $(wildcard */*.h)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(CFLAGS_COMMON) -c -o $@ $<
+
+build/asan/%.o: %.c $(wildcard */*.h)
+	@mkdir -p $(dir $@)
+	$(CC) $(ASAN_FLAGS) $(CFLAGS_COMMON) -c -o $@ $<
+
+# llhttp is generated code from Debian's node-llhttp; it is not ours to
+# hold to -Werror.
+build/rel/llhttp/%.o: $(LLHTTP_SRC)/%.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -w -I$(LLHTTP_INC) -c -o $@ $<
+
+build/asan/llhttp/%.o: $(LLHTTP_SRC)/%.c
+	@mkdir -p $(dir $@)
+	$(CC) $(ASAN_FLAGS) -w -I$(LLHTTP_INC) -c -o $@ $<
+
+# Unit tests link the modules (not the master) under ASan/UBSan.
+unit: $(UNIT_BIN)
+build/tests/%: tests/unit/%.c $(filter-out build/asan/master/%,$(ASAN_OBJ)) $(LLHTTP_ASAN)
+	@mkdir -p $(dir $@)
+	$(CC) $(ASAN_FLAGS) $(CFLAGS_COMMON) -o $@ $^ $(DEPS_LIBS)
+
+test:
+	bash tests/run
+
+run: bin/chatd
+	bash scripts/run
+
+clean:
+	rm -rf build bin

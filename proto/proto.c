@@ -1,0 +1,471 @@
+#include "proto.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+static const char *const proto_err_names[PROTO_E_COUNT] = {
+    "ok", "bad_request", "unauthorized", "forbidden", "not_joined",
+    "too_large", "rate_limited", "unavailable", "internal"
+};
+
+const char *proto_err_name(proto_err_t code)
+{
+    return code < PROTO_E_COUNT ? proto_err_names[code] : "internal";
+}
+
+static const struct {
+    const char *name;
+    proto_type_t type;
+} proto_types[] = {
+    { "join", PROTO_JOIN }, { "leave", PROTO_LEAVE }, { "chat", PROTO_CHAT },
+    { "typing", PROTO_TYPING }, { "history", PROTO_HISTORY },
+    { "presence", PROTO_PRESENCE }, { "ping", PROTO_PING },
+};
+
+int proto_utf8_valid(const uint8_t *s, size_t len)
+{
+    size_t i = 0;
+    while (i < len) {
+        uint8_t c = s[i];
+        if (c < 0x80) {
+            i++;
+            continue;
+        }
+        size_t need;
+        uint32_t cp;
+        if (c >= 0xC2 && c <= 0xDF) {
+            need = 1;
+            cp = c & 0x1F;
+        } else if (c >= 0xE0 && c <= 0xEF) {
+            need = 2;
+            cp = c & 0x0F;
+        } else if (c >= 0xF0 && c <= 0xF4) {
+            need = 3;
+            cp = c & 0x07;
+        } else {
+            return 0;
+        }
+        if (len - i <= need) {
+            return 0;
+        }
+        for (size_t k = 1; k <= need; k++) {
+            uint8_t cc = s[i + k];
+            if ((cc & 0xC0) != 0x80) {
+                return 0;
+            }
+            cp = (cp << 6) | (cc & 0x3F);
+        }
+        if ((need == 2 && (cp < 0x800 || (cp >= 0xD800 && cp <= 0xDFFF))) ||
+            (need == 3 && (cp < 0x10000 || cp > 0x10FFFF))) {
+            return 0;
+        }
+        i += need + 1;
+    }
+    return 1;
+}
+
+static int proto_name_valid(const char *s, size_t len, size_t max, int colon_ok)
+{
+    if (len == 0 || len > max) {
+        return 0;
+    }
+    for (size_t i = 0; i < len; i++) {
+        char c = s[i];
+        int ok = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+                 c == '_' || c == '.' || c == '-' || (colon_ok && c == ':');
+        if (!ok) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+int proto_room_valid(const char *room)
+{
+    return proto_name_valid(room, strnlen(room, PROTO_ROOM_MAX + 1), PROTO_ROOM_MAX, 1);
+}
+
+int proto_user_valid(const char *user, size_t len)
+{
+    return proto_name_valid(user, len, PROTO_USER_MAX, 0);
+}
+
+/* A JSON number that is an integer in [min, max]. */
+static int proto_get_int(const cJSON *item, int64_t min, int64_t max, int64_t *out)
+{
+    if (!cJSON_IsNumber(item)) {
+        return 0;
+    }
+    double d = item->valuedouble;
+    if (!isfinite(d) || d != floor(d) || d < (double)min || d > (double)max) {
+        return 0;
+    }
+    *out = (int64_t)d;
+    return 1;
+}
+
+static int proto_url_valid(const char *url)
+{
+    size_t n = strlen(url);
+    if (n > PROTO_URL_MAX) {
+        return 0;
+    }
+    size_t scheme;
+    if (strncasecmp(url, "https://", 8) == 0) {
+        scheme = 8;
+    } else if (strncasecmp(url, "http://", 7) == 0) {
+        scheme = 7;
+    } else {
+        return 0;
+    }
+    if (n == scheme || url[scheme] == '/') {
+        return 0;
+    }
+    /* Control characters and spaces have no place in a URL a client renders. */
+    for (size_t i = 0; i < n; i++) {
+        if ((unsigned char)url[i] <= 0x20 || url[i] == 0x7f) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+static proto_err_t proto_decode_chat(const cJSON *payload, const proto_limits_t *lim,
+                                     proto_req_t *req, const char **why)
+{
+    const cJSON *content = cJSON_GetObjectItemCaseSensitive(payload, "content");
+    if (!cJSON_IsString(content)) {
+        *why = "chat needs a string 'content'";
+        return PROTO_E_BAD_REQUEST;
+    }
+    size_t clen = strlen(content->valuestring);
+    if (clen == 0) {
+        *why = "'content' is empty";
+        return PROTO_E_BAD_REQUEST;
+    }
+    if (clen > lim->max_content) {
+        *why = "'content' is larger than maxContent";
+        return PROTO_E_TOO_LARGE;
+    }
+    req->content = content->valuestring;
+    req->content_len = clen;
+
+    const cJSON *att = cJSON_GetObjectItemCaseSensitive(payload, "attachments");
+    if (att == NULL || cJSON_IsNull(att)) {
+        return PROTO_OK;
+    }
+    if (!cJSON_IsArray(att)) {
+        *why = "'attachments' must be an array";
+        return PROTO_E_BAD_REQUEST;
+    }
+    if (cJSON_GetArraySize(att) > PROTO_ATTACH_MAX) {
+        *why = "more than 10 attachments";
+        return PROTO_E_TOO_LARGE;
+    }
+    const cJSON *a;
+    cJSON_ArrayForEach(a, att) {
+        const cJSON *t = cJSON_GetObjectItemCaseSensitive(a, "type");
+        const cJSON *u = cJSON_GetObjectItemCaseSensitive(a, "url");
+        if (!cJSON_IsObject(a) || !cJSON_IsString(t) || !cJSON_IsString(u) ||
+            t->valuestring[0] == '\0' || strlen(t->valuestring) > 128) {
+            *why = "an attachment must be {\"type\": string, \"url\": string}";
+            return PROTO_E_BAD_REQUEST;
+        }
+        if (!proto_url_valid(u->valuestring)) {
+            *why = "an attachment url must be an http(s) URL of at most 2048 bytes";
+            return PROTO_E_BAD_REQUEST;
+        }
+    }
+    req->attachments = att;
+    return PROTO_OK;
+}
+
+static proto_err_t proto_decode_payload(const cJSON *payload, const proto_limits_t *lim,
+                                        proto_req_t *req, const char **why)
+{
+    if (req->type == PROTO_PING) {
+        return PROTO_OK;
+    }
+    const cJSON *room = cJSON_GetObjectItemCaseSensitive(payload, "room");
+    if (!cJSON_IsString(room) || !proto_room_valid(room->valuestring)) {
+        *why = "'room' must match [A-Za-z0-9_.:-]{1,128}";
+        return PROTO_E_BAD_REQUEST;
+    }
+    req->room = room->valuestring;
+
+    switch (req->type) {
+    case PROTO_JOIN: {
+        const cJSON *since = cJSON_GetObjectItemCaseSensitive(payload, "since");
+        if (since != NULL && !cJSON_IsNull(since)) {
+            if (!proto_get_int(since, 0, INT64_C(1) << 53, &req->since)) {
+                *why = "'since' must be an integer >= 0";
+                return PROTO_E_BAD_REQUEST;
+            }
+            req->has_since = 1;
+        }
+        return PROTO_OK;
+    }
+    case PROTO_CHAT:
+        return proto_decode_chat(payload, lim, req, why);
+    case PROTO_TYPING: {
+        const cJSON *active = cJSON_GetObjectItemCaseSensitive(payload, "active");
+        if (!cJSON_IsBool(active)) {
+            *why = "'active' must be a boolean";
+            return PROTO_E_BAD_REQUEST;
+        }
+        req->active = cJSON_IsTrue(active);
+        return PROTO_OK;
+    }
+    case PROTO_HISTORY: {
+        const cJSON *before = cJSON_GetObjectItemCaseSensitive(payload, "before");
+        const cJSON *limit = cJSON_GetObjectItemCaseSensitive(payload, "limit");
+        int64_t v;
+        if (before != NULL && !cJSON_IsNull(before)) {
+            if (!proto_get_int(before, 0, INT64_C(1) << 53, &req->before)) {
+                *why = "'before' must be an integer >= 0";
+                return PROTO_E_BAD_REQUEST;
+            }
+            req->has_before = 1;
+        }
+        req->limit = PROTO_HISTORY_DEFAULT;
+        if (limit != NULL && !cJSON_IsNull(limit)) {
+            if (!proto_get_int(limit, 1, PROTO_HISTORY_MAX, &v)) {
+                *why = "'limit' must be an integer from 1 to 100";
+                return PROTO_E_BAD_REQUEST;
+            }
+            req->limit = (int)v;
+        }
+        return PROTO_OK;
+    }
+    default:
+        return PROTO_OK;
+    }
+}
+
+proto_err_t proto_decode(const char *text, size_t len, const proto_limits_t *lim,
+                         proto_req_t *req, const char **why)
+{
+    memset(req, 0, sizeof(*req));
+    const char *end = NULL;
+    req->root = cJSON_ParseWithLengthOpts(text, len, &end, 0);
+    if (req->root == NULL) {
+        *why = "not valid JSON";
+        return PROTO_E_BAD_REQUEST;
+    }
+    /* Anything but white space after the object is a second value. */
+    for (; end != NULL && end < text + len; end++) {
+        if (*end != ' ' && *end != '\t' && *end != '\r' && *end != '\n') {
+            *why = "one JSON object per message";
+            return PROTO_E_BAD_REQUEST;
+        }
+    }
+    if (!cJSON_IsObject(req->root)) {
+        *why = "a message must be a JSON object";
+        return PROTO_E_BAD_REQUEST;
+    }
+
+    const cJSON *id = cJSON_GetObjectItemCaseSensitive(req->root, "id");
+    if (id != NULL) {
+        size_t n = cJSON_IsString(id) ? strlen(id->valuestring) : 0;
+        if (n == 0 || n > PROTO_ID_MAX) {
+            *why = "'id' must be a string of 1 to 64 characters";
+            return PROTO_E_BAD_REQUEST;
+        }
+        memcpy(req->id, id->valuestring, n + 1);
+        req->has_id = 1;
+    }
+
+    const cJSON *type = cJSON_GetObjectItemCaseSensitive(req->root, "type");
+    if (!cJSON_IsString(type)) {
+        *why = "'type' must be a string";
+        return PROTO_E_BAD_REQUEST;
+    }
+    for (size_t i = 0; i < sizeof(proto_types) / sizeof(proto_types[0]); i++) {
+        if (strcmp(type->valuestring, proto_types[i].name) == 0) {
+            req->type = proto_types[i].type;
+            break;
+        }
+    }
+    if (req->type == 0) {
+        *why = "unknown 'type'";
+        return PROTO_E_BAD_REQUEST;
+    }
+
+    const cJSON *payload = cJSON_GetObjectItemCaseSensitive(req->root, "payload");
+    if (payload != NULL && !cJSON_IsObject(payload)) {
+        *why = "'payload' must be an object";
+        return PROTO_E_BAD_REQUEST;
+    }
+    return proto_decode_payload(payload, lim, req, why);
+}
+
+void proto_req_free(proto_req_t *req)
+{
+    cJSON_Delete(req->root);
+    req->root = NULL;
+}
+
+/* Helpers for the encoders: build {"type":T,"id":I,"payload":{}} and print. */
+static cJSON *proto_frame(const char *type, const char *id, cJSON **payload)
+{
+    cJSON *root = cJSON_CreateObject();
+    if (root == NULL) {
+        return NULL;
+    }
+    if (cJSON_AddStringToObject(root, "type", type) == NULL ||
+        (id != NULL && cJSON_AddStringToObject(root, "id", id) == NULL) ||
+        (*payload = cJSON_AddObjectToObject(root, "payload")) == NULL) {
+        cJSON_Delete(root);
+        return NULL;
+    }
+    return root;
+}
+
+/* Prints and frees root; NULL if root is NULL or printing fails. */
+static char *proto_print(cJSON *root, int ok)
+{
+    char *out = NULL;
+    if (root != NULL && ok) {
+        out = cJSON_PrintUnformatted(root);
+    }
+    cJSON_Delete(root);
+    return out;
+}
+
+char *proto_encode_error(const char *id, proto_err_t code, const char *message)
+{
+    cJSON *p = NULL;
+    cJSON *root = proto_frame("error", id, &p);
+    int ok = root != NULL &&
+             cJSON_AddStringToObject(p, "code", proto_err_name(code)) != NULL &&
+             cJSON_AddStringToObject(p, "message", message) != NULL;
+    return proto_print(root, ok);
+}
+
+char *proto_encode_pong(const char *id)
+{
+    cJSON *p = NULL;
+    cJSON *root = proto_frame("pong", id, &p);
+    return proto_print(root, 1);
+}
+
+char *proto_encode_welcome(const char *user, const char *session, int heartbeat,
+                           int max_message, int max_content, int rate, int burst)
+{
+    cJSON *p = NULL, *l = NULL;
+    cJSON *root = proto_frame("welcome", NULL, &p);
+    int ok = root != NULL &&
+             cJSON_AddStringToObject(p, "user", user) != NULL &&
+             cJSON_AddStringToObject(p, "session", session) != NULL &&
+             cJSON_AddNumberToObject(p, "heartbeat", heartbeat) != NULL &&
+             (l = cJSON_AddObjectToObject(p, "limits")) != NULL &&
+             cJSON_AddNumberToObject(l, "maxMessage", max_message) != NULL &&
+             cJSON_AddNumberToObject(l, "maxContent", max_content) != NULL &&
+             cJSON_AddNumberToObject(l, "rate", rate) != NULL &&
+             cJSON_AddNumberToObject(l, "burst", burst) != NULL;
+    return proto_print(root, ok);
+}
+
+char *proto_encode_joined(const char *id, const char *room, int64_t seq, int recovered)
+{
+    cJSON *p = NULL;
+    cJSON *root = proto_frame("joined", id, &p);
+    int ok = root != NULL &&
+             cJSON_AddStringToObject(p, "room", room) != NULL &&
+             cJSON_AddNumberToObject(p, "seq", (double)seq) != NULL &&
+             cJSON_AddBoolToObject(p, "recovered", recovered) != NULL;
+    return proto_print(root, ok);
+}
+
+char *proto_encode_left(const char *id, const char *room)
+{
+    cJSON *p = NULL;
+    cJSON *root = proto_frame("left", id, &p);
+    int ok = root != NULL && cJSON_AddStringToObject(p, "room", room) != NULL;
+    return proto_print(root, ok);
+}
+
+char *proto_encode_ack(const char *id, const char *room, int64_t seq, int64_t ts, int duplicate)
+{
+    cJSON *p = NULL;
+    cJSON *root = proto_frame("ack", id, &p);
+    int ok = root != NULL &&
+             cJSON_AddStringToObject(p, "room", room) != NULL &&
+             cJSON_AddNumberToObject(p, "seq", (double)seq) != NULL &&
+             cJSON_AddNumberToObject(p, "ts", (double)ts) != NULL &&
+             cJSON_AddBoolToObject(p, "duplicate", duplicate) != NULL;
+    return proto_print(root, ok);
+}
+
+char *proto_encode_typing(const char *room, const char *user, int active)
+{
+    cJSON *p = NULL;
+    cJSON *root = proto_frame("typing", NULL, &p);
+    int ok = root != NULL &&
+             cJSON_AddStringToObject(p, "room", room) != NULL &&
+             cJSON_AddStringToObject(p, "user", user) != NULL &&
+             cJSON_AddBoolToObject(p, "active", active) != NULL;
+    return proto_print(root, ok);
+}
+
+char *proto_encode_member(const char *room, const char *user, int joined)
+{
+    cJSON *p = NULL;
+    cJSON *root = proto_frame("member", NULL, &p);
+    int ok = root != NULL &&
+             cJSON_AddStringToObject(p, "room", room) != NULL &&
+             cJSON_AddStringToObject(p, "user", user) != NULL &&
+             cJSON_AddStringToObject(p, "event", joined ? "join" : "leave") != NULL;
+    return proto_print(root, ok);
+}
+
+char *proto_encode_presence(const char *id, const char *room, const char *const *users, size_t n)
+{
+    cJSON *p = NULL, *arr = NULL;
+    cJSON *root = proto_frame("presence", id, &p);
+    int ok = root != NULL &&
+             cJSON_AddStringToObject(p, "room", room) != NULL &&
+             (arr = cJSON_AddArrayToObject(p, "users")) != NULL;
+    for (size_t i = 0; ok && i < n; i++) {
+        cJSON *s = cJSON_CreateString(users[i]);
+        ok = s != NULL && cJSON_AddItemToArray(arr, s);
+    }
+    return proto_print(root, ok);
+}
+
+char *proto_encode_chat_tail(const char *sender, const char *content,
+                             const cJSON *attachments, const char *cid)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON *arr = NULL;
+    int ok = o != NULL &&
+             cJSON_AddStringToObject(o, "sender", sender) != NULL &&
+             cJSON_AddStringToObject(o, "content", content) != NULL &&
+             (arr = cJSON_AddArrayToObject(o, "attachments")) != NULL &&
+             (cid == NULL || cJSON_AddStringToObject(o, "cid", cid) != NULL);
+    const cJSON *a;
+    if (ok && attachments != NULL) {
+        cJSON_ArrayForEach(a, attachments) {
+            /* Only the two known fields travel; unknown ones are ignored. */
+            cJSON *copy = cJSON_CreateObject();
+            ok = copy != NULL && cJSON_AddItemToArray(arr, copy) &&
+                 cJSON_AddStringToObject(copy, "type",
+                     cJSON_GetObjectItemCaseSensitive(a, "type")->valuestring) != NULL &&
+                 cJSON_AddStringToObject(copy, "url",
+                     cJSON_GetObjectItemCaseSensitive(a, "url")->valuestring) != NULL;
+            if (!ok) {
+                break;
+            }
+        }
+    }
+    char *json = proto_print(o, ok);
+    if (json == NULL) {
+        return NULL;
+    }
+    /* Drop the opening brace: the store writes room, seq and ts in front. */
+    memmove(json, json + 1, strlen(json));
+    return json;
+}

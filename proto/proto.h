@@ -1,0 +1,119 @@
+/*
+ * proto: the chat wire protocol (see docs/protocol.md) as pure functions.
+ * Decoding turns one text frame into a validated proto_req_t; encoding turns
+ * server events into JSON text. No I/O and no global state, so every
+ * function here is unit-tested and fuzzed in memory.
+ */
+#ifndef CHATD_PROTO_H
+#define CHATD_PROTO_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cjson/cJSON.h>
+
+#define PROTO_ID_MAX 64
+#define PROTO_ROOM_MAX 128
+#define PROTO_USER_MAX 64
+#define PROTO_ATTACH_MAX 10
+#define PROTO_URL_MAX 2048
+#define PROTO_HISTORY_DEFAULT 50
+#define PROTO_HISTORY_MAX 100
+
+typedef enum {
+    PROTO_JOIN = 1,
+    PROTO_LEAVE,
+    PROTO_CHAT,
+    PROTO_TYPING,
+    PROTO_HISTORY,
+    PROTO_PRESENCE,
+    PROTO_PING
+} proto_type_t;
+
+/* Error codes of the contract, in its order. */
+typedef enum {
+    PROTO_OK = 0,
+    PROTO_E_BAD_REQUEST,
+    PROTO_E_UNAUTHORIZED,
+    PROTO_E_FORBIDDEN,
+    PROTO_E_NOT_JOINED,
+    PROTO_E_TOO_LARGE,
+    PROTO_E_RATE_LIMITED,
+    PROTO_E_UNAVAILABLE,
+    PROTO_E_INTERNAL,
+    PROTO_E_COUNT
+} proto_err_t;
+
+/* The wire name of an error code ("bad_request", ...). */
+const char *proto_err_name(proto_err_t code);
+
+/*
+ * A decoded request. Pointers point into root, which the request owns:
+ * release it with proto_req_free().
+ */
+typedef struct proto_req_s {
+    proto_type_t type;
+    int has_id;
+    char id[PROTO_ID_MAX + 1];
+    cJSON *root;
+    const char *room;
+    int has_since;
+    int64_t since;
+    int has_before;
+    int64_t before;
+    int limit;
+    const char *content;
+    size_t content_len;
+    const cJSON *attachments;   /* validated array, or NULL */
+    int active;
+} proto_req_t;
+
+typedef struct proto_limits_s {
+    size_t max_content;
+} proto_limits_t;
+
+/*
+ * Decodes and validates one client message of len bytes (already known to
+ * be valid UTF-8). On success returns PROTO_OK and fills req. On failure
+ * returns the error code and points *why at a static message; req->has_id
+ * and req->id are still set when the envelope carried a valid id, so the
+ * error can echo it. Either way the caller calls proto_req_free(req).
+ */
+proto_err_t proto_decode(const char *text, size_t len, const proto_limits_t *lim,
+                         proto_req_t *req, const char **why);
+
+void proto_req_free(proto_req_t *req);
+
+/* Returns 1 when s is well-formed UTF-8 (RFC 3629: no overlongs, no
+ * surrogates, nothing above U+10FFFF), else 0. */
+int proto_utf8_valid(const uint8_t *s, size_t len);
+
+/* Name rules of the contract. Return 1 when valid. */
+int proto_room_valid(const char *room);
+int proto_user_valid(const char *user, size_t len);
+
+/*
+ * Encoders. Each returns a NUL-terminated malloc'd JSON text the caller
+ * frees with free(), or NULL when memory ran out. id may be NULL.
+ */
+char *proto_encode_error(const char *id, proto_err_t code, const char *message);
+char *proto_encode_pong(const char *id);
+char *proto_encode_welcome(const char *user, const char *session, int heartbeat,
+                           int max_message, int max_content, int rate, int burst);
+char *proto_encode_joined(const char *id, const char *room, int64_t seq, int recovered);
+char *proto_encode_left(const char *id, const char *room);
+char *proto_encode_ack(const char *id, const char *room, int64_t seq, int64_t ts, int duplicate);
+char *proto_encode_typing(const char *room, const char *user, int active);
+char *proto_encode_member(const char *room, const char *user, int joined);
+char *proto_encode_presence(const char *id, const char *room, const char *const *users, size_t n);
+
+/*
+ * The tail of a stored chat payload: everything after "room", "seq" and
+ * "ts", i.e. `"sender":...,"content":...,"attachments":[...],"cid":...}`
+ * (cid omitted when NULL). The store splices room, seq and ts in front of
+ * it when it assigns them, so the payload is encoded once per message.
+ */
+char *proto_encode_chat_tail(const char *sender, const char *content,
+                             const cJSON *attachments, const char *cid);
+
+#endif

@@ -1,0 +1,133 @@
+#include "session.h"
+#include "conn.h"
+#include "worker.h"
+#include "room.h"
+#include "ws.h"
+#include "../common/log.h"
+#include "../proto/proto.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+void session_send_json(conn_t *c, char *json)
+{
+    if (json != NULL) {
+        ws_send_text(c, json, strlen(json));
+        free(json);
+    }
+}
+
+void session_send_error(conn_t *c, const char *id, int code, const char *message)
+{
+    worker_count_error(c->w, code);
+    session_send_json(c, proto_encode_error(id, (proto_err_t)code, message));
+}
+
+void session_start(conn_t *c, auth_t *auth)
+{
+    worker_t *w = c->w;
+    session_t *s = &c->sess;
+    s->auth = *auth;
+    memset(auth, 0, sizeof(*auth));
+    snprintf(s->id, sizeof(s->id), "%x-%d-%llx", (unsigned)w->master_pid, w->slot,
+             (unsigned long long)++w->next_session);
+    s->tokens = w->cfg->burst;
+    s->refill_ms = uv_now(&w->loop);
+    metrics_add(&w->metrics->slot[w->slot].connections, 1);
+    log_debug("event=session_start session=%s user=%s", s->id, s->auth.user);
+    const config_t *cfg = w->cfg;
+    session_send_json(c, proto_encode_welcome(s->auth.user, s->id, cfg->heartbeat, cfg->max_message,
+                                              cfg->max_content, cfg->rate, cfg->burst));
+}
+
+/*
+ * The token bucket of the contract. Returns 1 when the request may go on;
+ * 0 when it is dropped (an error was sent, or the flooder was closed).
+ */
+static int session_rate_ok(conn_t *c, const char *id)
+{
+    session_t *s = &c->sess;
+    const config_t *cfg = c->w->cfg;
+    uint64_t now = uv_now(&c->w->loop);
+    s->tokens += (double)(now - s->refill_ms) * cfg->rate / 1000.0;
+    if (s->tokens > cfg->burst) {
+        s->tokens = cfg->burst;
+    }
+    s->refill_ms = now;
+    if (now - s->flood_start_ms >= 1000) {
+        s->flood_start_ms = now;
+        s->flood_count = 0;
+    }
+    s->flood_count++;
+    if (s->flood_count > 10u * (uint32_t)cfg->rate) {
+        log_info("event=flood_disconnect session=%s user=%s", s->id, s->auth.user);
+        session_send_error(c, id, PROTO_E_RATE_LIMITED, "sending far above the rate limit");
+        conn_close(c, 1008, "rate limit exceeded");
+        return 0;
+    }
+    if (s->tokens < 1.0) {
+        session_send_error(c, id, PROTO_E_RATE_LIMITED, "rate limit exceeded");
+        return 0;
+    }
+    s->tokens -= 1.0;
+    return 1;
+}
+
+void session_on_text(conn_t *c, const char *text, size_t len)
+{
+    proto_req_t req;
+    const char *why = NULL;
+    proto_limits_t lim = { (size_t)c->w->cfg->max_content };
+    proto_err_t err = proto_decode(text, len, &lim, &req, &why);
+    const char *id = req.has_id ? req.id : NULL;
+    if (err != PROTO_OK) {
+        session_send_error(c, id, err, why);
+        proto_req_free(&req);
+        return;
+    }
+    switch (req.type) {
+    case PROTO_PING:
+        session_send_json(c, proto_encode_pong(id));
+        break;
+    case PROTO_JOIN:
+        room_join(c, &req);
+        break;
+    case PROTO_LEAVE:
+        room_leave(c, &req);
+        break;
+    case PROTO_CHAT:
+        if (session_rate_ok(c, id)) {
+            room_chat(c, &req);
+        }
+        break;
+    case PROTO_TYPING:
+        if (session_rate_ok(c, id)) {
+            room_typing(c, &req);
+        }
+        break;
+    case PROTO_HISTORY:
+        room_history(c, &req);
+        break;
+    case PROTO_PRESENCE:
+        room_presence(c, &req);
+        break;
+    }
+    proto_req_free(&req);
+}
+
+void session_end(conn_t *c)
+{
+    session_t *s = &c->sess;
+    if (s->id[0] == '\0') {
+        return;
+    }
+    room_leave_all(c);
+    metrics_slot_t *ms = &c->w->metrics->slot[c->w->slot];
+    if (metrics_get(&ms->connections) > 0) {
+        metrics_add(&ms->connections, (uint64_t)-1);
+    }
+    log_debug("event=session_end session=%s user=%s", s->id, s->auth.user);
+    auth_free(&s->auth);
+    s->id[0] = '\0';
+}

@@ -1,0 +1,355 @@
+#include "store.h"
+#include "bus.h"
+#include "room.h"
+#include "worker.h"
+#include "../common/log.h"
+#include "../proto/proto.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Heartbeat period of a worker in Redis, and how old a heartbeat may get
+ * before the worker counts as dead and its presence entries are reaped. */
+#define STORE_HEARTBEAT_MS 2000
+#define STORE_DEAD_AFTER_MS 15000
+#define STORE_REAP_EVERY_MS 5000
+
+/*
+ * KEYS: seq, log, dedup. ARGV: payload head ('{"room":"R","seq":'), tail,
+ * dedup window (s), log cap, channel, "1" when the message has an id.
+ * The dedup entry is checked first so a resend never takes a new seq.
+ */
+static const char store_send_lua[] =
+    "local d = ARGV[6] == '1' and redis.call('GET', KEYS[3])\n"
+    "if d then\n"
+    "  local s, t = string.match(d, '^(%d+):(%d+)$')\n"
+    "  return {tonumber(s), tonumber(t), 1}\n"
+    "end\n"
+    "local seq = redis.call('INCR', KEYS[1])\n"
+    "local tm = redis.call('TIME')\n"
+    "local ms = tonumber(tm[1]) * 1000 + math.floor(tonumber(tm[2]) / 1000)\n"
+    "local us = tm[1] .. string.format('%06d', tonumber(tm[2]))\n"
+    "local p = ARGV[1] .. seq .. ',\"ts\":' .. string.format('%d', ms) .. ',' .. ARGV[2]\n"
+    "redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], seq .. '-1', 'm', p)\n"
+    "if ARGV[6] == '1' then\n"
+    "  redis.call('SET', KEYS[3], seq .. ':' .. string.format('%d', ms), 'EX', ARGV[3])\n"
+    "end\n"
+    "redis.call('PUBLISH', ARGV[5], 'C' .. seq .. ' ' .. us .. ' ' .. p)\n"
+    "return {seq, ms, 0}\n";
+
+/* KEYS: users hash, worker set. ARGV: user, "room\nuser", member-events,
+ * channel, frame, wid, joined (1/0). SADD/SREM make it idempotent, so it
+ * also serves to re-assert presence after an outage. */
+static const char store_member_lua[] =
+    "local tm = redis.call('TIME')\n"
+    "local now = tonumber(tm[1]) * 1000\n"
+    "local limit = tonumber(ARGV[3])\n"
+    "if ARGV[7] == '1' then\n"
+    "  if redis.call('SADD', KEYS[2], ARGV[2]) == 0 then return 0 end\n"
+    "  redis.call('ZADD', 'chatd:workers', now, ARGV[6])\n"
+    "  local n = redis.call('HINCRBY', KEYS[1], ARGV[1], 1)\n"
+    "  if n == 1 and redis.call('HLEN', KEYS[1]) <= limit then\n"
+    "    redis.call('PUBLISH', ARGV[4], 'X' .. ARGV[1] .. '\\n' .. ARGV[5])\n"
+    "  end\n"
+    "  return n\n"
+    "end\n"
+    "if redis.call('SREM', KEYS[2], ARGV[2]) == 0 then return 0 end\n"
+    "local n = redis.call('HINCRBY', KEYS[1], ARGV[1], -1)\n"
+    "if n <= 0 then\n"
+    "  redis.call('HDEL', KEYS[1], ARGV[1])\n"
+    "  if redis.call('HLEN', KEYS[1]) + 1 <= limit then\n"
+    "    redis.call('PUBLISH', ARGV[4], 'X' .. ARGV[1] .. '\\n' .. ARGV[5])\n"
+    "  end\n"
+    "end\n"
+    "return n\n";
+
+/* ARGV: a wid to reap ("" = every worker silent for ARGV[2] ms), the
+ * dead-after time, member-events. Decrements what each dead worker held
+ * and announces the users who are gone. */
+static const char store_reap_lua[] =
+    "local tm = redis.call('TIME')\n"
+    "local now = tonumber(tm[1]) * 1000\n"
+    "local dead\n"
+    "if ARGV[1] ~= '' then dead = {ARGV[1]} else\n"
+    "  dead = redis.call('ZRANGEBYSCORE', 'chatd:workers', '-inf', now - tonumber(ARGV[2]), 'LIMIT', 0, 10)\n"
+    "end\n"
+    "local limit = tonumber(ARGV[3])\n"
+    "for _, wid in ipairs(dead) do\n"
+    "  local set = 'chatd:w:' .. wid\n"
+    "  for _, e in ipairs(redis.call('SMEMBERS', set)) do\n"
+    "    local nl = string.find(e, '\\n', 1, true)\n"
+    "    if nl then\n"
+    "      local room = string.sub(e, 1, nl - 1)\n"
+    "      local user = string.sub(e, nl + 1)\n"
+    "      local h = 'chatd:{' .. room .. '}:u'\n"
+    "      local n = redis.call('HINCRBY', h, user, -1)\n"
+    "      if n <= 0 then\n"
+    "        redis.call('HDEL', h, user)\n"
+    "        if redis.call('HLEN', h) + 1 <= limit then\n"
+    "          local f = cjson.encode({type = 'member', payload = {room = room, user = user, event = 'leave'}})\n"
+    "          redis.call('PUBLISH', 'chatd:{' .. room .. '}', 'X' .. user .. '\\n' .. f)\n"
+    "        end\n"
+    "      end\n"
+    "    end\n"
+    "  end\n"
+    "  redis.call('DEL', set)\n"
+    "  redis.call('ZREM', 'chatd:workers', wid)\n"
+    "end\n"
+    "return #dead\n";
+
+typedef struct {
+    store_cb_t *cb;
+    void *arg;
+} store_call_t;
+
+static void store_on_reply(redisAsyncContext *ac, void *reply, void *privdata)
+{
+    store_call_t *call = privdata;
+    worker_t *w = bus_worker(ac);
+    redisReply *r = reply;
+    if (r != NULL && r->type == REDIS_REPLY_ERROR) {
+        log_warn("event=redis_error err=\"%.*s\"", (int)r->len, r->str);
+    }
+    call->cb(w, call->arg, r);
+    free(call);
+}
+
+/* Sends argv; cb (if any) gets the reply. Returns 0 or -1 (cb not called). */
+static int store_call(worker_t *w, store_cb_t *cb, void *arg, int argc,
+                      const char **argv, const size_t *lens)
+{
+    if (cb == NULL) {
+        return bus_command(w->bus, NULL, NULL, argc, argv, lens);
+    }
+    store_call_t *call = malloc(sizeof(*call));
+    if (call == NULL) {
+        return -1;
+    }
+    call->cb = cb;
+    call->arg = arg;
+    if (bus_command(w->bus, store_on_reply, call, argc, argv, lens) != 0) {
+        free(call);
+        return -1;
+    }
+    return 0;
+}
+
+size_t store_channel(const char *room, char *out, size_t outlen)
+{
+    int n = snprintf(out, outlen, "chatd:{%s}", room);
+    return n < 0 ? 0 : (size_t)n;
+}
+
+static void store_key(char *out, size_t outlen, const char *room, const char *suffix)
+{
+    snprintf(out, outlen, "chatd:{%s}:%s", room, suffix);
+}
+
+int store_send(worker_t *w, const char *room, const char *sender, const char *id,
+               const char *tail, store_cb_t *cb, void *arg)
+{
+    char kseq[160], klog[160], chan[160], head[200], win[24], cap[24];
+    store_key(kseq, sizeof(kseq), room, "seq");
+    store_key(klog, sizeof(klog), room, "log");
+    store_channel(room, chan, sizeof(chan));
+    snprintf(head, sizeof(head), "{\"room\":\"%s\",\"seq\":", room);
+    snprintf(win, sizeof(win), "%d", w->cfg->dedup_window);
+    snprintf(cap, sizeof(cap), "%d", w->cfg->recovery_window);
+    /* The sender's length goes first so that no (sender, id) pair can
+     * spell another's key. Without an id there is nothing to dedup. */
+    char kdedup[400];
+    snprintf(kdedup, sizeof(kdedup), "chatd:{%s}:d:%zu:%s:%s", room, strlen(sender), sender,
+             id != NULL ? id : "");
+    const char *argv[] = { "EVAL", store_send_lua, "3", kseq, klog, kdedup, head, tail, win, cap, chan,
+                           id != NULL ? "1" : "0" };
+    size_t lens[12];
+    for (int i = 0; i < 12; i++) {
+        lens[i] = strlen(argv[i]);
+    }
+    return store_call(w, cb, arg, 12, argv, lens);
+}
+
+int store_range(worker_t *w, const char *room, int64_t from, int64_t to, long count,
+                store_cb_t *cb, void *arg)
+{
+    char klog[160], a[32], b[32], n[24];
+    store_key(klog, sizeof(klog), room, "log");
+    snprintf(a, sizeof(a), "%" PRId64 "-0", from);
+    if (to < 0) {
+        snprintf(b, sizeof(b), "+");
+    } else {
+        snprintf(b, sizeof(b), "%" PRId64 "-1", to);
+    }
+    snprintf(n, sizeof(n), "%ld", count);
+    const char *argv[] = { "XRANGE", klog, a, b, "COUNT", n };
+    size_t lens[6];
+    for (int i = 0; i < 6; i++) {
+        lens[i] = strlen(argv[i]);
+    }
+    return store_call(w, cb, arg, 6, argv, lens);
+}
+
+int store_history(worker_t *w, const char *room, int64_t before, long count,
+                  store_cb_t *cb, void *arg)
+{
+    char klog[160], a[32], n[24];
+    store_key(klog, sizeof(klog), room, "log");
+    if (before < 0) {
+        snprintf(a, sizeof(a), "+");
+    } else {
+        snprintf(a, sizeof(a), "%" PRId64 "-0", before);
+    }
+    snprintf(n, sizeof(n), "%ld", count);
+    /* "<before>-0" sorts below "<before>-1", the entry of seq before. */
+    const char *argv[] = { "XREVRANGE", klog, a, "-", "COUNT", n };
+    size_t lens[6];
+    for (int i = 0; i < 6; i++) {
+        lens[i] = strlen(argv[i]);
+    }
+    return store_call(w, cb, arg, 6, argv, lens);
+}
+
+int store_last_seq(worker_t *w, const char *room, store_cb_t *cb, void *arg)
+{
+    char kseq[160];
+    store_key(kseq, sizeof(kseq), room, "seq");
+    const char *argv[] = { "GET", kseq };
+    size_t lens[] = { 3, strlen(kseq) };
+    return store_call(w, cb, arg, 2, argv, lens);
+}
+
+int store_presence(worker_t *w, const char *room, store_cb_t *cb, void *arg)
+{
+    char ku[160];
+    store_key(ku, sizeof(ku), room, "u");
+    const char *argv[] = { "HKEYS", ku };
+    size_t lens[] = { 5, strlen(ku) };
+    return store_call(w, cb, arg, 2, argv, lens);
+}
+
+void store_member(worker_t *w, const char *room, const char *user, int joined)
+{
+    char ku[160], kw[200], chan[160], entry[256], limit[24];
+    store_key(ku, sizeof(ku), room, "u");
+    snprintf(kw, sizeof(kw), "chatd:w:%s", w->wid);
+    store_channel(room, chan, sizeof(chan));
+    snprintf(entry, sizeof(entry), "%s\n%s", room, user);
+    snprintf(limit, sizeof(limit), "%d", w->cfg->member_events);
+    char *frame = proto_encode_member(room, user, joined);
+    if (frame == NULL) {
+        return;
+    }
+    const char *argv[] = { "EVAL", store_member_lua, "2", ku, kw, user, entry, limit, chan,
+                           frame, w->wid, joined ? "1" : "0" };
+    size_t lens[12];
+    for (int i = 0; i < 12; i++) {
+        lens[i] = strlen(argv[i]);
+    }
+    if (store_call(w, NULL, NULL, 12, argv, lens) != 0) {
+        /* Redis is down: presence is re-asserted when it returns. */
+        log_debug("event=presence_deferred room=%s user=%s", room, user);
+    }
+    free(frame);
+}
+
+void store_typing(worker_t *w, const char *room, const char *user, int active)
+{
+    char chan[160];
+    store_channel(room, chan, sizeof(chan));
+    char *frame = proto_encode_typing(room, user, active);
+    if (frame == NULL) {
+        return;
+    }
+    buf_t msg = { 0 };
+    if (buf_append(&msg, "X", 1) == 0 && buf_append(&msg, user, strlen(user)) == 0 &&
+        buf_append(&msg, "\n", 1) == 0 && buf_append(&msg, frame, strlen(frame)) == 0) {
+        const char *argv[] = { "PUBLISH", chan, msg.data };
+        size_t lens[] = { 7, strlen(chan), msg.len };
+        store_call(w, NULL, NULL, 3, argv, lens);
+    }
+    buf_free(&msg);
+    free(frame);
+}
+
+int store_entry(const redisReply *e, int64_t *seq, const char **payload, size_t *len)
+{
+    if (e->type != REDIS_REPLY_ARRAY || e->elements != 2 ||
+        e->element[0]->type != REDIS_REPLY_STRING || e->element[1]->type != REDIS_REPLY_ARRAY ||
+        e->element[1]->elements != 2 || e->element[1]->element[1]->type != REDIS_REPLY_STRING) {
+        return -1;
+    }
+    char *end;
+    long long s = strtoll(e->element[0]->str, &end, 10);
+    if (*end != '-' || s <= 0) {
+        return -1;
+    }
+    *seq = s;
+    *payload = e->element[1]->element[1]->str;
+    *len = e->element[1]->element[1]->len;
+    return 0;
+}
+
+static void store_reap(worker_t *w, const char *wid)
+{
+    char dead_after[24], limit[24];
+    snprintf(dead_after, sizeof(dead_after), "%d", STORE_DEAD_AFTER_MS);
+    snprintf(limit, sizeof(limit), "%d", w->cfg->member_events);
+    const char *argv[] = { "EVAL", store_reap_lua, "0", wid, dead_after, limit };
+    size_t lens[6];
+    for (int i = 0; i < 6; i++) {
+        lens[i] = strlen(argv[i]);
+    }
+    store_call(w, NULL, NULL, 6, argv, lens);
+}
+
+static void store_reassert(worker_t *w, const char *room, const char *user, void *arg)
+{
+    (void)arg;
+    store_member(w, room, user, 1);
+}
+
+static void store_heartbeat(worker_t *w)
+{
+    const char *argv[] = { "EVAL",
+        "local t = redis.call('TIME') redis.call('ZADD', 'chatd:workers', tonumber(t[1]) * 1000, ARGV[1])",
+        "0", w->wid };
+    size_t lens[4];
+    for (int i = 0; i < 4; i++) {
+        lens[i] = strlen(argv[i]);
+    }
+    store_call(w, NULL, NULL, 4, argv, lens);
+}
+
+void store_on_bus_up(worker_t *w)
+{
+    store_heartbeat(w);
+    if (bus_prev_wid(w->bus)[0] != '\0') {
+        log_info("event=reap_predecessor wid=%s", bus_prev_wid(w->bus));
+        store_reap(w, bus_prev_wid(w->bus));
+        bus_forget_prev_wid(w->bus);
+    }
+    /* Entries written while Redis was away, or reaped because our
+     * heartbeat lapsed, are put back. */
+    room_each_local_user(w, store_reassert, NULL);
+}
+
+void store_tick(worker_t *w)
+{
+    static const int ticks_per_heartbeat = STORE_HEARTBEAT_MS / 1000;
+    static const int ticks_per_reap = STORE_REAP_EVERY_MS / 1000;
+    /* Derived from the loop clock, so the tick keeps no counter. */
+    uint64_t sec = uv_now(&w->loop) / 1000;
+    if (sec % (uint64_t)ticks_per_heartbeat == 0) {
+        store_heartbeat(w);
+    }
+    if (sec % (uint64_t)ticks_per_reap == (uint64_t)w->slot % (uint64_t)ticks_per_reap) {
+        store_reap(w, "");
+    }
+}
+
+void store_retire(worker_t *w)
+{
+    store_reap(w, w->wid);
+}

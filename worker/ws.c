@@ -1,0 +1,177 @@
+#include "ws.h"
+#include "conn.h"
+#include "worker.h"
+#include "../common/log.h"
+#include "../proto/proto.h"
+
+#include <string.h>
+
+static ssize_t ws_on_recv(wslay_event_context_ptr ctx, uint8_t *buf, size_t len,
+                          int flags, void *user_data)
+{
+    (void)flags;
+    conn_t *c = user_data;
+    if (c->in_len == 0) {
+        wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
+        return -1;
+    }
+    size_t n = len < c->in_len ? len : c->in_len;
+    memcpy(buf, c->in, n);
+    c->in += n;
+    c->in_len -= n;
+    return (ssize_t)n;
+}
+
+static ssize_t ws_on_send(wslay_event_context_ptr ctx, const uint8_t *data, size_t len,
+                          int flags, void *user_data)
+{
+    (void)flags;
+    conn_t *c = user_data;
+    /* Everything wslay frames goes to c->out at once, so wslay never holds
+     * half a frame and the conn alone decides when bytes hit the socket. */
+    if (buf_append(&c->out, data, len) != 0) {
+        wslay_event_set_error(ctx, WSLAY_ERR_CALLBACK_FAILURE);
+        return -1;
+    }
+    return (ssize_t)len;
+}
+
+static void ws_on_frame_start(wslay_event_context_ptr ctx,
+                              const struct wslay_event_on_frame_recv_start_arg *arg,
+                              void *user_data)
+{
+    conn_t *c = user_data;
+    (void)ctx;
+    /* Refuse binary at its first frame rather than buffering it whole. */
+    if (arg->opcode == WSLAY_BINARY_FRAME && c->state == CONN_WS) {
+        conn_close(c, WSLAY_CODE_UNSUPPORTED_DATA, "binary frames are not accepted");
+    }
+}
+
+static void ws_on_msg(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_recv_arg *arg,
+                      void *user_data)
+{
+    conn_t *c = user_data;
+    (void)ctx;
+    if (c->state != CONN_WS) {
+        return;
+    }
+    switch (arg->opcode) {
+    case WSLAY_TEXT_FRAME:
+        if (!proto_utf8_valid(arg->msg, arg->msg_length)) {
+            conn_close(c, WSLAY_CODE_INVALID_FRAME_PAYLOAD_DATA, "invalid UTF-8");
+            return;
+        }
+        session_on_text(c, (const char *)arg->msg, arg->msg_length);
+        return;
+    case WSLAY_BINARY_FRAME:
+        conn_close(c, WSLAY_CODE_UNSUPPORTED_DATA, "binary frames are not accepted");
+        return;
+    case WSLAY_CONNECTION_CLOSE:
+        /* wslay has queued the echoing close frame; the session ends now. */
+        conn_close(c, 0, NULL);
+        return;
+    default:
+        return;         /* ping (answered by wslay) and pong only count as liveness */
+    }
+}
+
+int ws_start(conn_t *c)
+{
+    static const struct wslay_event_callbacks callbacks = {
+        .recv_callback = ws_on_recv,
+        .send_callback = ws_on_send,
+        .on_frame_recv_start_callback = ws_on_frame_start,
+        .on_msg_recv_callback = ws_on_msg,
+    };
+    if (wslay_event_context_server_init(&c->ws, &callbacks, c) != 0) {
+        c->ws = NULL;
+        return -1;
+    }
+    wslay_event_config_set_max_recv_msg_length(c->ws, (uint64_t)c->w->cfg->max_message);
+    return 0;
+}
+
+void ws_stop(conn_t *c)
+{
+    if (c->ws != NULL) {
+        wslay_event_context_free(c->ws);
+        c->ws = NULL;
+    }
+}
+
+void ws_feed(conn_t *c, const uint8_t *data, size_t len)
+{
+    c->in = data;
+    c->in_len = len;
+    if (wslay_event_recv(c->ws) != 0) {
+        /* Only our own callbacks fail wslay_event_recv: out of memory. */
+        conn_abort(c);
+        return;
+    }
+    c->in = NULL;
+    c->in_len = 0;
+    conn_mark_dirty(c);
+}
+
+size_t ws_queued_bytes(const conn_t *c)
+{
+    return c->ws != NULL ? wslay_event_get_queued_msg_length(c->ws) : 0;
+}
+
+int ws_send_text(conn_t *c, const char *data, size_t len)
+{
+    if (c->state != CONN_WS || c->ws == NULL) {
+        return -1;
+    }
+    if (conn_pending_bytes(c) + len > (size_t)c->w->cfg->outbound_limit) {
+        log_debug("event=slow_consumer session=%s pending=%zu", c->sess.id, conn_pending_bytes(c));
+        worker_count_error(c->w, PROTO_E_COUNT);
+        conn_close(c, 1013, "outgoing queue full: reconnect with since");
+        return -1;
+    }
+    struct wslay_event_msg msg = { WSLAY_TEXT_FRAME, (const uint8_t *)data, len };
+    if (wslay_event_queue_msg(c->ws, &msg) != 0) {
+        conn_abort(c);
+        return -1;
+    }
+    conn_mark_dirty(c);
+    return 0;
+}
+
+void ws_ping(conn_t *c)
+{
+    struct wslay_event_msg msg = { WSLAY_PING, NULL, 0 };
+    if (c->ws != NULL && wslay_event_queue_msg(c->ws, &msg) == 0) {
+        conn_mark_dirty(c);
+    }
+}
+
+void ws_close(conn_t *c, uint16_t code, const char *reason)
+{
+    if (c->ws == NULL) {
+        return;
+    }
+    size_t rlen = reason != NULL ? strlen(reason) : 0;
+    /* wslay refuses a close when one was already queued; that one stands. */
+    wslay_event_queue_close(c->ws, code, (const uint8_t *)reason, rlen);
+    conn_mark_dirty(c);
+}
+
+void ws_drain(conn_t *c)
+{
+    if (c->ws != NULL && wslay_event_want_write(c->ws)) {
+        if (wslay_event_send(c->ws) != 0) {
+            conn_abort(c);
+        }
+    }
+}
+
+int ws_finished(const conn_t *c)
+{
+    if (c->ws == NULL) {
+        return 1;
+    }
+    return !wslay_event_want_write(c->ws) &&
+           (wslay_event_get_close_received(c->ws) || !wslay_event_want_read(c->ws));
+}
