@@ -10,6 +10,8 @@
  *   HUP        re-read the config (a bad one keeps the old), start fresh
  *              workers, then QUIT the old ones
  *   USR1       reopen the log, and have the workers do the same
+ *   USR2       re-exec the binary, handing it the listening sockets; the old
+ *              master keeps serving until it is sent QUIT
  *   TTIN/TTOU  one worker more / fewer (never fewer than one)
  *   CHLD       reap; respawn a worker that died, with backoff if it keeps dying
  *
@@ -65,12 +67,16 @@ typedef struct {
     int port;
     metrics_t *metrics;
     int stopping;               /* 0, 1 graceful, 2 fast */
+    pid_t upgrade_pid;          /* the new master started by USR2, or 0 */
+    char exe[4096];             /* this binary, for USR2 */
     uint64_t stop_started_ms;
     uint64_t next_kill_step_ms;
     uint64_t kill_step_ms;
 } master_t;
 
-static volatile sig_atomic_t sig_chld, sig_term, sig_quit, sig_hup, sig_usr1, sig_ttin, sig_ttou;
+static volatile sig_atomic_t sig_chld, sig_term, sig_quit, sig_hup, sig_usr1, sig_usr2, sig_ttin, sig_ttou;
+
+static void master_pidfile_rename(const master_t *m, int to_old);
 
 static void master_on_signal(int signo)
 {
@@ -81,6 +87,7 @@ static void master_on_signal(int signo)
     case SIGQUIT: sig_quit = 1; break;
     case SIGHUP: sig_hup = 1; break;
     case SIGUSR1: sig_usr1 = 1; break;
+    case SIGUSR2: sig_usr2 = 1; break;
     case SIGTTIN: sig_ttin++; break;
     case SIGTTOU: sig_ttou++; break;
     default: break;
@@ -88,7 +95,7 @@ static void master_on_signal(int signo)
 }
 
 static const int master_signals[] = {
-    SIGCHLD, SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1, SIGTTIN, SIGTTOU
+    SIGCHLD, SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1, SIGUSR2, SIGTTIN, SIGTTOU
 };
 
 static uint64_t master_now_ms(void)
@@ -251,6 +258,13 @@ static void master_reap(master_t *m)
     pid_t pid;
     while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
         int found = 0;
+        if (pid == m->upgrade_pid) {
+            /* The new master died before we were told to quit: we stay. */
+            log_error("event=upgrade_failed new_master=%d status=%d", (int)pid, status);
+            m->upgrade_pid = 0;
+            master_pidfile_rename(m, 0);
+            continue;
+        }
         for (int k = 0; k < m->nretiring; k++) {
             if (m->retiring[k] == pid) {
                 m->retiring[k] = m->retiring[--m->nretiring];
@@ -361,6 +375,103 @@ static void master_reload(master_t *m)
     master_publish_count(m);
 }
 
+/* The variable a re-executed master finds its listening sockets in. */
+#define MASTER_INHERIT_ENV "CHATD_INHERIT_FDS"
+
+static void master_pidfile_rename(const master_t *m, int to_old)
+{
+    if (m->cfg.pidfile[0] == '\0') {
+        return;
+    }
+    char old[1100];
+    int n = snprintf(old, sizeof(old), "%s.oldbin", m->cfg.pidfile);
+    if (n < 0 || (size_t)n >= sizeof(old)) {
+        return;
+    }
+    const char *from = to_old ? m->cfg.pidfile : old;
+    const char *to = to_old ? old : m->cfg.pidfile;
+    if (rename(from, to) == -1) {
+        log_warn("event=pidfile_rename_failed from=%s to=%s err=\"%s\"", from, to, strerror(errno));
+    }
+}
+
+/* USR2: starts the (possibly new) binary with our sockets, like nginx. */
+static void master_upgrade(master_t *m)
+{
+    if (m->upgrade_pid != 0) {
+        log_warn("event=upgrade_refused reason=\"an upgrade is already running\" pid=%d", (int)m->upgrade_pid);
+        return;
+    }
+    char fds[MASTER_MAX_SLOTS * 8];
+    size_t off = 0;
+    for (int i = 0; i < m->nslots; i++) {
+        int n = snprintf(fds + off, sizeof(fds) - off, "%s%d", i ? "," : "", m->slots[i].fd);
+        if (n < 0 || (size_t)n >= sizeof(fds) - off) {
+            return;
+        }
+        off += (size_t)n;
+    }
+    fflush(stderr);
+    /* Before the fork: the new master writes the pidfile as it starts. */
+    master_pidfile_rename(m, 1);
+    pid_t pid = fork();
+    if (pid == -1) {
+        log_error("event=upgrade_failed call=fork err=\"%s\"", strerror(errno));
+        master_pidfile_rename(m, 0);
+        return;
+    }
+    if (pid == 0) {
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+        for (int i = 0; i < m->nslots; i++) {
+            int fl = fcntl(m->slots[i].fd, F_GETFD);
+            if (fl == -1 || fcntl(m->slots[i].fd, F_SETFD, fl & ~FD_CLOEXEC) == -1) {
+                _exit(127);
+            }
+        }
+        setenv(MASTER_INHERIT_ENV, fds, 1);
+        execv(m->exe, m->argv);
+        log_error("event=upgrade_failed call=execv path=%s err=\"%s\"", m->exe, strerror(errno));
+        _exit(127);
+    }
+    m->upgrade_pid = pid;
+    log_info("event=upgrade_started new_master=%d", (int)pid);
+}
+
+/*
+ * Takes the sockets an upgrading master handed over. Returns how many
+ * slots were filled, or -1 if the variable is malformed.
+ */
+static int master_inherit(master_t *m)
+{
+    const char *v = getenv(MASTER_INHERIT_ENV);
+    if (v == NULL || v[0] == '\0') {
+        return 0;
+    }
+    char *copy = strdup(v);
+    if (copy == NULL) {
+        return -1;
+    }
+    int n = 0;
+    char *save = NULL;
+    for (char *tok = strtok_r(copy, ",", &save); tok != NULL && n < MASTER_MAX_SLOTS;
+         tok = strtok_r(NULL, ",", &save)) {
+        char *end;
+        long fd = strtol(tok, &end, 10);
+        if (*end != '\0' || fd < 3 || fcntl((int)fd, F_GETFD) == -1) {
+            free(copy);
+            return -1;
+        }
+        fcntl((int)fd, F_SETFD, FD_CLOEXEC);
+        m->slots[n].fd = (int)fd;
+        n++;
+    }
+    free(copy);
+    unsetenv(MASTER_INHERIT_ENV);
+    return n;
+}
+
 static void master_read_ready(master_t *m)
 {
     int slot;
@@ -435,6 +546,20 @@ static int master_write_pidfile(const char *path)
     return 0;
 }
 
+static void master_unlink_own_pidfile(const char *path)
+{
+    FILE *f = fopen(path, "re");
+    if (f == NULL) {
+        return;
+    }
+    int pid = 0;
+    int ok = fscanf(f, "%d", &pid) == 1;
+    fclose(f);
+    if (ok && pid == (int)getpid() && unlink(path) == -1) {
+        log_warn("event=pidfile_unlink_failed path=%s err=\"%s\"", path, strerror(errno));
+    }
+}
+
 int main(int argc, char **argv)
 {
     static master_t master;
@@ -491,15 +616,37 @@ int main(int argc, char **argv)
     m->ready_rd = pipefd[0];
     m->ready_wr = pipefd[1];
 
-    /* The first socket fixes the port (when --port 0 asks for any). */
-    int fd = master_listen(m->cfg.bind, m->cfg.port);
-    if (fd == -1) {
+    ssize_t exelen = readlink("/proc/self/exe", m->exe, sizeof(m->exe) - 1);
+    if (exelen <= 0) {
+        snprintf(m->exe, sizeof(m->exe), "%s", argv[0]);
+    } else {
+        m->exe[exelen] = '\0';
+    }
+    int inherited = master_inherit(m);
+    if (inherited < 0) {
+        log_error("event=start_failed reason=\"bad %s\"", MASTER_INHERIT_ENV);
         return 1;
     }
-    m->port = master_bound_port(fd);
-    m->slots[0].fd = fd;
-    m->nslots = 1;
-    for (int i = 1; i < m->cfg.workers; i++) {
+    if (inherited > 0) {
+        /* A binary upgrade: serve on the old master's sockets, so the port
+         * never stops accepting. */
+        m->nslots = inherited;
+        m->port = master_bound_port(m->slots[0].fd);
+        while (m->nslots > m->cfg.workers) {
+            close(m->slots[--m->nslots].fd);
+        }
+        log_info("event=inherited_sockets count=%d port=%d", inherited, m->port);
+    } else {
+        /* The first socket fixes the port (when --port 0 asks for any). */
+        int fd = master_listen(m->cfg.bind, m->cfg.port);
+        if (fd == -1) {
+            return 1;
+        }
+        m->port = master_bound_port(fd);
+        m->slots[0].fd = fd;
+        m->nslots = 1;
+    }
+    for (int i = m->nslots; i < m->cfg.workers; i++) {
         int f = master_listen(m->cfg.bind, m->port);
         if (f == -1) {
             return 1;
@@ -539,6 +686,12 @@ int main(int argc, char **argv)
             log_reopen();
             log_info("event=log_reopened");
             master_signal_all(m, SIGUSR1);
+        }
+        if (sig_usr2) {
+            sig_usr2 = 0;
+            if (!m->stopping) {
+                master_upgrade(m);
+            }
         }
         if (sig_hup) {
             sig_hup = 0;
@@ -589,7 +742,13 @@ int main(int argc, char **argv)
         }
     }
     if (m->cfg.pidfile[0] != '\0') {
-        unlink(m->cfg.pidfile);
+        /* After an upgrade the pidfile is the new master's; ours is .oldbin. */
+        char old[sizeof(m->cfg.pidfile) + 16];
+        int n = snprintf(old, sizeof(old), "%s.oldbin", m->cfg.pidfile);
+        master_unlink_own_pidfile(m->cfg.pidfile);
+        if (n > 0 && (size_t)n < sizeof(old)) {
+            master_unlink_own_pidfile(old);
+        }
     }
     log_info("event=stopped");
     return 0;

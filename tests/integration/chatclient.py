@@ -1,0 +1,280 @@
+"""
+A small asyncio chat client for chatd's integration tests, built on the
+`websockets` package (Debian's python3-websockets 10.x, asyncio API).
+
+    c = await ChatClient.open(srv.port, "alice")     # connected, welcome read
+    j = await c.join("room1")                        # joined payload (asserted)
+    r = await c.request("chat", {"room": "room1", "content": "hi"}, id="c1")
+    f = await c.recv_until(lambda f: f["type"] == "chat", timeout=5)
+    c.chats("room1")                                 # chat payloads received so far
+    await c.close()
+
+A background task reads every frame into `frames` (in arrival order), so a
+client never blocks the server while the test is busy elsewhere; `pause()`
+stops that reading (for slow-consumer tests). Also: which chatd worker
+holds a connection (`worker_of`), from /proc.
+"""
+
+import asyncio
+import itertools
+import json
+import time
+
+import websockets
+
+import harness
+
+RESPONSE_TYPES = ("joined", "left", "ack", "history", "presence", "pong", "error")
+
+
+class Closed(AssertionError):
+    """The connection closed while a frame was awaited."""
+
+
+class ChatClient:
+    _ids = itertools.count(1)
+
+    def __init__(self, port, user, host="127.0.0.1", path=None):
+        self.port = port
+        self.user = user
+        self.url = f"ws://{host}:{port}" + (path or f"/ws?user={user}")
+        self.ws = None
+        self.frames = []            # every JSON frame received, in order
+        self.pos = 0                # recv_until's cursor into frames
+        self.welcome = None
+        self.closed = False
+        self.close_code = None
+        self._event = asyncio.Event()
+        self._reader = None
+
+    # -- lifecycle
+
+    @classmethod
+    async def open(cls, port, user, timeout=5.0, **kw):
+        c = cls(port, user, **kw)
+        await c.connect(timeout)
+        return c
+
+    async def connect(self, timeout=5.0):
+        self.ws = await asyncio.wait_for(
+            websockets.connect(self.url, open_timeout=timeout, close_timeout=1,
+                               max_size=None, ping_interval=None, max_queue=None),
+            timeout)
+        self._reader = asyncio.get_running_loop().create_task(self._read_loop())
+        self.welcome = await self.recv_until(lambda f: f.get("type") == "welcome", timeout)
+        return self
+
+    async def _read_loop(self):
+        try:
+            async for raw in self.ws:
+                try:
+                    f = json.loads(raw)
+                except (TypeError, ValueError):
+                    f = {"type": "_invalid", "raw": raw}
+                self.frames.append(f)
+                self._wake()
+        except websockets.ConnectionClosed:
+            pass
+        except Exception as e:      # noqa: BLE001 - recorded for the test to see
+            self.frames.append({"type": "_reader_error", "error": repr(e)})
+        finally:
+            self.closed = True
+            self.close_code = self.ws.close_code
+            self._wake()
+
+    def _wake(self):
+        ev, self._event = self._event, asyncio.Event()
+        ev.set()
+
+    async def close(self):
+        if self.ws is not None:
+            try:
+                await asyncio.wait_for(self.ws.close(), 3)
+            except Exception:       # noqa: BLE001
+                pass
+        if self._reader is not None:
+            try:
+                await asyncio.wait_for(self._reader, 3)
+            except Exception:       # noqa: BLE001
+                self._reader.cancel()
+
+    def drop(self):
+        """Ends the TCP connection abruptly (no close handshake)."""
+        self.ws.transport.abort()
+
+    async def wait_closed(self, timeout):
+        """True when the connection ended within timeout."""
+        deadline = time.monotonic() + timeout
+        while not self.closed:
+            ev = self._event
+            rem = deadline - time.monotonic()
+            if rem <= 0:
+                return False
+            try:
+                await asyncio.wait_for(ev.wait(), rem)
+            except asyncio.TimeoutError:
+                return self.closed
+        return True
+
+    def local_port(self):
+        return self.ws.transport.get_extra_info("sockname")[1]
+
+    # -- sending
+
+    def next_id(self, prefix="r"):
+        return f"{prefix}{next(ChatClient._ids)}"
+
+    async def send(self, type, payload=None, id=None):
+        msg = {"type": type}
+        if id is not None:
+            msg["id"] = id
+        if payload is not None:
+            msg["payload"] = payload
+        await self.ws.send(json.dumps(msg))
+
+    async def send_raw(self, text):
+        await self.ws.send(text)
+
+    # -- receiving
+
+    async def wait(self, pred, timeout=5.0, start=0, what=None):
+        """(index, frame) of the first frame at index >= start matching pred,
+        waiting up to timeout. Does not move the cursor."""
+        deadline = time.monotonic() + timeout
+        i = start
+        while True:
+            ev = self._event
+            while i < len(self.frames):
+                if pred(self.frames[i]):
+                    return i, self.frames[i]
+                i += 1
+            if self.closed:
+                raise Closed(f"{self.user}: connection closed (code {self.close_code}) while "
+                             f"waiting for {what or 'a frame'}; last frames: {self.frames[-5:]!r}")
+            rem = deadline - time.monotonic()
+            if rem <= 0:
+                raise AssertionError(f"{self.user}: no {what or 'matching frame'} within "
+                                     f"{timeout}s; last frames: {self.frames[-5:]!r}")
+            try:
+                await asyncio.wait_for(ev.wait(), rem)
+            except asyncio.TimeoutError:
+                pass
+
+    async def recv_until(self, pred, timeout=5.0, what=None):
+        """The next frame after the cursor matching pred; the cursor moves
+        past it (frames skipped stay in `frames`)."""
+        i, f = await self.wait(pred, timeout, self.pos, what)
+        self.pos = i + 1
+        return f
+
+    async def request(self, type, payload=None, id=None, timeout=5.0):
+        """Sends a request and returns the direct answer (the frame echoing
+        its id)."""
+        if id is None:
+            id = self.next_id(type[:1])
+        start = len(self.frames)
+        await self.send(type, payload, id)
+        _, f = await self.wait(lambda f: f.get("id") == id and f.get("type") in RESPONSE_TYPES,
+                               timeout, start, what=f"answer to {type} id={id}")
+        return f
+
+    async def expect(self, type, payload=None, id=None, want="ok", timeout=5.0):
+        """request() asserting the answer's type (want) - or, for want
+        'error:CODE', an error with that code. Returns the answer's payload."""
+        f = await self.request(type, payload, id, timeout)
+        if want.startswith("error:"):
+            code = want[6:]
+            assert f["type"] == "error" and f.get("payload", {}).get("code") == code, \
+                f"{self.user}: {type} {payload!r}: expected error {code}, got {f!r}"
+        else:
+            assert f["type"] == want, f"{self.user}: {type} {payload!r}: expected {want}, got {f!r}"
+        return f.get("payload", {})
+
+    async def join(self, room, since=None, timeout=5.0):
+        p = {"room": room}
+        if since is not None:
+            p["since"] = since
+        return await self.expect("join", p, want="joined", timeout=timeout)
+
+    async def leave(self, room, timeout=5.0):
+        return await self.expect("leave", {"room": room}, want="left", timeout=timeout)
+
+    async def chat(self, room, content, id=None, attachments=None, timeout=5.0):
+        """Sends a chat and returns its ack payload (asserted)."""
+        p = {"room": room, "content": content}
+        if attachments is not None:
+            p["attachments"] = attachments
+        return await self.expect("chat", p, id=id, want="ack", timeout=timeout)
+
+    # -- views
+
+    def of_type(self, type, room=None, start=0):
+        return [f.get("payload", {}) for f in self.frames[start:]
+                if f.get("type") == type and (room is None or f.get("payload", {}).get("room") == room)]
+
+    def chats(self, room=None, start=0):
+        return self.of_type("chat", room, start)
+
+    def seqs(self, room, start=0):
+        return [p["seq"] for p in self.chats(room, start)]
+
+    def max_seq(self, room):
+        s = self.seqs(room)
+        return max(s) if s else 0
+
+    async def wait_seq(self, room, seq, timeout=10.0, start=0):
+        """Waits until a chat of room with seq >= seq arrived."""
+        return await self.wait(lambda f: f.get("type") == "chat" and f["payload"].get("room") == room
+                               and f["payload"].get("seq", -1) >= seq,
+                               timeout, start, what=f"chat {room} seq>={seq}")
+
+
+def server_side_row(server_port, client_port):
+    """(state, inode) of the server's end of a loopback TCP connection, or None."""
+    for lport, rport, state, inode in harness.tcp_connections():
+        if lport == server_port and rport == client_port:
+            return state, inode
+    return None
+
+
+def worker_of(srv, client_port):
+    """The pid of srv's worker holding the connection from client_port, or None."""
+    row = server_side_row(srv.port, client_port)
+    if row is None:
+        return None
+    inode = row[1]
+    for pid in srv.worker_pids():
+        if inode in harness.socket_inodes(pid):
+            return pid
+    return None
+
+
+async def worker_of_async(srv, client, timeout=3.0):
+    """worker_of for a ChatClient, polling briefly (the accept may lag)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        pid = worker_of(srv, client.local_port())
+        if pid is not None:
+            return pid
+        assert time.monotonic() < deadline, \
+            f"no worker of {srv.port} holds the connection from port {client.local_port()}"
+        await asyncio.sleep(0.02)
+
+
+async def clients_on_distinct_workers(srv, prefix, n, max_tries=40, same_user=None):
+    """n connected clients to srv, each on a different worker (others are
+    closed). Returns [(client, worker_pid)]."""
+    chosen, spare = {}, []
+    for i in range(max_tries):
+        c = await ChatClient.open(srv.port, same_user or f"{prefix}{i}")
+        pid = await worker_of_async(srv, c)
+        if pid not in chosen:
+            chosen[pid] = c
+            if len(chosen) == n:
+                break
+        else:
+            spare.append(c)
+    for c in spare:
+        await c.close()
+    assert len(chosen) == n, f"only {len(chosen)} distinct workers after {max_tries} connections"
+    return [(c, pid) for pid, c in chosen.items()]
