@@ -148,6 +148,17 @@ def _preexec():
         pass
 
 
+def become_subreaper():
+    """Makes this process the reaper of orphaned descendants (workers whose
+    master died), so they are reaped here instead of lingering as zombies
+    under a PID 1 that may not reap. Harmless if unsupported."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(36, 1, 0, 0, 0)      # PR_SET_CHILD_SUBREAPER
+    except Exception:
+        pass
+
+
 def _kill_group(pgid, sig):
     try:
         os.killpg(pgid, sig)
@@ -629,6 +640,16 @@ class Chatd:
             self.proc.wait(5)
         except subprocess.TimeoutExpired:
             pass
+        deadline = time.monotonic() + 2.0
+        for p in list(self._known_workers):     # orphans reparented to us (subreaper)
+            while True:
+                try:
+                    done, _ = os.waitpid(p, os.WNOHANG)
+                except ChildProcessError:
+                    break
+                if done or time.monotonic() > deadline:
+                    break
+                time.sleep(0.01)
         _unregister(self)
 
     def __enter__(self):
@@ -672,7 +693,8 @@ class Chatd:
             return None
         first = hits[0]
         excerpt = "\n".join(lines[max(0, first - 2):first + 40])
-        return (f"sanitizer report in {self.log_path} ({len(hits)} line(s)):\n{excerpt}")
+        return (f"sanitizer report: {lines[first].strip()} ({len(hits)} line(s) in "
+                f"{self.log_path}):\n{excerpt}")
 
     def sanitizer_reports(self):
         return self._sanitizer_lines(self.log_text())

@@ -31,6 +31,7 @@ import traceback
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+sys.dont_write_bytecode = True      # leave no __pycache__ in the tree
 
 import harness  # noqa: E402
 
@@ -61,10 +62,8 @@ def run_with_timeout(fn, seconds):
     signal.setitimer(signal.ITIMER_REAL, backstop)
     try:
         return call()
-    except asyncio.TimeoutError:
-        raise TestTimeout(f"timed out after {seconds}s")
-    except TestTimeout:
-        raise TestTimeout(f"timed out after {seconds}s")
+    except (asyncio.TimeoutError, TestTimeout):
+        raise TestTimeout(f"timed out after {seconds}s") from None
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
 
@@ -214,6 +213,7 @@ def run_module(path, only, keyword, results):
 def main(argv):
     selectors, keyword = parse_args(argv)
     signal.signal(signal.SIGTERM, lambda s, f: sys.exit(143))
+    harness.become_subreaper()
     results = Results()
     try:
         for path, only in plan(selectors):
