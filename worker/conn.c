@@ -79,6 +79,10 @@ void conn_close(conn_t *c, uint16_t code, const char *reason)
         if (code != 0) {
             ws_close(c, code, reason);
         }
+        /* Closing for bad input "fails" the connection: the peer gets the
+         * close frame but no wait for its answer. A going-away close waits
+         * for the handshake, so well-behaved clients see a clean close. */
+        c->fail_fast = code != 0 && code != 1000 && code != 1001 && code != 1012;
     }
     c->state = CONN_CLOSING;
     c->shut_after_write = 1;
@@ -116,11 +120,36 @@ static void conn_on_write(uv_write_t *req, int status)
     conn_flush(c);
 }
 
+static void conn_on_shutdown(uv_shutdown_t *req, int status)
+{
+    (void)req;
+    (void)status;
+}
+
+/*
+ * Ends a conn whose output is all written. When the peer may still be
+ * sending (an HTTP answer, or a failed WebSocket), closing at once could
+ * turn its unread bytes into a reset that destroys our last frame in
+ * flight; so send FIN and drop what arrives until its EOF or the deadline
+ * (a lingering close).
+ */
+static void conn_finish(conn_t *c)
+{
+    if (c->ws != NULL && ws_finished(c)) {
+        conn_abort(c);
+        return;
+    }
+    c->lingering = 1;
+    if (uv_shutdown(&c->sreq, (uv_stream_t *)&c->tcp, conn_on_shutdown) != 0) {
+        conn_abort(c);
+    }
+}
+
 /* Whether a closing conn is done: all written, and the peer said goodbye
  * (or never spoke WebSocket). */
 static int conn_drained(const conn_t *c)
 {
-    return !c->writing && c->out.len == 0 && ws_finished(c);
+    return !c->writing && c->out.len == 0 && (c->fail_fast || ws_finished(c));
 }
 
 void conn_flush(conn_t *c)
@@ -159,8 +188,8 @@ void conn_flush(conn_t *c)
             buf_free(&c->out);  /* idle conns keep no big buffers */
         }
     }
-    if (c->shut_after_write && conn_drained(c)) {
-        conn_abort(c);
+    if (c->shut_after_write && !c->lingering && conn_drained(c)) {
+        conn_finish(c);
     }
 }
 
@@ -272,6 +301,9 @@ static void conn_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         conn_abort(c);
         return;
     }
+    if (c->lingering) {
+        return;
+    }
     const uint8_t *data = (const uint8_t *)buf->base;
     size_t len = (size_t)nread;
     c->last_seen_ms = uv_now(&c->w->loop);
@@ -291,13 +323,9 @@ static void conn_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     }
     case CONN_WS:
     case CONN_CLOSING:
+        /* After an HTTP answer (no ws) the peer's bytes are ignored. */
         if (c->ws != NULL) {
             ws_feed(c, data, len);
-        }
-        /* Before the upgrade nothing more is read; after a close the peer's
-         * bytes only matter until its close frame. */
-        if (c->state == CONN_CLOSING && c->ws == NULL) {
-            return;
         }
         return;
     default:

@@ -34,15 +34,21 @@ typedef struct conn_s {
     uint8_t dirty;
     uint8_t writing;            /* a uv_write of wbuf is in flight */
     uint8_t shut_after_write;   /* close the socket once output is written */
+    uint8_t lingering;          /* FIN sent; reading and dropping until EOF */
+    uint8_t fail_fast;          /* drop TCP once the close frame is out (RFC 6455 7.1.7) */
     uint8_t handle_closed;      /* uv_close finished; freed when refs drop to 0 */
     uint32_t refs;              /* pending Redis replies that point here */
     http_req_t *http;           /* only while CONN_HTTP */
     wslay_event_context_ptr ws; /* from the upgrade on */
+    uint8_t hdr[14];            /* a frame header being received (ws_scan) */
+    uint8_t hdr_len;
+    uint64_t payload_left;      /* bytes of the current frame's payload to come */
     const uint8_t *in;          /* bytes wslay is reading, during ws_feed */
     size_t in_len;
     buf_t out;                  /* bytes waiting to be written */
     buf_t wbuf;                 /* bytes of the write in flight */
     uv_write_t wreq;
+    uv_shutdown_t sreq;
     uint64_t created_ms;
     uint64_t last_seen_ms;
     uint64_t next_ping_ms;

@@ -42,8 +42,9 @@ static void ws_on_frame_start(wslay_event_context_ptr ctx,
 {
     conn_t *c = user_data;
     (void)ctx;
-    /* Refuse binary at its first frame rather than buffering it whole. */
-    if (arg->opcode == WSLAY_BINARY_FRAME && c->state == CONN_WS) {
+    /* ws_scan refuses binary frames at their header; a binary frame can
+     * only get here if that check is ever bypassed. */
+    if (c->state == CONN_WS && arg->opcode == WSLAY_BINARY_FRAME) {
         conn_close(c, WSLAY_CODE_UNSUPPORTED_DATA, "binary frames are not accepted");
     }
 }
@@ -100,8 +101,71 @@ void ws_stop(conn_t *c)
     }
 }
 
+/*
+ * Follows frame boundaries in the incoming bytes, ahead of wslay, to judge
+ * each frame by its header: wslay only reports a frame once payload bytes
+ * arrive, and a header declaring a huge length must be refused at once.
+ * Returns how many bytes may go to wslay; sets *code when the connection
+ * must close (the offending frame is never fed).
+ */
+static size_t ws_scan(conn_t *c, const uint8_t *data, size_t len, uint16_t *code)
+{
+    size_t i = 0;
+    size_t frame_start = 0;
+    *code = 0;
+    while (i < len) {
+        if (c->payload_left > 0) {
+            uint64_t n = c->payload_left < len - i ? c->payload_left : len - i;
+            c->payload_left -= n;
+            i += (size_t)n;
+            continue;
+        }
+        if (c->hdr_len == 0) {
+            frame_start = i;
+        }
+        c->hdr[c->hdr_len++] = data[i++];
+        if (c->hdr_len < 2) {
+            continue;
+        }
+        uint8_t len7 = c->hdr[1] & 0x7f;
+        size_t need = 2 + (len7 == 126 ? 2 : len7 == 127 ? 8 : 0) + ((c->hdr[1] & 0x80) ? 4 : 0);
+        if (c->hdr_len < need) {
+            continue;
+        }
+        uint64_t plen = len7;
+        if (len7 == 126) {
+            plen = ((uint64_t)c->hdr[2] << 8) | c->hdr[3];
+        } else if (len7 == 127) {
+            plen = 0;
+            for (int k = 2; k < 10; k++) {
+                plen = (plen << 8) | c->hdr[k];
+            }
+        }
+        uint8_t opcode = c->hdr[0] & 0x0f;
+        c->hdr_len = 0;
+        c->payload_left = plen;
+        if (opcode == WSLAY_BINARY_FRAME) {
+            *code = WSLAY_CODE_UNSUPPORTED_DATA;
+        } else if (plen > (uint64_t)c->w->cfg->max_message) {
+            *code = WSLAY_CODE_MESSAGE_TOO_BIG;
+        }
+        if (*code != 0) {
+            /* Frames before this one in the chunk are still processed. */
+            return frame_start;
+        }
+    }
+    return len;
+}
+
 void ws_feed(conn_t *c, const uint8_t *data, size_t len)
 {
+    uint16_t code = 0;
+    if (c->fail_fast) {
+        return;     /* the connection failed: what follows is not read */
+    }
+    if (c->state == CONN_WS) {
+        len = ws_scan(c, data, len, &code);
+    }
     c->in = data;
     c->in_len = len;
     if (wslay_event_recv(c->ws) != 0) {
@@ -111,6 +175,16 @@ void ws_feed(conn_t *c, const uint8_t *data, size_t len)
     }
     c->in = NULL;
     c->in_len = 0;
+    if (code != 0 && c->state == CONN_WS) {
+        conn_close(c, code, code == WSLAY_CODE_UNSUPPORTED_DATA ? "binary frames are not accepted"
+                                                                 : "message too big");
+    }
+    if (c->state == CONN_WS && !wslay_event_get_read_enabled(c->ws)) {
+        /* wslay refused the input (RFC 6455 violation, or a message over
+         * the limit) and queued its close frame: fail the connection. */
+        conn_close(c, 0, NULL);
+        c->fail_fast = 1;
+    }
     conn_mark_dirty(c);
 }
 

@@ -455,10 +455,12 @@ def test_message_over_default_max_closes_1009():
 
 
 def test_declared_huge_length_closes_1009():
-    """A frame header declaring 2^40 bytes is refused at once, without
-    waiting for (or allocating) the payload."""
+    """A frame declaring 2^40 bytes is refused after its first few payload
+    bytes, without waiting for (or allocating) the rest."""
     with RawWS.open(SRV.port, user="big") as ws:
-        ws.send_raw(harness.encode_frame(OP_TEXT, b"", length=1 << 40))
+        key = b"\x01\x02\x03\x04"
+        head = harness.encode_frame(OP_TEXT, b"", length=1 << 40, mask_key=key)
+        ws.send_raw(head + harness.mask_bytes(b" " * 16, key))
         expect_ws_close(ws, 1009, timeout=3.0)
 
 
