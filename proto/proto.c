@@ -245,10 +245,42 @@ static proto_err_t proto_decode_payload(const cJSON *payload, const proto_limits
     }
 }
 
+/* Characters (code points) in a valid UTF-8 string. */
+static size_t proto_utf8_chars(const char *s)
+{
+    size_t n = 0;
+    for (; *s != '\0'; s++) {
+        n += ((unsigned char)*s & 0xC0) != 0x80;
+    }
+    return n;
+}
+
+/*
+ * 1 when a JSON string in text escapes NUL (\u0000). cJSON would cut the
+ * string there, so a name or content would silently change meaning.
+ */
+static int proto_has_escaped_nul(const char *text, size_t len)
+{
+    for (size_t i = 0; i + 1 < len; i++) {
+        if (text[i] != '\\') {
+            continue;
+        }
+        if (text[i + 1] == 'u' && i + 5 < len && memcmp(text + i + 2, "0000", 4) == 0) {
+            return 1;
+        }
+        i++;    /* skip the escaped character, e.g. the second of "\\" */
+    }
+    return 0;
+}
+
 proto_err_t proto_decode(const char *text, size_t len, const proto_limits_t *lim,
                          proto_req_t *req, const char **why)
 {
     memset(req, 0, sizeof(*req));
+    if (proto_has_escaped_nul(text, len)) {
+        *why = "strings may not contain NUL (\\u0000)";
+        return PROTO_E_BAD_REQUEST;
+    }
     const char *end = NULL;
     req->root = cJSON_ParseWithLengthOpts(text, len, &end, 0);
     if (req->root == NULL) {
@@ -270,7 +302,7 @@ proto_err_t proto_decode(const char *text, size_t len, const proto_limits_t *lim
     const cJSON *id = cJSON_GetObjectItemCaseSensitive(req->root, "id");
     if (id != NULL) {
         size_t n = cJSON_IsString(id) ? strlen(id->valuestring) : 0;
-        if (n == 0 || n > PROTO_ID_MAX) {
+        if (n == 0 || n > PROTO_ID_MAX || proto_utf8_chars(id->valuestring) > PROTO_ID_CHARS) {
             *why = "'id' must be a string of 1 to 64 characters";
             return PROTO_E_BAD_REQUEST;
         }

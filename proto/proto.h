@@ -12,7 +12,8 @@
 
 #include <cjson/cJSON.h>
 
-#define PROTO_ID_MAX 64
+#define PROTO_ID_CHARS 64          /* the contract counts characters */
+#define PROTO_ID_MAX (PROTO_ID_CHARS * 4)  /* bytes: 64 characters of UTF-8 */
 #define PROTO_ROOM_MAX 128
 #define PROTO_USER_MAX 64
 #define PROTO_ATTACH_MAX 10

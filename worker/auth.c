@@ -91,15 +91,22 @@ static int auth_jwt(const char *token, const char *secret, int64_t now, auth_t *
         *why = "token must be signed with HS256";
         goto done;
     }
-    errno = 0;
-    long exp = jwt_get_grant_int(jwt, "exp");
-    if (errno == 0 && exp <= now) {
-        *why = "token expired";
-        goto done;
-    }
-    if (errno != 0 && errno != ENOENT) {
-        *why = "exp must be a number";
-        goto done;
+    /* exp is a NumericDate, which may have a fraction (RFC 7519 2):
+     * read it as JSON text rather than through libjwt's integer getter. */
+    char *exp_json = jwt_get_grants_json(jwt, "exp");
+    if (exp_json != NULL) {
+        char *end;
+        double exp = strtod(exp_json, &end);
+        int number = end != exp_json && *end == '\0';
+        free(exp_json);
+        if (!number) {
+            *why = "exp must be a number";
+            goto done;
+        }
+        if (exp <= (double)now) {
+            *why = "token expired";
+            goto done;
+        }
     }
     const char *sub = jwt_get_grant(jwt, "sub");
     if (sub == NULL || !auth_sub_valid(sub)) {

@@ -35,7 +35,7 @@ static void conn_on_close(uv_handle_t *h)
     buf_free(&c->wbuf);
     c->handle_closed = 1;
     if (c->refs == 0) {
-        free(c);
+        worker_conn_release(w, c);
     }
     worker_on_conn_freed(w);
 }
@@ -48,7 +48,7 @@ void conn_ref(conn_t *c)
 void conn_unref(conn_t *c)
 {
     if (--c->refs == 0 && c->handle_closed) {
-        free(c);
+        worker_conn_release(c->w, c);
     }
 }
 
@@ -251,6 +251,7 @@ static void conn_upgrade(conn_t *c, const char *query, const uint8_t *rest, size
     c->state = CONN_WS;
     uint64_t now = uv_now(&w->loop);
     c->last_seen_ms = now;
+    c->last_io_ms = now;
     c->next_ping_ms = now + (uint64_t)w->cfg->heartbeat * 1000;
     worker_count_upgrade(w, 1);
     session_start(c, &auth);
@@ -324,7 +325,7 @@ static void conn_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     case CONN_WS:
     case CONN_CLOSING:
         /* After an HTTP answer (no ws) the peer's bytes are ignored. */
-        if (c->ws != NULL) {
+        if (c->state == CONN_WS || c->ws != NULL) {
             ws_feed(c, data, len);
         }
         return;
@@ -335,14 +336,14 @@ static void conn_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 
 int conn_accept(worker_t *w, uv_stream_t *listener)
 {
-    conn_t *c = calloc(1, sizeof(*c));
+    conn_t *c = worker_conn_alloc(w);
     if (c == NULL) {
         return UV_ENOMEM;
     }
     c->w = w;
     int rc = uv_tcp_init(&w->loop, &c->tcp);
     if (rc != 0) {
-        free(c);
+        worker_conn_release(w, c);
         return rc;
     }
     /* From here the handle exists: every exit goes through uv_close. */
@@ -401,6 +402,11 @@ void conn_tick(conn_t *c, uint64_t now)
         if (now >= c->next_ping_ms) {
             ws_ping(c);
             c->next_ping_ms = now + hb;
+        } else if (now - c->last_io_ms >= 1000) {
+            ws_release_if_idle(c);
+            if (!c->writing && c->out.len == 0 && c->out.cap > 0) {
+                buf_free(&c->out);
+            }
         }
         return;
     case CONN_CLOSING:

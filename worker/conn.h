@@ -42,6 +42,7 @@ typedef struct conn_s {
     wslay_event_context_ptr ws; /* from the upgrade on */
     uint8_t hdr[14];            /* a frame header being received (ws_scan) */
     uint8_t hdr_len;
+    uint8_t msg_open;           /* a fragmented message is being received */
     uint64_t payload_left;      /* bytes of the current frame's payload to come */
     const uint8_t *in;          /* bytes wslay is reading, during ws_feed */
     size_t in_len;
@@ -50,7 +51,8 @@ typedef struct conn_s {
     uv_write_t wreq;
     uv_shutdown_t sreq;
     uint64_t created_ms;
-    uint64_t last_seen_ms;
+    uint64_t last_seen_ms;      /* last byte from the peer */
+    uint64_t last_io_ms;        /* last byte either way (frees idle wslay state) */
     uint64_t next_ping_ms;
     uint64_t close_deadline_ms;
     uint32_t peer_ip;           /* IPv4 in network order, 0 for others */

@@ -54,10 +54,10 @@ static int http_on_header_field_complete(llhttp_t *p)
         if (strcmp(req->field, keep[i].name) == 0) {
             req->value = (char *)req + keep[i].off;
             req->value_len = (size_t *)((char *)req + keep[i].len_off);
+            if (i == 2 && req->key_seen++) {
+                req->dup_key = 1;
+            }
             if (*req->value_len > 0) {
-                if (i == 2) {
-                    req->dup_key = 1;
-                }
                 /* Repeated headers combine as a list (RFC 9110 5.3). */
                 if (*req->value_len + 1 < HTTP_MAX_VALUE) {
                     req->value[(*req->value_len)++] = ',';
@@ -88,6 +88,13 @@ static int http_on_header_value(llhttp_t *p, const char *at, size_t len)
 static int http_on_header_value_complete(llhttp_t *p)
 {
     http_req_t *req = p->data;
+    /* Trailing white space is not part of a field value (RFC 9110 5.5). */
+    if (req->value != NULL) {
+        while (*req->value_len > 0 && (req->value[*req->value_len - 1] == ' ' ||
+                                       req->value[*req->value_len - 1] == '\t')) {
+            req->value[--*req->value_len] = '\0';
+        }
+    }
     req->field_len = 0;
     req->field_overflow = 0;
     req->value = NULL;
@@ -193,11 +200,14 @@ int http_req_check_upgrade(const http_req_t *req, const char **why)
         *why = "Sec-WebSocket-Version must be 13";
         return -1;
     }
-    /* The key is base64 of 16 bytes: 22 characters and "==". */
-    unsigned char raw[32];
-    if (req->dup_key || req->ws_key_len != 24 ||
-        EVP_DecodeBlock(raw, (const unsigned char *)req->ws_key, 24) != 18 ||
-        strcmp(req->ws_key + 22, "==") != 0) {
+    /* The key is base64 of 16 bytes: 22 alphabet characters and "==". */
+    int alphabet = req->ws_key_len == 24;
+    for (size_t i = 0; alphabet && i < 22; i++) {
+        char ch = req->ws_key[i];
+        alphabet = (ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') ||
+                   (ch >= '0' && ch <= '9') || ch == '+' || ch == '/';
+    }
+    if (req->dup_key || !alphabet || strcmp(req->ws_key + 22, "==") != 0) {
         *why = "Sec-WebSocket-Key must be base64 of 16 bytes";
         return -1;
     }
@@ -209,8 +219,10 @@ static int http_hex(int c)
     if (c >= '0' && c <= '9') {
         return c - '0';
     }
-    c = tolower(c);
-    return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+    if (c >= 'a' && c <= 'f') {
+        return c - 'a' + 10;
+    }
+    return c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
 }
 
 int http_query_get(const char *query, const char *name, char *out, size_t outlen)

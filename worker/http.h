@@ -44,6 +44,7 @@ typedef struct http_req_s {
     char ws_version[HTTP_MAX_VALUE + 1];
     size_t ws_version_len;
     int dup_key;                /* Sec-WebSocket-Key given twice */
+    int key_seen;
 } http_req_t;
 
 /* Initializes req for a new request. req is caller-owned memory. */

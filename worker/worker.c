@@ -7,6 +7,7 @@
 #include "../proto/proto.h"
 
 #include <errno.h>
+#include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -46,6 +47,51 @@ static void worker_finish(worker_t *w)
     worker_close_handle((uv_handle_t *)&w->sig_int);
     worker_close_handle((uv_handle_t *)&w->sig_quit);
     worker_close_handle((uv_handle_t *)&w->sig_usr1);
+}
+
+#define WORKER_CONN_BLOCK 64
+
+typedef struct conn_block_s {
+    struct conn_block_s *next;
+    conn_t conns[WORKER_CONN_BLOCK];
+} conn_block_t;
+
+conn_t *worker_conn_alloc(worker_t *w)
+{
+    if (w->conn_pool == NULL) {
+        conn_block_t *b = malloc(sizeof(*b));
+        if (b == NULL) {
+            return NULL;
+        }
+        b->next = w->conn_blocks;
+        w->conn_blocks = b;
+        for (int i = 0; i < WORKER_CONN_BLOCK; i++) {
+            b->conns[i].next = w->conn_pool;
+            w->conn_pool = &b->conns[i];
+        }
+    }
+    conn_t *c = w->conn_pool;
+    w->conn_pool = c->next;
+    memset(c, 0, sizeof(*c));
+    return c;
+}
+
+void worker_conn_release(worker_t *w, conn_t *c)
+{
+    c->next = w->conn_pool;
+    w->conn_pool = c;
+}
+
+static void worker_free_conn_blocks(worker_t *w)
+{
+    conn_block_t *b = w->conn_blocks;
+    while (b != NULL) {
+        conn_block_t *next = b->next;
+        free(b);
+        b = next;
+    }
+    w->conn_blocks = NULL;
+    w->conn_pool = NULL;
 }
 
 void worker_on_conn_freed(worker_t *w)
@@ -128,6 +174,12 @@ static void worker_on_tick(uv_timer_t *t)
     }
     bus_tick(w->bus);
     room_tick(w);
+    /* Idle connections just gave their wslay state back; return those
+     * pages to the kernel so that RSS follows the live set. */
+    if (w->idle_released >= 256) {
+        malloc_trim(0);
+        w->idle_released = 0;
+    }
     metrics_set(&w->metrics->slot[w->slot].rooms, w->nrooms);
 }
 
@@ -284,6 +336,7 @@ done:
     uv_run(&w->loop, UV_RUN_DEFAULT);
     bus_free(w->bus);
     room_free_all(w);
+    worker_free_conn_blocks(w);
     if (uv_loop_close(&w->loop) != 0) {
         log_warn("event=loop_close_busy slot=%d", slot);
     }

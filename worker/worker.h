@@ -40,6 +40,9 @@ typedef struct worker_s {
     room_t **rooms;             /* hash table of rooms with local members */
     size_t rooms_cap;
     size_t nrooms;
+    conn_t *conn_pool;          /* free conn_t slots */
+    void *conn_blocks;          /* the blocks they were carved from */
+    size_t idle_released;       /* wslay contexts freed since the last trim */
     metrics_t *metrics;         /* shared page; this worker writes its slot */
     char wid[128];              /* this worker's id in Redis */
     char readbuf[64 * 1024];
@@ -52,6 +55,14 @@ typedef struct worker_s {
  */
 int worker_run(const config_t *cfg, int slot, int listen_fd, int ready_fd,
                metrics_t *metrics, const char *prev_wid);
+
+/*
+ * conn_t memory comes from per-worker blocks: thousands of long-lived
+ * connections then sit densely on few pages instead of each pinning a page
+ * among freed handshake and wslay buffers. Returns a zeroed conn or NULL.
+ */
+conn_t *worker_conn_alloc(worker_t *w);
+void worker_conn_release(worker_t *w, conn_t *c);
 
 /* Called by conn when a conn is freed (a stopping worker may exit). */
 void worker_on_conn_freed(worker_t *w);

@@ -93,6 +93,28 @@ int ws_start(conn_t *c)
     return 0;
 }
 
+static int ws_ensure(conn_t *c)
+{
+    if (c->ws != NULL) {
+        return 0;
+    }
+    if (ws_start(c) != 0) {
+        conn_abort(c);
+        return -1;
+    }
+    return 0;
+}
+
+void ws_release_if_idle(conn_t *c)
+{
+    if (c->ws != NULL && c->state == CONN_WS && c->hdr_len == 0 && c->payload_left == 0 &&
+        !c->msg_open && !wslay_event_want_write(c->ws) &&
+        wslay_event_get_queued_msg_count(c->ws) == 0) {
+        ws_stop(c);
+        c->w->idle_released++;
+    }
+}
+
 void ws_stop(conn_t *c)
 {
     if (c->ws != NULL) {
@@ -142,6 +164,12 @@ static size_t ws_scan(conn_t *c, const uint8_t *data, size_t len, uint16_t *code
             }
         }
         uint8_t opcode = c->hdr[0] & 0x0f;
+        int fin = (c->hdr[0] & 0x80) != 0;
+        if (opcode == WSLAY_TEXT_FRAME || opcode == WSLAY_BINARY_FRAME) {
+            c->msg_open = !fin;
+        } else if (opcode == WSLAY_CONTINUATION_FRAME && fin) {
+            c->msg_open = 0;
+        }
         c->hdr_len = 0;
         c->payload_left = plen;
         if (opcode == WSLAY_BINARY_FRAME) {
@@ -166,6 +194,10 @@ void ws_feed(conn_t *c, const uint8_t *data, size_t len)
     if (c->state == CONN_WS) {
         len = ws_scan(c, data, len, &code);
     }
+    if (ws_ensure(c) != 0) {
+        return;
+    }
+    c->last_io_ms = c->last_seen_ms;
     c->in = data;
     c->in_len = len;
     if (wslay_event_recv(c->ws) != 0) {
@@ -195,9 +227,10 @@ size_t ws_queued_bytes(const conn_t *c)
 
 int ws_send_text(conn_t *c, const char *data, size_t len)
 {
-    if (c->state != CONN_WS || c->ws == NULL) {
+    if (c->state != CONN_WS || ws_ensure(c) != 0) {
         return -1;
     }
+    c->last_io_ms = uv_now(&c->w->loop);
     if (conn_pending_bytes(c) + len > (size_t)c->w->cfg->outbound_limit) {
         log_debug("event=slow_consumer session=%s pending=%zu", c->sess.id, conn_pending_bytes(c));
         worker_count_error(c->w, PROTO_E_COUNT);
@@ -216,14 +249,14 @@ int ws_send_text(conn_t *c, const char *data, size_t len)
 void ws_ping(conn_t *c)
 {
     struct wslay_event_msg msg = { WSLAY_PING, NULL, 0 };
-    if (c->ws != NULL && wslay_event_queue_msg(c->ws, &msg) == 0) {
+    if (ws_ensure(c) == 0 && wslay_event_queue_msg(c->ws, &msg) == 0) {
         conn_mark_dirty(c);
     }
 }
 
 void ws_close(conn_t *c, uint16_t code, const char *reason)
 {
-    if (c->ws == NULL) {
+    if (ws_ensure(c) != 0) {
         return;
     }
     size_t rlen = reason != NULL ? strlen(reason) : 0;

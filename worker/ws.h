@@ -18,6 +18,13 @@ int ws_start(conn_t *c);
 /* Releases the context. */
 void ws_stop(conn_t *c);
 
+/*
+ * Frees the wslay context of an idle connection: between frames, no
+ * message half-received, nothing queued. A wslay context is ~9 KiB, most
+ * of a connection's memory; it is made again on the next byte either way.
+ */
+void ws_release_if_idle(conn_t *c);
+
 /* Processes bytes read from the socket. */
 void ws_feed(conn_t *c, const uint8_t *data, size_t len);
 

@@ -682,6 +682,13 @@ def test_healthz_follows_redis():
             redis.stop()
             wait_for(lambda: status().status == 503, 10, interval=0.1,
                      what="/healthz 503 after Redis stopped")
+            # a real outage: Redis stays down for a second (so chatd's
+            # reconnect attempts meet a dead Redis), /healthz 503 throughout
+            outage_end = time.monotonic() + 1.0
+            while time.monotonic() < outage_end:
+                r = status()
+                assert r.status == 503, f"/healthz during the Redis outage: {r!r}"
+                time.sleep(0.1)
             redis.restart()
             wait_for(lambda: status().status == 200, 10, interval=0.1,
                      what="/healthz 200 after Redis restarted")

@@ -1023,17 +1023,30 @@ async def test_slow_consumer_closed_others_unaffected():
         slow_port = slow.sock.getsockname()[1]
         big = "z" * 8000
         sent = 0
-        closed_at = None
-        for batch in range(60):                # up to 60 * 25 * 8 KB = 12 MB
-            ids = [f"b{batch}-{k}" for k in range(25)]
-            await send_many(s, room, ids, content=lambda k: big)
-            sent += len(ids)
+        t0 = time.monotonic()
+        left_at = closed_at = None
+        # Send 8 KB messages until the server has dropped the slow member
+        # (member leave to the others) and its TCP connection (not
+        # ESTABLISHED any more on the server side: a close may linger a
+        # couple of seconds on unsent data). At most 1600 (12.8 MB).
+        while time.monotonic() - t0 < 20 and (left_at is None or closed_at is None):
+            if sent < 1600 and left_at is None:
+                ids = [f"b{sent + k}" for k in range(25)]
+                await send_many(s, room, ids, content=lambda k: big)
+                sent += len(ids)
+            else:
+                await asyncio.sleep(0.1)
+            if left_at is None and member_events(n, room, "t14slow", "leave"):
+                left_at = time.monotonic() - t0
             row = server_side_row(srv.port, slow_port)
-            if row is None or row[0] != harness.TCP_ESTABLISHED:
-                closed_at = sent
-                break
+            if closed_at is None and (row is None or row[0] != harness.TCP_ESTABLISHED):
+                closed_at = time.monotonic() - t0
+        assert left_at is not None, \
+            f"no member leave for the non-reading member after {sent} x 8 KB messages"
         assert closed_at is not None, \
-            f"server kept the non-reading connection open after {sent} x 8 KB messages"
+            f"server kept the TCP connection of the slow consumer (dropped from the room at " \
+            f"{left_at:.1f}s) established for {time.monotonic() - t0:.1f}s"
+        assert "t14slow" not in await presence(n, room)
         # the others keep receiving normally, and more traffic flows
         extra_ids = [f"after{k}" for k in range(20)]
         await send_many(s, room, extra_ids, content=lambda k: "small")
@@ -1045,7 +1058,8 @@ async def test_slow_consumer_closed_others_unaffected():
         assert res is not None, "slow connection still open after draining it"
         if res[0] == "close":
             assert res[1] == 1013, f"slow consumer closed with {res[1]}, want 1013"
-        print(f"    slow consumer closed after {closed_at} x 8 KB messages ({res})")
+        print(f"    slow consumer: {sent} x 8 KB sent, left the room at {left_at:.1f}s, "
+              f"TCP closed at {closed_at:.1f}s, client saw {res}")
     finally:
         slow.close_socket()
 

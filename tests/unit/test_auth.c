@@ -219,7 +219,7 @@ TEST(jwt_exp)
  * Input: {"sub":"alice","exp":4102444800.5} at now = 1700000000.
  * Expected: 0 (accepted); actual: -1 "token expired".
  */
-TEST(BUG_jwt_fractional_future_exp_rejected)
+TEST(regression_jwt_fractional_future_exp_rejected)
 {
     auth_t a;
     const char *why;

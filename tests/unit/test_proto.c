@@ -667,7 +667,7 @@ TEST(decode_room_invalid)
  * chat content "a\u0000b" is accepted as "a" (content_len 1). Expected:
  * bad_request, or (for content) the whole 3 bytes kept.
  */
-TEST(BUG_decode_encoded_nul_truncates_strings)
+TEST(regression_decode_encoded_nul_truncates_strings)
 {
     EXPECT("{\"type\":\"join\",\"payload\":{\"room\":\"ok\\u0000evil\"}}", PROTO_E_BAD_REQUEST);
 
