@@ -2,6 +2,7 @@
 #include "worker.h"
 #include "room.h"
 #include "store.h"
+#include "redisuv.h"
 #include "../common/log.h"
 
 #include <stdio.h>
@@ -9,9 +10,8 @@
 #include <string.h>
 
 #include <hiredis/hiredis.h>
-#include <hiredis/adapters/libuv.h>
 
-#define BUS_BACKOFF_MIN_MS 100
+#define BUS_BACKOFF_MIN_MS 1000
 #define BUS_BACKOFF_MAX_MS 5000
 /* A command unanswered this long means Redis is stuck: drop and redial. */
 #define BUS_STALL_MS 5000
@@ -23,7 +23,8 @@ struct bus_s {
     int cmd_up;
     int sub_up;
     int closing;
-    uv_timer_t retry;
+    uint64_t retry_at_ms;       /* when to redial; 0 when nothing is scheduled */
+    uint64_t dial_ms;           /* when the last dial started */
     uint64_t backoff_ms;
     uint64_t ping_sent_ms;      /* 0 when no health ping is outstanding */
     uint64_t last_ok_ms;
@@ -175,19 +176,23 @@ static redisAsyncContext *bus_dial(bus_t *b)
         return NULL;
     }
     ac->data = b;
-    if (redisLibuvAttach(ac, &b->w->loop) != REDIS_OK) {
+    if (redisuv_attach(ac, &b->w->loop) != REDIS_OK) {
         redisAsyncFree(ac);
         return NULL;
     }
     redisAsyncSetConnectCallback(ac, bus_on_connect);
     redisAsyncSetDisconnectCallback(ac, bus_on_disconnect);
-    /* AUTH and SELECT are queued before anything else on the connection. */
+    /* A queued command makes hiredis watch for writability, which is how
+     * it learns that a non-blocking connect finished or failed. AUTH and
+     * SELECT go first. */
     if (b->password[0] != '\0') {
         redisAsyncCommand(ac, NULL, NULL, "AUTH %s", b->password);
     }
     if (b->db != 0) {
         redisAsyncCommand(ac, NULL, NULL, "SELECT %d", b->db);
     }
+    redisAsyncCommand(ac, NULL, NULL, "PING");
+    b->dial_ms = uv_now(&b->w->loop);
     return ac;
 }
 
@@ -207,14 +212,10 @@ static void bus_connect(bus_t *b)
     }
 }
 
-static void bus_on_retry(uv_timer_t *t)
-{
-    bus_connect(t->data);
-}
-
+/* Redialling happens on the worker's tick, so the backoff has a 1 s grain. */
 static void bus_schedule_retry(bus_t *b)
 {
-    if (b->closing || uv_is_active((uv_handle_t *)&b->retry)) {
+    if (b->closing || b->retry_at_ms != 0) {
         return;
     }
     b->backoff_ms = b->backoff_ms == 0 ? BUS_BACKOFF_MIN_MS : b->backoff_ms * 2;
@@ -223,7 +224,8 @@ static void bus_schedule_retry(bus_t *b)
     }
     /* Jitter keeps every worker of every host from redialling at once. */
     uint64_t delay = b->backoff_ms / 2 + (uint64_t)rand() % (b->backoff_ms / 2 + 1);
-    uv_timer_start(&b->retry, bus_on_retry, delay, 0);
+    b->retry_at_ms = uv_now(&b->w->loop) + delay;
+    log_debug("event=redis_retry_scheduled delay_ms=%llu", (unsigned long long)delay);
 }
 
 bus_t *bus_new(worker_t *w, const char *prev_wid)
@@ -239,12 +241,6 @@ bus_t *bus_new(worker_t *w, const char *prev_wid)
         free(b);
         return NULL;
     }
-    if (uv_timer_init(&w->loop, &b->retry) != 0) {
-        free(b);
-        return NULL;
-    }
-    b->retry.data = b;
-    uv_unref((uv_handle_t *)&b->retry);
     bus_connect(b);
     return b;
 }
@@ -255,8 +251,6 @@ void bus_close(bus_t *b)
         return;
     }
     b->closing = 1;
-    uv_timer_stop(&b->retry);
-    uv_close((uv_handle_t *)&b->retry, NULL);
     /* A graceful disconnect lets queued writes (presence leaves) go out. */
     if (b->cmd != NULL) {
         redisAsyncDisconnect(b->cmd);
@@ -296,6 +290,25 @@ void bus_tick(bus_t *b)
         return;
     }
     uint64_t now = uv_now(&b->w->loop);
+    if (b->retry_at_ms != 0 && now >= b->retry_at_ms) {
+        b->retry_at_ms = 0;
+        bus_connect(b);
+    }
+    /* A dial that neither succeeds nor fails (packets dropped) is cut. */
+    if (now - b->dial_ms > BUS_STALL_MS) {
+        if (b->cmd != NULL && !b->cmd_up) {
+            log_warn("event=redis_connect_timeout conn=cmd");
+            redisAsyncFree(b->cmd);
+            b->cmd = NULL;
+            bus_schedule_retry(b);
+        }
+        if (b->sub != NULL && !b->sub_up) {
+            log_warn("event=redis_connect_timeout conn=sub");
+            redisAsyncFree(b->sub);
+            b->sub = NULL;
+            bus_schedule_retry(b);
+        }
+    }
     if (b->cmd_up) {
         if (b->ping_sent_ms != 0 && now - b->ping_sent_ms > BUS_STALL_MS) {
             log_warn("event=redis_stalled waited_ms=%llu", (unsigned long long)(now - b->ping_sent_ms));
