@@ -25,8 +25,13 @@ LLHTTP_ASAN := $(LLHTTP_OBJ:%=build/asan/llhttp/%)
 UNIT_SRC := $(wildcard tests/unit/test_*.c)
 UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=build/tests/%)
 
-.PHONY: all asan unit test clean run
-all: bin/chatd
+.PHONY: all asan unit test clean run bench
+all: bin/chatd bin/chat-load
+
+# The load generator (scripts/chat-load.c): a client, not part of chatd.
+bin/chat-load: scripts/chat-load.c
+	@mkdir -p bin
+	$(CC) $(CFLAGS) -std=gnu11 $(WARN) $(DEPS_CFLAGS) -o $@ $< $(DEPS_LIBS)
 
 bin/chatd: $(OBJ) $(LLHTTP_REL)
 	@mkdir -p bin
@@ -66,6 +71,9 @@ test:
 
 run: bin/chatd
 	bash scripts/run
+
+bench: all
+	bash scripts/bench
 
 clean:
 	rm -rf build bin
