@@ -14,7 +14,7 @@
 #define BUS_BACKOFF_MIN_MS 1000
 #define BUS_BACKOFF_MAX_MS 5000
 /* A command unanswered this long means Redis is stuck: drop and redial. */
-#define BUS_STALL_MS 5000
+#define BUS_STALL_MS 10000
 
 struct bus_s {
     worker_t *w;

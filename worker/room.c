@@ -363,8 +363,10 @@ static member_t *member_of(conn_t *c, const char *room)
 
 static void member_send_joined(member_t *m, int64_t seq, int recovered)
 {
-    session_send_json(m->conn, proto_encode_joined(m->has_join_id ? m->join_id : NULL,
-                                                   m->room->name, seq, recovered));
+    session_send_json(m->conn, proto_encode_joined(m->join_id, m->room->name, seq, recovered));
+    /* Held only until answered: a member lives as long as its connection. */
+    free(m->join_id);
+    m->join_id = NULL;
 }
 
 /* Sends the held live frames after a replay and goes live. */
@@ -503,6 +505,7 @@ static void member_remove(worker_t *w, member_t *m)
     *pp = m->conn_next;
     c->sess.nrooms--;
     member_drop_held(m);
+    free(m->join_id);
     if (room_user_count(r, c->sess.auth.user) == 0) {
         store_member(w, r->name, c->sess.auth.user, 0);
     }
@@ -545,9 +548,10 @@ void room_join(conn_t *c, const proto_req_t *req)
     m->conn = c;
     m->serial = ++w->next_session;
     m->since = req->has_since ? req->since : -1;
-    if (req->has_id) {
-        m->has_join_id = 1;
-        memcpy(m->join_id, req->id, sizeof(m->join_id));
+    if (req->has_id && (m->join_id = strdup(req->id)) == NULL) {
+        free(m);
+        session_send_error(c, id, PROTO_E_INTERNAL, "out of memory");
+        return;
     }
     int first_here = room_user_count(r, c->sess.auth.user) == 0;
     m->room_next = r->members;

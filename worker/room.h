@@ -36,8 +36,7 @@ typedef struct member_s {
     int64_t last_seq;           /* last seq sent to this conn */
     int64_t since;              /* the join's since, -1 when none */
     uint64_t serial;            /* tells a replay reply which join it answers */
-    char join_id[PROTO_ID_MAX + 1];
-    uint8_t has_join_id;
+    char *join_id;              /* the join's request id until joined is sent */
     uint8_t state;              /* MEMBER_* in room.c */
     frame_t *held, *held_tail;  /* live frames held back during replay */
 } member_t;
