@@ -888,7 +888,11 @@ async def test_redis_restart_mid_traffic():
         n_during = len(acks) - n_before
         rd.restart()
         t_up = time.monotonic()
-        await until(lambda: _all_200(srv.port), 15, "/healthz 200 after Redis came back")
+        try:
+            await until(lambda: _all_200(srv.port), 15, "/healthz 200 after Redis came back")
+        except AssertionError as e:
+            lines = [l for l in srv.log_text().splitlines() if "redis_" in l]
+            raise AssertionError(f"{e}; chatd's Redis log lines:\n" + "\n".join(lines[-12:]))
         t_healthy = time.monotonic() - t_up
         n_at_up = len(acks)
         await until(lambda: len(acks) >= n_at_up + 30, 20, "30 acks after Redis came back")
