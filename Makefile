@@ -3,7 +3,7 @@
 CC ?= cc
 LLHTTP_SRC ?= /usr/share/llhttp
 LLHTTP_INC ?= /usr/share/include/llhttp
-PKGS := libuv hiredis libcjson libjwt openssl
+PKGS := libuv hiredis libcjson libjwt openssl libmongoc-1.0
 DEPS_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 DEPS_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lwslay -lm
 

@@ -119,8 +119,13 @@ int metrics_render(const metrics_t *m, const char *const *error_names, size_t ne
                               "chatd_delivery_latency_seconds_sum %.6f\n"
                               "chatd_delivery_latency_seconds_count %" PRIu64 "\n",
                          count, (double)SUM(latency_sum_us) / 1e6, count);
-    rc |= metrics_printf(out, "# TYPE chatd_queue_depth gauge\nchatd_queue_depth %" PRIu64 "\n",
-                         SUM(queue_depth));
+    rc |= metrics_printf(out, "# HELP chatd_queue_depth Messages waiting to be archived.\n"
+                              "# TYPE chatd_queue_depth gauge\nchatd_queue_depth %" PRIu64 "\n",
+                         metrics_get(&m->queue_depth));
+    int32_t mongo = __atomic_load_n(&m->mongo_up, __ATOMIC_RELAXED);
+    if (mongo >= 0) {
+        rc |= metrics_printf(out, "# TYPE chatd_mongo_up gauge\nchatd_mongo_up %d\n", mongo);
+    }
     rc |= metrics_printf(out, "# TYPE chatd_rooms gauge\nchatd_rooms %" PRIu64 "\n", SUM(rooms));
     rc |= metrics_printf(out, "# TYPE chatd_redis_up gauge\nchatd_redis_up %" PRIu64 "\n", SUM(redis_up));
     return rc == 0 ? 0 : -1;

@@ -31,12 +31,13 @@ typedef struct metrics_slot_s {
     uint64_t latency_sum_us;
     uint64_t redis_up;              /* gauge */
     uint64_t rooms;                 /* gauge */
-    uint64_t queue_depth;           /* gauge: messages waiting for the database */
 } metrics_slot_t;
 
 typedef struct metrics_s {
     int32_t workers;                /* gauge, set by the master */
-    int32_t mongo_up;
+    int32_t mongo_up;               /* -1 when no archive is configured */
+    uint64_t queue_depth;           /* messages waiting for the database (the
+                                     * archive stream's length, one for all) */
     metrics_slot_t slot[METRICS_SLOTS];
 } metrics_t;
 

@@ -608,6 +608,10 @@ int main(int argc, char **argv)
         log_error("event=start_failed call=mmap err=\"%s\"", strerror(errno));
         return 1;
     }
+    __atomic_store_n(&m->metrics->mongo_up, m->cfg.mongo_uri[0] != '\0' ? 0 : -1, __ATOMIC_RELAXED);
+    if (m->cfg.mongo_uri[0] == '\0') {
+        log_info("event=archive_off msg=\"no mongo-uri: history is limited to the recent log kept in Redis\"");
+    }
     int pipefd[2];
     if (pipe2(pipefd, O_NONBLOCK | O_CLOEXEC) == -1) {
         log_error("event=start_failed call=pipe2 err=\"%s\"", strerror(errno));

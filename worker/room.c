@@ -1,4 +1,5 @@
 #include "room.h"
+#include "archive.h"
 #include "bus.h"
 #include "conn.h"
 #include "session.h"
@@ -43,6 +44,11 @@ typedef struct room_call_s {
     char id[PROTO_ID_MAX + 1];
     int64_t since;
     int64_t upto;
+    int64_t before;             /* history: the request's before, -1 = newest */
+    char *tail;                 /* chat: the encoded payload tail, owned */
+    int seeded;                 /* chat: the counter was seeded once already */
+    char **texts;               /* history: payloads from Redis, newest first, owned */
+    size_t ntexts;
 } room_call_t;
 
 static uint64_t room_now_us(void)
@@ -300,6 +306,11 @@ static void room_call_free(room_call_t *call)
     if (call->room != NULL) {
         call->room->ops--;
     }
+    for (size_t i = 0; i < call->ntexts; i++) {
+        free(call->texts[i]);
+    }
+    free(call->texts);
+    free(call->tail);
     free(call);
 }
 
@@ -457,10 +468,41 @@ static void member_start(worker_t *w, member_t *m)
     member_go_live(m);
 }
 
+static void room_on_last_seq(worker_t *w, void *arg, redisReply *reply);
+
+static void room_on_seed_for_init(worker_t *w, void *arg, redisReply *reply)
+{
+    room_call_t *call = arg;
+    room_t *r = call->room;
+    if (reply == NULL || store_last_seq(w, r->name, room_on_last_seq, call) != 0) {
+        r->syncing = 0;
+        room_call_free(call);
+    }
+}
+
+static void room_on_archive_max_for_init(worker_t *w, void *arg, int64_t seq)
+{
+    room_call_t *call = arg;
+    room_t *r = call->room;
+    if (seq < 0 || store_seed_seq(w, r->name, seq, room_on_seed_for_init, call) != 0) {
+        /* Retried when the room resubscribes or another member joins. */
+        r->syncing = 0;
+        room_call_free(call);
+    }
+}
+
 static void room_on_last_seq(worker_t *w, void *arg, redisReply *reply)
 {
     room_call_t *call = arg;
     room_t *r = call->room;
+    if (reply != NULL && reply->type == REDIS_REPLY_NIL && w->archive != NULL && !call->seeded) {
+        /* No counter in Redis: a new room, or Redis lost its data. The
+         * archive knows how far the room really got. */
+        call->seeded = 1;
+        if (archive_max_seq(w->archive, r->name, room_on_archive_max_for_init, call) == 0) {
+            return;
+        }
+    }
     r->syncing = 0;
     if (reply != NULL && (reply->type == REDIS_REPLY_NIL || reply->type == REDIS_REPLY_STRING)) {
         r->last_seq = reply->type == REDIS_REPLY_NIL ? 0 : strtoll(reply->str, NULL, 10);
@@ -591,6 +633,44 @@ void room_leave_all(conn_t *c)
     }
 }
 
+static void room_on_sent(worker_t *w, void *arg, redisReply *reply);
+
+static int room_send(worker_t *w, room_call_t *call)
+{
+    conn_t *c = call->conn;
+    return store_send(w, call->room->name, c->sess.auth.user, call->has_id ? call->id : NULL,
+                      call->tail, room_on_sent, call);
+}
+
+static void room_send_failed(room_call_t *call, const char *why)
+{
+    conn_t *c = call->conn;
+    if (c->state == CONN_WS) {
+        session_send_error(c, call->has_id ? call->id : NULL, PROTO_E_UNAVAILABLE, why);
+    }
+    room_call_free(call);
+}
+
+static void room_on_seeded(worker_t *w, void *arg, redisReply *reply)
+{
+    room_call_t *call = arg;
+    if (reply == NULL || reply->type == REDIS_REPLY_ERROR || call->conn->state != CONN_WS ||
+        room_send(w, call) != 0) {
+        room_send_failed(call, "storage unavailable, retry");
+    }
+}
+
+/* The archive's highest seq for a room whose Redis counter is missing:
+ * the counter continues from there rather than from 1. */
+static void room_on_archive_max(worker_t *w, void *arg, int64_t seq)
+{
+    room_call_t *call = arg;
+    if (seq < 0 || call->conn->state != CONN_WS ||
+        store_seed_seq(w, call->room->name, seq, room_on_seeded, call) != 0) {
+        room_send_failed(call, "archive unavailable, retry");
+    }
+}
+
 static void room_on_sent(worker_t *w, void *arg, redisReply *reply)
 {
     room_call_t *call = arg;
@@ -598,6 +678,16 @@ static void room_on_sent(worker_t *w, void *arg, redisReply *reply)
     const char *id = call->has_id ? call->id : NULL;
     if (reply != NULL && reply->type == REDIS_REPLY_ARRAY && reply->elements == 3 &&
         reply->element[0]->type == REDIS_REPLY_INTEGER) {
+        if (reply->element[0]->integer < 0) {
+            if (!call->seeded && c->state == CONN_WS && w->archive != NULL) {
+                call->seeded = 1;
+                if (archive_max_seq(w->archive, call->room->name, room_on_archive_max, call) == 0) {
+                    return;
+                }
+            }
+            room_send_failed(call, "archive unavailable, retry");
+            return;
+        }
         int dup = reply->element[2]->integer != 0;
         if (!dup) {
             metrics_add(&w->metrics->slot[w->slot].messages_received, 1);
@@ -606,11 +696,10 @@ static void room_on_sent(worker_t *w, void *arg, redisReply *reply)
             session_send_json(c, proto_encode_ack(id, call->room->name, reply->element[0]->integer,
                                                   reply->element[1]->integer, dup));
         }
-    } else if (c->state == CONN_WS) {
-        session_send_error(c, id, PROTO_E_UNAVAILABLE,
-                           "message not confirmed durable; resend with the same id");
+        room_call_free(call);
+        return;
     }
-    room_call_free(call);
+    room_send_failed(call, "message not confirmed durable; resend with the same id");
 }
 
 void room_chat(conn_t *c, const proto_req_t *req)
@@ -633,11 +722,11 @@ void room_chat(conn_t *c, const proto_req_t *req)
         call->has_id = 1;
         memcpy(call->id, id, sizeof(call->id));
     }
-    if (store_send(w, m->room->name, c->sess.auth.user, id, tail, room_on_sent, call) != 0) {
+    call->tail = tail;
+    if (room_send(w, call) != 0) {
         room_call_free(call);
         session_send_error(c, id, PROTO_E_UNAVAILABLE, "storage unavailable, retry");
     }
-    free(tail);
 }
 
 void room_typing(conn_t *c, const proto_req_t *req)
@@ -650,9 +739,72 @@ void room_typing(conn_t *c, const proto_req_t *req)
     store_typing(c->w, req->room, c->sess.auth.user, req->active);
 }
 
-static void room_on_history(worker_t *w, void *arg, redisReply *reply)
+/*
+ * Answers history from payload texts, newest first (the Redis log's, then
+ * the archive's). One more than the limit was asked for, to tell whether
+ * older messages exist; the answer lists them ascending.
+ */
+static void room_history_answer(conn_t *c, const char *id, const char *room,
+                                char *const *texts, size_t n, size_t limit)
+{
+    int more = n > limit;
+    if (n > limit) {
+        n = limit;
+    }
+    cJSON *root = cJSON_CreateObject();
+    cJSON *p = NULL, *msgs = NULL;
+    int ok = root != NULL && cJSON_AddStringToObject(root, "type", "history") != NULL &&
+             (id == NULL || cJSON_AddStringToObject(root, "id", id) != NULL) &&
+             (p = cJSON_AddObjectToObject(root, "payload")) != NULL &&
+             cJSON_AddStringToObject(p, "room", room) != NULL &&
+             (msgs = cJSON_AddArrayToObject(p, "messages")) != NULL &&
+             cJSON_AddBoolToObject(p, "more", more) != NULL;
+    for (size_t i = n; ok && i-- > 0;) {
+        /* Stored payloads are JSON the server wrote: spliced in raw. */
+        cJSON *item = cJSON_CreateRaw(texts[i]);
+        ok = item != NULL && cJSON_AddItemToArray(msgs, item);
+    }
+    char *json = ok ? cJSON_PrintUnformatted(root) : NULL;
+    cJSON_Delete(root);
+    if (json == NULL) {
+        session_send_error(c, id, PROTO_E_INTERNAL, "out of memory");
+    } else {
+        session_send_json(c, json);
+    }
+}
+
+static void room_on_history_archive(worker_t *w, void *arg, char **found, int nfound)
 {
     (void)w;
+    room_call_t *call = arg;
+    conn_t *c = call->conn;
+    const char *id = call->has_id ? call->id : NULL;
+    if (c->state == CONN_WS) {
+        if (nfound < 0 && call->ntexts == 0) {
+            session_send_error(c, id, PROTO_E_UNAVAILABLE, "history unavailable, retry");
+        } else if (nfound < 0) {
+            /* What Redis had, and "more" so the client pages on (and
+             * retries the archive) from there. */
+            room_history_answer(c, id, call->room->name, call->texts, call->ntexts,
+                                call->ntexts > 0 ? call->ntexts - 1 : 0);
+        } else {
+            size_t total = call->ntexts + (size_t)nfound;
+            char **all = calloc(total + 1, sizeof(*all));
+            if (all == NULL) {
+                session_send_error(c, id, PROTO_E_INTERNAL, "out of memory");
+            } else {
+                memcpy(all, call->texts, call->ntexts * sizeof(*all));
+                memcpy(all + call->ntexts, found, (size_t)nfound * sizeof(*all));
+                room_history_answer(c, id, call->room->name, all, total, (size_t)call->upto);
+                free(all);
+            }
+        }
+    }
+    room_call_free(call);
+}
+
+static void room_on_history(worker_t *w, void *arg, redisReply *reply)
+{
     room_call_t *call = arg;
     conn_t *c = call->conn;
     const char *id = call->has_id ? call->id : NULL;
@@ -665,39 +817,33 @@ static void room_on_history(worker_t *w, void *arg, redisReply *reply)
         room_call_free(call);
         return;
     }
-    /* The store answers newest first and one more than asked, to tell
-     * whether older messages exist. */
-    size_t limit = (size_t)call->upto;
-    size_t n = reply->elements < limit ? reply->elements : limit;
-    int more = reply->elements > limit;
-    cJSON *root = cJSON_CreateObject();
-    cJSON *p = NULL, *msgs = NULL;
-    int ok = root != NULL && cJSON_AddStringToObject(root, "type", "history") != NULL &&
-             (id == NULL || cJSON_AddStringToObject(root, "id", id) != NULL) &&
-             (p = cJSON_AddObjectToObject(root, "payload")) != NULL &&
-             cJSON_AddStringToObject(p, "room", call->room->name) != NULL &&
-             (msgs = cJSON_AddArrayToObject(p, "messages")) != NULL &&
-             cJSON_AddBoolToObject(p, "more", more) != NULL;
-    for (size_t i = n; ok && i-- > 0;) {
+    call->texts = calloc(reply->elements + 1, sizeof(char *));
+    if (call->texts == NULL) {
+        session_send_error(c, id, PROTO_E_INTERNAL, "out of memory");
+        room_call_free(call);
+        return;
+    }
+    int64_t oldest = call->before;
+    for (size_t i = 0; i < reply->elements; i++) {
         int64_t seq;
         const char *payload;
         size_t len;
-        if (store_entry(reply->element[i], &seq, &payload, &len) != 0) {
+        if (store_entry(reply->element[i], &seq, &payload, &len) != 0 ||
+            (call->texts[call->ntexts] = strndup(payload, len)) == NULL) {
             continue;
         }
-        /* Stored payloads are JSON the server wrote: spliced in raw. */
-        char *raw = strndup(payload, len);
-        cJSON *item = raw != NULL ? cJSON_CreateRaw(raw) : NULL;
-        free(raw);
-        ok = item != NULL && cJSON_AddItemToArray(msgs, item);
+        call->ntexts++;
+        oldest = seq;
     }
-    char *json = ok ? cJSON_PrintUnformatted(root) : NULL;
-    cJSON_Delete(root);
-    if (json == NULL) {
-        session_send_error(c, id, PROTO_E_INTERNAL, "out of memory");
-    } else {
-        session_send_json(c, json);
+    size_t want = (size_t)call->upto + 1;
+    /* The recent log ran out before the page did: older messages live in
+     * the archive, below the oldest the log still has. */
+    if (w->archive != NULL && call->ntexts < want && (oldest < 0 || oldest > 1) &&
+        archive_find(w->archive, call->room->name, oldest, (int)(want - call->ntexts),
+                     room_on_history_archive, call) == 0) {
+        return;
     }
+    room_history_answer(c, id, call->room->name, call->texts, call->ntexts, (size_t)call->upto);
     room_call_free(call);
 }
 
@@ -720,6 +866,7 @@ void room_history(conn_t *c, const proto_req_t *req)
     }
     call->upto = req->limit;
     int64_t before = req->has_before ? req->before : -1;
+    call->before = before;
     if (before == 0 || store_history(c->w, req->room, before, req->limit + 1, room_on_history, call) != 0) {
         if (before == 0) {
             /* Nothing precedes seq 1: answer without asking the store. */

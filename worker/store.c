@@ -17,9 +17,14 @@
 #define STORE_REAP_EVERY_MS 5000
 
 /*
- * KEYS: seq, log, dedup. ARGV: payload head ('{"room":"R","seq":'), tail,
- * dedup window (s), log cap, channel, "1" when the message has an id.
+ * KEYS: seq, log, dedup, archive stream, archived cursor.
+ * ARGV: payload head ('{"room":"R","seq":'), tail, dedup window (s), log
+ * cap, channel, "1" when the message has an id, "1" when archiving, room.
  * The dedup entry is checked first so a resend never takes a new seq.
+ * With the archive, a room whose counter is missing (a new room, or Redis
+ * lost its data) answers {-1}: the worker seeds the counter from MongoDB's
+ * highest seq and sends again. The recent log is then trimmed only below
+ * what MongoDB has stored, and never below the recovery window.
  */
 static const char store_send_lua[] =
     "local d = ARGV[6] == '1' and redis.call('GET', KEYS[3])\n"
@@ -27,12 +32,22 @@ static const char store_send_lua[] =
     "  local s, t = string.match(d, '^(%d+):(%d+)$')\n"
     "  return {tonumber(s), tonumber(t), 1}\n"
     "end\n"
+    "local archive = ARGV[7] == '1'\n"
+    "if archive and redis.call('EXISTS', KEYS[1]) == 0 then return {-1, 0, 0} end\n"
     "local seq = redis.call('INCR', KEYS[1])\n"
     "local tm = redis.call('TIME')\n"
     "local ms = tonumber(tm[1]) * 1000 + math.floor(tonumber(tm[2]) / 1000)\n"
     "local us = tm[1] .. string.format('%06d', tonumber(tm[2]))\n"
     "local p = ARGV[1] .. seq .. ',\"ts\":' .. string.format('%d', ms) .. ',' .. ARGV[2]\n"
-    "redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], seq .. '-1', 'm', p)\n"
+    "if archive then\n"
+    "  redis.call('XADD', KEYS[2], seq .. '-1', 'm', p)\n"
+    "  redis.call('XADD', KEYS[4], '*', 'r', ARGV[8], 'm', p)\n"
+    "  local done = tonumber(redis.call('GET', KEYS[5]) or '0')\n"
+    "  local keep = math.min(done + 1, seq - tonumber(ARGV[4]) + 1)\n"
+    "  if keep > 1 then redis.call('XTRIM', KEYS[2], 'MINID', '~', keep .. '-0') end\n"
+    "else\n"
+    "  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], seq .. '-1', 'm', p)\n"
+    "end\n"
     "if ARGV[6] == '1' then\n"
     "  redis.call('SET', KEYS[3], seq .. ':' .. string.format('%d', ms), 'EX', ARGV[3])\n"
     "end\n"
@@ -116,8 +131,7 @@ static void store_on_reply(redisAsyncContext *ac, void *reply, void *privdata)
     free(call);
 }
 
-/* Sends argv; cb (if any) gets the reply. Returns 0 or -1 (cb not called). */
-static int store_call(worker_t *w, store_cb_t *cb, void *arg, int argc,
+int store_call(worker_t *w, store_cb_t *cb, void *arg, int argc,
                       const char **argv, const size_t *lens)
 {
     if (cb == NULL) {
@@ -162,13 +176,16 @@ int store_send(worker_t *w, const char *room, const char *sender, const char *id
     char kdedup[400];
     snprintf(kdedup, sizeof(kdedup), "chatd:{%s}:d:%zu:%s:%s", room, strlen(sender), sender,
              id != NULL ? id : "");
-    const char *argv[] = { "EVAL", store_send_lua, "3", kseq, klog, kdedup, head, tail, win, cap, chan,
-                           id != NULL ? "1" : "0" };
-    size_t lens[12];
-    for (int i = 0; i < 12; i++) {
+    char karch[160];
+    store_key(karch, sizeof(karch), room, "archived");
+    const char *argv[] = { "EVAL", store_send_lua, "5", kseq, klog, kdedup, "chatd:archive", karch,
+                           head, tail, win, cap, chan, id != NULL ? "1" : "0",
+                           w->archive != NULL ? "1" : "0", room };
+    size_t lens[16];
+    for (int i = 0; i < 16; i++) {
         lens[i] = strlen(argv[i]);
     }
-    return store_call(w, cb, arg, 12, argv, lens);
+    return store_call(w, cb, arg, 16, argv, lens);
 }
 
 int store_range(worker_t *w, const char *room, int64_t from, int64_t to, long count,
@@ -209,6 +226,31 @@ int store_history(worker_t *w, const char *room, int64_t before, long count,
         lens[i] = strlen(argv[i]);
     }
     return store_call(w, cb, arg, 6, argv, lens);
+}
+
+int store_seed_seq(worker_t *w, const char *room, int64_t seq, store_cb_t *cb, void *arg)
+{
+    char kseq[160], v[24];
+    store_key(kseq, sizeof(kseq), room, "seq");
+    snprintf(v, sizeof(v), "%" PRId64, seq);
+    const char *argv[] = { "SET", kseq, v, "NX" };
+    size_t lens[] = { 3, strlen(kseq), strlen(v), 2 };
+    return store_call(w, cb, arg, 4, argv, lens);
+}
+
+void store_set_archived(worker_t *w, const char *room, int64_t seq)
+{
+    char karch[160], v[24];
+    store_key(karch, sizeof(karch), room, "archived");
+    snprintf(v, sizeof(v), "%" PRId64, seq);
+    const char *argv[] = { "EVAL",
+        "if tonumber(redis.call('GET', KEYS[1]) or '0') < tonumber(ARGV[1]) then "
+        "redis.call('SET', KEYS[1], ARGV[1]) end", "1", karch, v };
+    size_t lens[5];
+    for (int i = 0; i < 5; i++) {
+        lens[i] = strlen(argv[i]);
+    }
+    store_call(w, NULL, NULL, 5, argv, lens);
 }
 
 int store_last_seq(worker_t *w, const char *room, store_cb_t *cb, void *arg)

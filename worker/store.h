@@ -8,6 +8,8 @@
  *                   recovery-window entries (never below)
  *   chatd:{R}:d:... dedup entries "<seq>:<ts>" with the dedup window as TTL
  *   chatd:{R}:u     hash user -> how many workers hold a connection of it
+ *   chatd:{R}:archived  the highest seq MongoDB has (with the archive)
+ *   chatd:archive   stream of messages on their way to MongoDB (archive.h)
  *   chatd:{R}       the pub/sub channel
  * and per worker W: chatd:w:W (set of "room\nuser" it holds) and the
  * zset chatd:workers (W -> last heartbeat, ms), so that the entries of a
@@ -48,6 +50,17 @@ int store_range(worker_t *w, const char *room, int64_t from, int64_t to, long co
  * first; an XREVRANGE reply. */
 int store_history(worker_t *w, const char *room, int64_t before, long count,
                   store_cb_t *cb, void *arg);
+
+/* Sends any command on the command connection; cb (may be NULL) gets the
+ * reply. Returns 0, or -1 when Redis is unavailable (cb not called). */
+int store_call(worker_t *w, store_cb_t *cb, void *arg, int argc, const char **argv,
+               const size_t *lens);
+
+/* Sets the room's counter to seq unless it exists (SET NX). */
+int store_seed_seq(worker_t *w, const char *room, int64_t seq, store_cb_t *cb, void *arg);
+
+/* Raises the room's archived cursor to seq (never lowers it). */
+void store_set_archived(worker_t *w, const char *room, int64_t seq);
 
 /* The room's last seq (GET; nil for a new room). */
 int store_last_seq(worker_t *w, const char *room, store_cb_t *cb, void *arg);

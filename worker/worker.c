@@ -1,5 +1,6 @@
 #include "worker.h"
 #include "conn.h"
+#include "archive.h"
 #include "bus.h"
 #include "room.h"
 #include "web.h"
@@ -40,6 +41,7 @@ static void worker_finish(worker_t *w)
         conn_abort(c);
     }
     bus_close(w->bus);
+    archive_close(w->archive);
     worker_close_handle((uv_handle_t *)&w->listener);
     worker_close_handle((uv_handle_t *)&w->tick);
     worker_close_handle((uv_handle_t *)&w->flusher);
@@ -152,10 +154,12 @@ static void worker_on_tick(uv_timer_t *t)
         return;
     }
     if (w->stopping == 1) {
-        /* Retire clients in batches, so they reconnect to siblings gradually. */
+        /* Retire clients in batches, so they reconnect to siblings gradually.
+         * A handshake under way completes first (or times out): cutting it
+         * would look like a failed connection to the client. */
         int n = 0;
         for (conn_t *c = w->conns; c != NULL && n < WORKER_CLOSE_BATCH; c = c->next) {
-            if (c->state == CONN_WS || c->state == CONN_HTTP) {
+            if (c->state == CONN_WS) {
                 conn_close(c, 1001, "server going away");
                 n++;
             }
@@ -173,6 +177,7 @@ static void worker_on_tick(uv_timer_t *t)
         conn_tick(c, now);
     }
     bus_tick(w->bus);
+    archive_tick(w->archive);
     room_tick(w);
     /* Idle connections just gave their wslay state back; return those
      * pages to the kernel so that RSS follows the live set. */
@@ -315,6 +320,14 @@ int worker_run(const config_t *cfg, int slot, int listen_fd, int ready_fd,
         goto done;
     }
 
+    if (cfg->mongo_uri[0] != '\0') {
+        w->archive = archive_new(w);
+        if (w->archive == NULL) {
+            log_error("event=worker_start_failed err=\"cannot set up the MongoDB archive\"");
+            goto done;
+        }
+    }
+
     metrics_slot_t *ms = &metrics->slot[slot];
     __atomic_store_n(&ms->pid, (int32_t)getpid(), __ATOMIC_RELAXED);
     int one = slot;
@@ -335,6 +348,7 @@ done:
     /* Let every close callback run so that nothing is left allocated. */
     uv_run(&w->loop, UV_RUN_DEFAULT);
     bus_free(w->bus);
+    archive_free(w->archive);
     room_free_all(w);
     worker_free_conn_blocks(w);
     if (uv_loop_close(&w->loop) != 0) {

@@ -19,6 +19,7 @@
 typedef struct conn_s conn_t;
 typedef struct bus_s bus_t;
 typedef struct room_s room_t;
+typedef struct archive_s archive_t;
 
 typedef struct worker_s {
     uv_loop_t loop;
@@ -37,6 +38,7 @@ typedef struct worker_s {
     int stopping;               /* 1 graceful, 2 now */
     uint64_t stop_deadline_ms;
     bus_t *bus;
+    archive_t *archive;         /* NULL without --mongo-uri */
     room_t **rooms;             /* hash table of rooms with local members */
     size_t rooms_cap;
     size_t nrooms;

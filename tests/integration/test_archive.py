@@ -1,0 +1,288 @@
+"""The MongoDB archive, against a real MongoDB-wire server (CongoDB, see
+tests/congodb/) read back through the official MongoDB Node.js driver.
+
+Every test checks stored documents, not just chatd's answers: each acked
+message must be in the archive exactly once, with its fields, whatever was
+stopped or killed on the way."""
+import asyncio
+import functools
+import json
+import os
+import signal
+import subprocess
+import tempfile
+import time
+
+import harness
+from chatclient import ChatClient
+from harness import Chatd, Redis, wait_for
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CONGO = os.path.join(os.path.dirname(HERE), "congodb")
+TAG = str(int(time.time()) % 100000)
+
+REDIS = None
+MONGO = None
+SRV = None
+
+
+class Congo:
+    """A CongoDB server on a free loopback port with file storage, so a
+    stop and start keeps what it had stored."""
+
+    def __init__(self):
+        self.port = harness.free_port()
+        self.dir = tempfile.mkdtemp(prefix="congo-", dir=harness.artifacts_dir())
+        self.log_path = os.path.join(self.dir, "congo.log")
+        self.proc = None
+
+    @property
+    def uri(self):
+        return f"mongodb://127.0.0.1:{self.port}/chatd"
+
+    def start(self, timeout=30):
+        log = open(self.log_path, "a")
+        self.proc = subprocess.Popen(["node", os.path.join(CONGO, "run.mjs"), str(self.port),
+                                      os.path.join(self.dir, "data")],
+                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        wait_for(lambda: "congodb ready" in open(self.log_path).read() or self.proc.poll() is not None,
+                 timeout, what="congodb ready")
+        assert self.proc.poll() is None, open(self.log_path).read()
+        return self
+
+    def stop(self):
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        self.proc = None
+
+    def docs(self, room):
+        p = subprocess.run(["node", os.path.join(CONGO, "query.mjs"), self.uri, room],
+                           capture_output=True, text=True, timeout=30)
+        assert p.returncode == 0, p.stderr
+        return json.loads(p.stdout)
+
+
+def setup_module():
+    global REDIS, MONGO, SRV
+    subprocess.run(["bash", os.path.join(CONGO, "setup")], check=True, timeout=300)
+    REDIS = Redis(name="redis-archive").start()
+    MONGO = Congo().start()
+    SRV = Chatd(REDIS, workers=2, name="archive",
+                args=["--mongo-uri", MONGO.uri, "--recovery-window", "10",
+                      "--rate", "100000", "--burst", "100000"]).start()
+
+
+def teardown_module():
+    if SRV is not None:
+        SRV.stop()
+    if MONGO is not None:
+        MONGO.stop()
+    if REDIS is not None:
+        REDIS.stop()
+
+
+def R(name):
+    return f"arch-{TAG}-{name}"
+
+
+def atest(seconds):
+    def deco(fn):
+        @functools.wraps(fn)
+        def wrapper():
+            return asyncio.run(fn())
+        wrapper.timeout_seconds = seconds
+        return wrapper
+    return deco
+
+
+def metric(srv, name):
+    st, _, body = harness.http_get(srv.port, "/metrics")
+    assert st == 200
+    for line in body.decode().splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return None
+
+
+def wait_archived(room, acks, timeout=30):
+    """Waits until the archive holds exactly the acked messages of room."""
+    want = sorted(a["seq"] for a in acks)
+    docs = []
+
+    def done():
+        nonlocal docs
+        docs = MONGO.docs(room)
+        return sorted(d["seq"] for d in docs) == want
+    try:
+        wait_for(done, timeout, interval=0.5, what=f"archive of {room}")
+    except AssertionError:
+        seqs = [d["seq"] for d in docs]
+        dups = sorted({s for s in seqs if seqs.count(s) > 1})
+        raise AssertionError(f"{room}: archive has {len(seqs)} docs (dups {dups[:10]}), "
+                             f"want {len(want)}; missing {sorted(set(want) - set(seqs))[:10]}")
+    return docs
+
+
+async def send_all(c, room, n, prefix, retry_unavailable=False):
+    """Sends n chats with ids; returns the ack payloads. With retry, a chat
+    answered unavailable is resent with the same id, as a client would."""
+    acks = []
+    for i in range(n):
+        mid = f"{prefix}-{i}"
+        while True:
+            f = await c.request("chat", {"room": room, "content": f"{prefix} {i}",
+                                         "attachments": [{"type": "link", "url": f"https://e.x/{i}"}]},
+                                id=mid, timeout=15)
+            if f["type"] == "ack":
+                acks.append(f["payload"])
+                break
+            assert retry_unavailable and f["payload"]["code"] == "unavailable", f
+            await asyncio.sleep(0.3)
+    return acks
+
+
+@atest(90)
+async def test_archive_round_trip_fields():
+    room = R("rt")
+    c = await ChatClient.open(SRV.port, "alice")
+    try:
+        await c.join(room)
+        acks = await send_all(c, room, 25, "rt")
+    finally:
+        await c.close()
+    assert [a["seq"] for a in acks] == list(range(1, 26))
+    docs = wait_archived(room, acks)
+    by_seq = {d["seq"]: d for d in docs}
+    for i, a in enumerate(acks):
+        d = by_seq[a["seq"]]
+        assert d["sender"] == "alice" and d["content"] == f"rt {i}", d
+        assert d["cid"] == f"rt-{i}" and d["ts"] == a["ts"] and d["timestamp"] == a["ts"], (d, a)
+        assert d["attachments"] == [{"type": "link", "url": f"https://e.x/{i}"}], d
+    wait_for(lambda: metric(SRV, "chatd_queue_depth") == 0, 15, what="queue depth 0")
+    assert metric(SRV, "chatd_mongo_up") == 1
+
+
+@atest(120)
+async def test_history_pages_from_redis_into_mongo():
+    room = R("hist")
+    c = await ChatClient.open(SRV.port, "bob")
+    try:
+        await c.join(room)
+        acks = await send_all(c, room, 30, "h1")
+        wait_archived(room, acks)
+        # Sends after the archive caught up let the recent log be trimmed
+        # below what MongoDB holds (it keeps at least the window of 10).
+        acks += await send_all(c, room, 15, "h2")
+        wait_archived(room, acks)
+        log_len = REDIS.command("XLEN", f"chatd:{{{room}}}:log")
+        assert log_len < 45, f"the recent log was never trimmed ({log_len} entries)"
+
+        seen, before, pages = [], None, 0
+        while True:
+            p = {"room": room, "limit": 7}
+            if before is not None:
+                p["before"] = before
+            h = await c.expect("history", p, want="history")
+            seqs = [m["seq"] for m in h["messages"]]
+            assert seqs == sorted(seqs), f"page not ascending: {seqs}"
+            seen = seqs + seen
+            pages += 1
+            if not h["more"]:
+                break
+            assert seqs, f"more=true with an empty page: {h}"
+            before = seqs[0]
+            assert pages < 20
+        assert seen == list(range(1, 46)), f"history pages gave {seen}"
+        old = (await c.expect("history", {"room": room, "before": 3, "limit": 5}, want="history"))
+        assert [m["seq"] for m in old["messages"]] == [1, 2] and old["more"] is False, old
+        m1 = old["messages"][0]
+        assert m1["sender"] == "bob" and m1["content"] == "h1 0" and m1["cid"] == "h1-0", m1
+        assert m1["attachments"] == [{"type": "link", "url": "https://e.x/0"}], m1
+        assert m1["ts"] == acks[0]["ts"], (m1, acks[0])
+
+        # A join with since older than the Redis window is not recovered.
+        d = await ChatClient.open(SRV.port, "carol")
+        try:
+            j = await d.join(room, since=2)
+            assert j["recovered"] is False and j["seq"] == 45, j
+        finally:
+            await d.close()
+    finally:
+        await c.close()
+
+
+@atest(180)
+async def test_mongo_down_chat_continues_backlog_drains():
+    room = R("down")
+    c = await ChatClient.open(SRV.port, "dave")
+    try:
+        await c.join(room)
+        acks = await send_all(c, room, 5, "pre")
+        wait_archived(room, acks)
+        MONGO.stop()
+        try:
+            acks += await send_all(c, room, 40, "during")
+            assert [a["seq"] for a in acks] == list(range(1, 46))
+            wait_for(lambda: (metric(SRV, "chatd_queue_depth") or 0) >= 40, 20,
+                     what="backlog visible in /metrics")
+            wait_for(lambda: metric(SRV, "chatd_mongo_up") == 0, 20, what="mongo_up 0")
+        finally:
+            MONGO.start()
+        docs = wait_archived(room, acks, timeout=60)
+        assert len(docs) == 45
+        wait_for(lambda: metric(SRV, "chatd_queue_depth") == 0, 30, what="backlog drained")
+    finally:
+        await c.close()
+
+
+@atest(180)
+async def test_worker_kill9_mid_batch_no_loss_no_duplicate():
+    room = R("kill")
+    c = await ChatClient.open(SRV.port, "erin")
+    try:
+        await c.join(room)
+        # With MongoDB away, every worker holds a batch it cannot finish.
+        MONGO.stop()
+        try:
+            acks = await send_all(c, room, 30, "k")
+            wait_for(lambda: (metric(SRV, "chatd_queue_depth") or 0) >= 30, 20, what="backlog")
+        finally:
+            await c.close()
+        for pid in SRV.worker_pids():
+            os.kill(pid, signal.SIGKILL)
+        MONGO.start()
+        # The respawned workers claim the dead ones' pending batches.
+        docs = wait_archived(room, acks, timeout=90)
+        assert len(docs) == 30
+    finally:
+        if MONGO.proc is None:
+            MONGO.start()
+
+
+@atest(120)
+async def test_redis_flushed_seq_continues_from_mongo():
+    room = R("flush")
+    c = await ChatClient.open(SRV.port, "fred")
+    try:
+        await c.join(room)
+        acks = await send_all(c, room, 12, "f")
+        wait_archived(room, acks)
+    finally:
+        await c.close()
+    REDIS.command("FLUSHALL")
+    c = await ChatClient.open(SRV.port, "fred")
+    try:
+        j = await c.join(room)
+        assert j["seq"] == 12, f"join after the flush: {j}"
+        more = await send_all(c, room, 3, "g")
+        assert [a["seq"] for a in more] == [13, 14, 15], more
+        docs = wait_archived(room, acks + more)
+        assert len(docs) == 15
+    finally:
+        await c.close()

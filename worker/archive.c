@@ -1,0 +1,736 @@
+#include "archive.h"
+#include "bus.h"
+#include "store.h"
+#include "worker.h"
+#include "../common/log.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cjson/cJSON.h>
+#include <mongoc/mongoc.h>
+
+#define ARCHIVE_STREAM "chatd:archive"
+#define ARCHIVE_GROUP "archivers"
+#define ARCHIVE_BATCH 500
+/* A batch left pending this long by a consumer is taken over. */
+#define ARCHIVE_CLAIM_IDLE_MS 10000
+#define ARCHIVE_COLLECTION "messages"
+
+typedef enum { JOB_WRITE, JOB_FIND, JOB_MAXSEQ, JOB_INDEXES } job_kind_t;
+
+typedef struct {
+    char *id;                   /* stream entry id */
+    char *room;
+    int64_t seq;
+    char *payload;
+} entry_t;
+
+typedef struct job_s {
+    uv_work_t req;
+    archive_t *a;
+    job_kind_t kind;
+    int ok;
+    /* JOB_WRITE */
+    entry_t *entries;
+    size_t n;
+    /* JOB_FIND / JOB_MAXSEQ */
+    char room[160];
+    int64_t before;
+    int limit;
+    char **found;
+    int nfound;
+    int64_t max_seq;
+    archive_find_cb_t *find_cb;
+    archive_seq_cb_t *seq_cb;
+    void *arg;
+    char err[512];
+} job_t;
+
+struct archive_s {
+    worker_t *w;
+    mongoc_uri_t *uri;
+    mongoc_client_pool_t *pool;
+    char db[128];
+    int closing;
+    int jobs;                   /* in flight */
+    int busy;                   /* a read or a write of the queue is under way */
+    int group_ready;
+    int indexes_ready;
+    int mongo_up;
+    int read_new;               /* next read takes new entries, not own pending */
+    uint64_t next_claim_ms;
+    uint64_t retry_at_ms;
+};
+
+/* ---------------------------------------------------------------------- */
+/* Thread-pool side: only these functions touch MongoDB. */
+
+/* A deterministic ObjectId: 8 bytes of the room's hash, 4 of the seq. A
+ * retried batch then rewrites the same documents instead of adding. */
+static void archive_oid(const char *room, int64_t seq, bson_oid_t *oid)
+{
+    uint64_t h = 1469598103934665603ull;
+    for (const char *p = room; *p != '\0'; p++) {
+        h = (h ^ (unsigned char)*p) * 1099511628211ull;
+    }
+    uint8_t b[12];
+    for (int i = 0; i < 8; i++) {
+        b[i] = (uint8_t)(h >> (56 - 8 * i));
+    }
+    uint32_t s = (uint32_t)seq;
+    b[8] = (uint8_t)(s >> 24);
+    b[9] = (uint8_t)(s >> 16);
+    b[10] = (uint8_t)(s >> 8);
+    b[11] = (uint8_t)s;
+    bson_oid_init_from_data(oid, b);
+}
+
+/* The stored document of one chat payload (see README, "Archive schema"). */
+static int archive_doc(const entry_t *e, bson_t *doc, bson_oid_t *oid)
+{
+    cJSON *p = cJSON_Parse(e->payload);
+    if (p == NULL) {
+        return -1;
+    }
+    const cJSON *sender = cJSON_GetObjectItemCaseSensitive(p, "sender");
+    const cJSON *content = cJSON_GetObjectItemCaseSensitive(p, "content");
+    const cJSON *ts = cJSON_GetObjectItemCaseSensitive(p, "ts");
+    const cJSON *cid = cJSON_GetObjectItemCaseSensitive(p, "cid");
+    const cJSON *att = cJSON_GetObjectItemCaseSensitive(p, "attachments");
+    if (!cJSON_IsString(sender) || !cJSON_IsString(content) || !cJSON_IsNumber(ts)) {
+        cJSON_Delete(p);
+        return -1;
+    }
+    archive_oid(e->room, e->seq, oid);
+    BSON_APPEND_OID(doc, "_id", oid);
+    BSON_APPEND_UTF8(doc, "roomId", e->room);
+    BSON_APPEND_INT64(doc, "seq", e->seq);
+    BSON_APPEND_UTF8(doc, "sender", sender->valuestring);
+    BSON_APPEND_UTF8(doc, "content", content->valuestring);
+    BSON_APPEND_DATE_TIME(doc, "timestamp", (int64_t)ts->valuedouble);
+    /* The wire's ts again as a plain integer: exact on every server,
+     * whatever it does with dates. */
+    BSON_APPEND_INT64(doc, "ts", (int64_t)ts->valuedouble);
+    bson_t arr;
+    BSON_APPEND_ARRAY_BEGIN(doc, "attachments", &arr);
+    const cJSON *a;
+    int i = 0;
+    cJSON_ArrayForEach(a, att) {
+        char key[16];
+        snprintf(key, sizeof(key), "%d", i++);
+        bson_t item;
+        bson_append_document_begin(&arr, key, -1, &item);
+        BSON_APPEND_UTF8(&item, "type", cJSON_GetObjectItemCaseSensitive(a, "type")->valuestring);
+        BSON_APPEND_UTF8(&item, "url", cJSON_GetObjectItemCaseSensitive(a, "url")->valuestring);
+        bson_append_document_end(&arr, &item);
+    }
+    bson_append_array_end(doc, &arr);
+    if (cJSON_IsString(cid)) {
+        BSON_APPEND_UTF8(doc, "cid", cid->valuestring);
+    }
+    cJSON_Delete(p);
+    return 0;
+}
+
+static void archive_do_write(job_t *j, mongoc_collection_t *col)
+{
+    bson_t *opts = BCON_NEW("ordered", BCON_BOOL(false));
+    mongoc_bulk_operation_t *bulk = mongoc_collection_create_bulk_operation_with_opts(col, opts);
+    bson_destroy(opts);
+    bson_t *upsert = BCON_NEW("upsert", BCON_BOOL(true));
+    bson_error_t err;
+    size_t queued = 0;
+    for (size_t i = 0; i < j->n; i++) {
+        bson_t doc = BSON_INITIALIZER;
+        bson_oid_t oid;
+        if (archive_doc(&j->entries[i], &doc, &oid) != 0) {
+            /* Not ours to fix: it is acknowledged and skipped, loudly. */
+            snprintf(j->err, sizeof(j->err), "malformed payload for %s seq %" PRId64,
+                     j->entries[i].room, j->entries[i].seq);
+            bson_destroy(&doc);
+            continue;
+        }
+        bson_t sel = BSON_INITIALIZER;
+        BSON_APPEND_OID(&sel, "_id", &oid);
+        if (mongoc_bulk_operation_replace_one_with_opts(bulk, &sel, &doc, upsert, &err)) {
+            queued++;
+        }
+        bson_destroy(&sel);
+        bson_destroy(&doc);
+    }
+    bson_t reply;
+    j->ok = queued == 0 || mongoc_bulk_operation_execute(bulk, &reply, &err) != 0;
+    if (queued > 0) {
+        if (!j->ok) {
+            snprintf(j->err, sizeof(j->err), "%s", err.message);
+        }
+        bson_destroy(&reply);
+    }
+    bson_destroy(upsert);
+    mongoc_bulk_operation_destroy(bulk);
+}
+
+/* Turns a stored document back into the chat payload clients know. */
+static char *archive_payload(const bson_t *d)
+{
+    bson_iter_t it;
+    cJSON *p = cJSON_CreateObject();
+    if (p == NULL) {
+        return NULL;
+    }
+    const char *room = "", *sender = "", *content = "", *cid = NULL;
+    int64_t seq = 0, ts = 0;
+    cJSON *att = cJSON_CreateArray();
+    if (bson_iter_init(&it, d)) {
+        while (bson_iter_next(&it)) {
+            const char *k = bson_iter_key(&it);
+            if (strcmp(k, "roomId") == 0 && BSON_ITER_HOLDS_UTF8(&it)) {
+                room = bson_iter_utf8(&it, NULL);
+            } else if (strcmp(k, "seq") == 0) {
+                seq = bson_iter_as_int64(&it);
+            } else if (strcmp(k, "sender") == 0 && BSON_ITER_HOLDS_UTF8(&it)) {
+                sender = bson_iter_utf8(&it, NULL);
+            } else if (strcmp(k, "content") == 0 && BSON_ITER_HOLDS_UTF8(&it)) {
+                content = bson_iter_utf8(&it, NULL);
+            } else if (strcmp(k, "cid") == 0 && BSON_ITER_HOLDS_UTF8(&it)) {
+                cid = bson_iter_utf8(&it, NULL);
+            } else if (strcmp(k, "ts") == 0 && (BSON_ITER_HOLDS_INT64(&it) || BSON_ITER_HOLDS_INT32(&it) ||
+                                                 BSON_ITER_HOLDS_DOUBLE(&it))) {
+                ts = bson_iter_as_int64(&it);
+            } else if (strcmp(k, "timestamp") == 0 && BSON_ITER_HOLDS_DATE_TIME(&it) && ts == 0) {
+                ts = bson_iter_date_time(&it);
+            } else if (strcmp(k, "attachments") == 0 && BSON_ITER_HOLDS_ARRAY(&it) && att != NULL) {
+                bson_iter_t ai;
+                if (bson_iter_recurse(&it, &ai)) {
+                    while (bson_iter_next(&ai)) {
+                        bson_iter_t fi;
+                        const char *type = NULL, *url = NULL;
+                        if (BSON_ITER_HOLDS_DOCUMENT(&ai) && bson_iter_recurse(&ai, &fi)) {
+                            while (bson_iter_next(&fi)) {
+                                if (strcmp(bson_iter_key(&fi), "type") == 0 && BSON_ITER_HOLDS_UTF8(&fi)) {
+                                    type = bson_iter_utf8(&fi, NULL);
+                                } else if (strcmp(bson_iter_key(&fi), "url") == 0 && BSON_ITER_HOLDS_UTF8(&fi)) {
+                                    url = bson_iter_utf8(&fi, NULL);
+                                }
+                            }
+                        }
+                        cJSON *o = cJSON_CreateObject();
+                        if (o != NULL && type != NULL && url != NULL) {
+                            cJSON_AddStringToObject(o, "type", type);
+                            cJSON_AddStringToObject(o, "url", url);
+                            cJSON_AddItemToArray(att, o);
+                        } else {
+                            cJSON_Delete(o);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    /* The same field order as the live payload. */
+    cJSON_AddStringToObject(p, "room", room);
+    cJSON_AddNumberToObject(p, "seq", (double)seq);
+    cJSON_AddNumberToObject(p, "ts", (double)ts);
+    cJSON_AddStringToObject(p, "sender", sender);
+    cJSON_AddStringToObject(p, "content", content);
+    if (att != NULL) {
+        cJSON_AddItemToObject(p, "attachments", att);
+    }
+    if (cid != NULL) {
+        cJSON_AddStringToObject(p, "cid", cid);
+    }
+    char *s = cJSON_PrintUnformatted(p);
+    cJSON_Delete(p);
+    return s;
+}
+
+static void archive_do_find(job_t *j, mongoc_collection_t *col)
+{
+    bson_t *filter = j->before >= 0
+        ? BCON_NEW("roomId", BCON_UTF8(j->room), "seq", "{", "$lt", BCON_INT64(j->before), "}")
+        : BCON_NEW("roomId", BCON_UTF8(j->room));
+    bson_t *opts = BCON_NEW("sort", "{", "seq", BCON_INT32(-1), "}", "limit", BCON_INT64(j->limit));
+    mongoc_cursor_t *cur = mongoc_collection_find_with_opts(col, filter, opts, NULL);
+    j->found = calloc((size_t)j->limit, sizeof(char *));
+    const bson_t *d;
+    int64_t last = INT64_MAX;
+    while (j->found != NULL && j->nfound < j->limit && mongoc_cursor_next(cur, &d)) {
+        bson_iter_t it;
+        int64_t seq = bson_iter_init_find(&it, d, "seq") ? bson_iter_as_int64(&it) : 0;
+        /* A duplicate document (a server without unique indexes, a
+         * collision) must not show twice: keep strictly descending seqs. */
+        if (seq >= last) {
+            continue;
+        }
+        last = seq;
+        char *s = archive_payload(d);
+        if (s != NULL) {
+            j->found[j->nfound++] = s;
+        }
+    }
+    bson_error_t err;
+    j->ok = j->found != NULL && !mongoc_cursor_error(cur, &err);
+    if (!j->ok && j->found != NULL) {
+        snprintf(j->err, sizeof(j->err), "%s", err.message);
+    }
+    mongoc_cursor_destroy(cur);
+    bson_destroy(filter);
+    bson_destroy(opts);
+    if (j->kind == JOB_MAXSEQ) {
+        j->max_seq = 0;
+        if (j->ok && j->nfound > 0) {
+            cJSON *p = cJSON_Parse(j->found[0]);
+            const cJSON *s = cJSON_GetObjectItemCaseSensitive(p, "seq");
+            j->max_seq = cJSON_IsNumber(s) ? (int64_t)s->valuedouble : 0;
+            cJSON_Delete(p);
+        }
+    }
+}
+
+static void archive_do_indexes(job_t *j, mongoc_collection_t *col)
+{
+    bson_error_t err;
+    bson_t *cmd = BCON_NEW("createIndexes", BCON_UTF8(ARCHIVE_COLLECTION), "indexes", "[",
+                           "{", "key", "{", "roomId", BCON_INT32(1), "seq", BCON_INT32(1), "}",
+                           "name", BCON_UTF8("roomId_seq"), "unique", BCON_BOOL(true), "}",
+                           "{", "key", "{", "roomId", BCON_INT32(1), "timestamp", BCON_INT32(-1), "}",
+                           "name", BCON_UTF8("roomId_timestamp"), "}",
+                           "{", "key", "{", "sender", BCON_INT32(1), "timestamp", BCON_INT32(-1), "}",
+                           "name", BCON_UTF8("sender_timestamp"), "}",
+                           "]");
+    j->ok = mongoc_collection_write_command_with_opts(col, cmd, NULL, NULL, &err);
+    if (!j->ok) {
+        snprintf(j->err, sizeof(j->err), "%s", err.message);
+    }
+    bson_destroy(cmd);
+}
+
+static void archive_on_work(uv_work_t *req)
+{
+    job_t *j = req->data;
+    mongoc_client_t *client = mongoc_client_pool_pop(j->a->pool);
+    mongoc_collection_t *col = mongoc_client_get_collection(client, j->a->db, ARCHIVE_COLLECTION);
+    switch (j->kind) {
+    case JOB_WRITE:
+        archive_do_write(j, col);
+        break;
+    case JOB_FIND:
+    case JOB_MAXSEQ:
+        archive_do_find(j, col);
+        break;
+    case JOB_INDEXES:
+        archive_do_indexes(j, col);
+        break;
+    }
+    mongoc_collection_destroy(col);
+    mongoc_client_pool_push(j->a->pool, client);
+}
+
+/* ---------------------------------------------------------------------- */
+/* Loop side. */
+
+static void archive_set_up(archive_t *a, int up, const char *why)
+{
+    if (up != a->mongo_up) {
+        if (up) {
+            log_info("event=mongo_up");
+        } else {
+            log_warn("event=mongo_down err=\"%s\"", why);
+        }
+    }
+    a->mongo_up = up;
+    __atomic_store_n(&a->w->metrics->mongo_up, up, __ATOMIC_RELAXED);
+}
+
+static void job_free(job_t *j)
+{
+    for (size_t i = 0; i < j->n; i++) {
+        free(j->entries[i].id);
+        free(j->entries[i].room);
+        free(j->entries[i].payload);
+    }
+    free(j->entries);
+    for (int i = 0; i < j->nfound; i++) {
+        free(j->found[i]);
+    }
+    free(j->found);
+    free(j);
+}
+
+static void archive_pump(archive_t *a);
+
+/* XACK then XDEL the written entries, and advance each room's cursor. */
+static void archive_commit(archive_t *a, job_t *j)
+{
+    worker_t *w = a->w;
+    size_t argc = 3 + j->n;
+    const char **argv = calloc(argc, sizeof(*argv));
+    size_t *lens = calloc(argc, sizeof(*lens));
+    if (argv != NULL && lens != NULL) {
+        for (size_t i = 0; i < j->n; i++) {
+            argv[3 + i] = j->entries[i].id;
+            lens[3 + i] = strlen(j->entries[i].id);
+        }
+        argv[0] = "XACK";
+        argv[1] = ARCHIVE_STREAM;
+        argv[2] = ARCHIVE_GROUP;
+        for (int i = 0; i < 3; i++) {
+            lens[i] = strlen(argv[i]);
+        }
+        store_call(w, NULL, NULL, (int)argc, argv, lens);
+        /* XDEL takes the same ids after the stream name alone. */
+        argv[1] = "XDEL";
+        argv[2] = ARCHIVE_STREAM;
+        lens[1] = 4;
+        lens[2] = strlen(ARCHIVE_STREAM);
+        store_call(w, NULL, NULL, (int)argc - 1, argv + 1, lens + 1);
+    }
+    free(argv);
+    free(lens);
+    /* Entries of one room arrive in seq order; the last one is the highest. */
+    for (size_t i = 0; i < j->n; i++) {
+        int last_of_room = j->entries[i].room[0] != '\0';
+        for (size_t k = i + 1; k < j->n && last_of_room; k++) {
+            last_of_room = strcmp(j->entries[k].room, j->entries[i].room) != 0;
+        }
+        if (last_of_room) {
+            store_set_archived(w, j->entries[i].room, j->entries[i].seq);
+        }
+    }
+}
+
+static void archive_after_work(uv_work_t *req, int status)
+{
+    job_t *j = req->data;
+    archive_t *a = j->a;
+    a->jobs--;
+    if (status != 0) {
+        j->ok = 0;
+        snprintf(j->err, sizeof(j->err), "cancelled");
+    }
+    switch (j->kind) {
+    case JOB_WRITE:
+        a->busy = 0;
+        if (j->ok) {
+            archive_set_up(a, 1, NULL);
+            if (j->err[0] != '\0') {
+                log_error("event=archive_skipped err=\"%s\"", j->err);
+            }
+            archive_commit(a, j);
+            log_debug("event=archived count=%zu", j->n);
+            if (j->n == ARCHIVE_BATCH) {
+                archive_pump(a);    /* more is waiting */
+            }
+        } else {
+            archive_set_up(a, 0, j->err);
+            /* The batch stays pending in the group and is read again. */
+            a->retry_at_ms = uv_now(&a->w->loop) + 1000;
+        }
+        break;
+    case JOB_FIND:
+        if (!j->ok) {
+            archive_set_up(a, 0, j->err);
+        }
+        j->find_cb(a->w, j->arg, j->found, j->ok ? j->nfound : -1);
+        break;
+    case JOB_MAXSEQ:
+        if (!j->ok) {
+            archive_set_up(a, 0, j->err);
+        }
+        j->seq_cb(a->w, j->arg, j->ok ? j->max_seq : -1);
+        break;
+    case JOB_INDEXES:
+        if (j->ok) {
+            a->indexes_ready = 1;
+            archive_set_up(a, 1, NULL);
+            log_info("event=mongo_indexes_ready");
+        } else {
+            archive_set_up(a, 0, j->err);
+        }
+        break;
+    }
+    job_free(j);
+}
+
+static job_t *archive_job(archive_t *a, job_kind_t kind)
+{
+    job_t *j = calloc(1, sizeof(*j));
+    if (j != NULL) {
+        j->a = a;
+        j->kind = kind;
+        j->req.data = j;
+    }
+    return j;
+}
+
+static int archive_submit(archive_t *a, job_t *j)
+{
+    if (uv_queue_work(&a->w->loop, &j->req, archive_on_work, archive_after_work) != 0) {
+        return -1;
+    }
+    a->jobs++;
+    return 0;
+}
+
+/* The XREADGROUP reply: [[stream, [[id, [field, value, ...]], ...]]]. */
+static void archive_on_read(worker_t *w, void *arg, redisReply *r)
+{
+    archive_t *a = arg;
+    a->busy = 0;
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements == 0 ||
+        r->element[0]->type != REDIS_REPLY_ARRAY || r->element[0]->elements < 2) {
+        if (r != NULL && r->type == REDIS_REPLY_ERROR && strstr(r->str, "NOGROUP") != NULL) {
+            a->group_ready = 0;
+        }
+        return;
+    }
+    const redisReply *list = r->element[0]->element[1];
+    if (list->type != REDIS_REPLY_ARRAY || list->elements == 0 || a->closing) {
+        return;
+    }
+    job_t *j = archive_job(a, JOB_WRITE);
+    if (j == NULL || (j->entries = calloc(list->elements, sizeof(entry_t))) == NULL) {
+        free(j);
+        return;
+    }
+    for (size_t i = 0; i < list->elements; i++) {
+        const redisReply *e = list->element[i];
+        const char *room = NULL, *payload = NULL;
+        if (e->type != REDIS_REPLY_ARRAY || e->elements != 2 || e->element[1]->type != REDIS_REPLY_ARRAY) {
+            continue;
+        }
+        const redisReply *f = e->element[1];
+        for (size_t k = 0; k + 1 < f->elements; k += 2) {
+            if (strcmp(f->element[k]->str, "r") == 0) {
+                room = f->element[k + 1]->str;
+            } else if (strcmp(f->element[k]->str, "m") == 0) {
+                payload = f->element[k + 1]->str;
+            }
+        }
+        entry_t *en = &j->entries[j->n];
+        en->id = strdup(e->element[0]->str);
+        if (en->id == NULL) {
+            continue;
+        }
+        j->n++;
+        const char *seqp = payload != NULL ? strstr(payload, "\"seq\":") : NULL;
+        if (room == NULL || seqp == NULL) {
+            /* Unreadable entries are acknowledged so they do not loop. */
+            en->room = strdup("");
+            en->payload = strdup("");
+            continue;
+        }
+        en->room = strdup(room);
+        en->payload = strdup(payload);
+        en->seq = strtoll(seqp + 6, NULL, 10);
+        if (en->room == NULL || en->payload == NULL) {
+            j->n--;
+            free(en->id);
+            free(en->room);
+            free(en->payload);
+        }
+    }
+    a->busy = 1;
+    if (archive_submit(a, j) != 0) {
+        a->busy = 0;
+        job_free(j);
+    }
+    (void)w;
+}
+
+static void archive_on_group(worker_t *w, void *arg, redisReply *r)
+{
+    (void)w;
+    archive_t *a = arg;
+    /* BUSYGROUP: another worker made it first, which is as good. */
+    if (r != NULL && (r->type == REDIS_REPLY_STATUS ||
+                      (r->type == REDIS_REPLY_ERROR && strstr(r->str, "BUSYGROUP") != NULL))) {
+        a->group_ready = 1;
+    }
+}
+
+static void archive_on_len(worker_t *w, void *arg, redisReply *r)
+{
+    (void)arg;
+    if (r != NULL && r->type == REDIS_REPLY_INTEGER) {
+        metrics_set(&w->metrics->queue_depth, (uint64_t)r->integer);
+    }
+}
+
+/* Reads this consumer's own pending entries first (a batch whose write
+ * failed, or one claimed from a dead consumer), then new ones. */
+static void archive_pump(archive_t *a)
+{
+    worker_t *w = a->w;
+    if (a->busy || a->closing || !a->group_ready || !a->indexes_ready || !bus_healthy(w->bus)) {
+        return;
+    }
+    const char *argv[] = { "XREADGROUP", "GROUP", ARCHIVE_GROUP, w->wid, "COUNT", "500",
+                           "STREAMS", ARCHIVE_STREAM, a->read_new ? ">" : "0" };
+    /* Alternate: own pending ("0") then new (">"), so retries are never starved. */
+    a->read_new = !a->read_new;
+    size_t lens[9];
+    for (int i = 0; i < 9; i++) {
+        lens[i] = strlen(argv[i]);
+    }
+    a->busy = 1;
+    if (store_call(w, archive_on_read, a, 9, argv, lens) != 0) {
+        a->busy = 0;
+    }
+}
+
+void archive_tick(archive_t *a)
+{
+    if (a == NULL || a->closing) {
+        return;
+    }
+    worker_t *w = a->w;
+    uint64_t now = uv_now(&w->loop);
+    if (!bus_healthy(w->bus)) {
+        return;
+    }
+    if (!a->group_ready) {
+        const char *argv[] = { "XGROUP", "CREATE", ARCHIVE_STREAM, ARCHIVE_GROUP, "0", "MKSTREAM" };
+        size_t lens[6];
+        for (int i = 0; i < 6; i++) {
+            lens[i] = strlen(argv[i]);
+        }
+        store_call(w, archive_on_group, a, 6, argv, lens);
+        return;
+    }
+    if (!a->indexes_ready && a->jobs == 0) {
+        job_t *j = archive_job(a, JOB_INDEXES);
+        if (j != NULL && archive_submit(a, j) != 0) {
+            job_free(j);
+        }
+        return;
+    }
+    if (now >= a->next_claim_ms) {
+        a->next_claim_ms = now + 5000;
+        char idle[24];
+        snprintf(idle, sizeof(idle), "%d", ARCHIVE_CLAIM_IDLE_MS);
+        const char *argv[] = { "XAUTOCLAIM", ARCHIVE_STREAM, ARCHIVE_GROUP, w->wid, idle, "0-0",
+                               "COUNT", "500", "JUSTID" };
+        size_t lens[9];
+        for (int i = 0; i < 9; i++) {
+            lens[i] = strlen(argv[i]);
+        }
+        store_call(w, NULL, NULL, 9, argv, lens);
+        const char *len_argv[] = { "XLEN", ARCHIVE_STREAM };
+        size_t len_lens[] = { 4, strlen(ARCHIVE_STREAM) };
+        store_call(w, archive_on_len, a, 2, len_argv, len_lens);
+    }
+    if (now >= a->retry_at_ms) {
+        archive_pump(a);
+    }
+}
+
+int archive_find(archive_t *a, const char *room, int64_t before, int limit,
+                 archive_find_cb_t *cb, void *arg)
+{
+    if (a == NULL || a->closing) {
+        return -1;
+    }
+    job_t *j = archive_job(a, JOB_FIND);
+    if (j == NULL) {
+        return -1;
+    }
+    snprintf(j->room, sizeof(j->room), "%s", room);
+    j->before = before;
+    j->limit = limit;
+    j->find_cb = cb;
+    j->arg = arg;
+    if (archive_submit(a, j) != 0) {
+        job_free(j);
+        return -1;
+    }
+    return 0;
+}
+
+int archive_max_seq(archive_t *a, const char *room, archive_seq_cb_t *cb, void *arg)
+{
+    if (a == NULL || a->closing) {
+        return -1;
+    }
+    job_t *j = archive_job(a, JOB_MAXSEQ);
+    if (j == NULL) {
+        return -1;
+    }
+    snprintf(j->room, sizeof(j->room), "%s", room);
+    j->before = -1;
+    j->limit = 1;
+    j->seq_cb = cb;
+    j->arg = arg;
+    if (archive_submit(a, j) != 0) {
+        job_free(j);
+        return -1;
+    }
+    return 0;
+}
+
+archive_t *archive_new(worker_t *w)
+{
+    if (w->cfg->mongo_uri[0] == '\0') {
+        return NULL;
+    }
+    archive_t *a = calloc(1, sizeof(*a));
+    if (a == NULL) {
+        return NULL;
+    }
+    a->w = w;
+    mongoc_init();
+    bson_error_t err;
+    a->uri = mongoc_uri_new_with_error(w->cfg->mongo_uri, &err);
+    if (a->uri == NULL) {
+        log_error("event=bad_mongo_uri err=\"%s\"", err.message);
+        goto fail;
+    }
+    /* Fail fast while MongoDB is away: the queue keeps the messages. */
+    if (!mongoc_uri_has_option(a->uri, MONGOC_URI_SERVERSELECTIONTIMEOUTMS)) {
+        mongoc_uri_set_option_as_int32(a->uri, MONGOC_URI_SERVERSELECTIONTIMEOUTMS, 2000);
+    }
+    if (!mongoc_uri_has_option(a->uri, MONGOC_URI_CONNECTTIMEOUTMS)) {
+        mongoc_uri_set_option_as_int32(a->uri, MONGOC_URI_CONNECTTIMEOUTMS, 2000);
+    }
+    if (!mongoc_uri_has_option(a->uri, MONGOC_URI_SOCKETTIMEOUTMS)) {
+        mongoc_uri_set_option_as_int32(a->uri, MONGOC_URI_SOCKETTIMEOUTMS, 10000);
+    }
+    const char *db = mongoc_uri_get_database(a->uri);
+    snprintf(a->db, sizeof(a->db), "%s", db != NULL && db[0] != '\0' ? db : "chatd");
+    a->pool = mongoc_client_pool_new_with_error(a->uri, &err);
+    if (a->pool == NULL) {
+        log_error("event=mongo_pool_failed err=\"%s\"", err.message);
+        goto fail;
+    }
+    mongoc_client_pool_set_error_api(a->pool, MONGOC_ERROR_API_VERSION_2);
+    mongoc_client_pool_set_appname(a->pool, "chatd");
+    return a;
+fail:
+    if (a->uri != NULL) {
+        mongoc_uri_destroy(a->uri);
+    }
+    free(a);
+    mongoc_cleanup();
+    return NULL;
+}
+
+void archive_close(archive_t *a)
+{
+    if (a != NULL) {
+        a->closing = 1;
+    }
+}
+
+void archive_free(archive_t *a)
+{
+    if (a == NULL) {
+        return;
+    }
+    mongoc_client_pool_destroy(a->pool);
+    mongoc_uri_destroy(a->uri);
+    free(a);
+    mongoc_cleanup();
+}

@@ -1,0 +1,50 @@
+/*
+ * archive: the MongoDB copy of every accepted message, for history beyond
+ * what Redis keeps. The send script appends each message to the Redis
+ * stream chatd:archive, the durable queue; every worker of every host
+ * reads it through the consumer group "archivers", writes batches to
+ * MongoDB with idempotent upserts (the _id is derived from room and seq),
+ * and only then acknowledges and deletes the entries and advances the
+ * room's archived cursor (chatd:{R}:archived), below which the room's
+ * recent log may be trimmed. A worker that dies leaves its batch pending in
+ * the group; another claims it after ARCHIVE_CLAIM_IDLE_MS.
+ *
+ * mongo-c-driver is blocking, so every MongoDB call runs on libuv's thread
+ * pool (uv_queue_work) with a client from one mongoc_client_pool per
+ * worker; results come back on the loop. Without --mongo-uri nothing here
+ * runs and chatd keeps only Redis's recent log.
+ */
+#ifndef CHATD_ARCHIVE_H
+#define CHATD_ARCHIVE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct worker_s worker_t;
+typedef struct archive_s archive_t;
+
+/* Creates the archive of w when a MongoDB URI is configured; NULL when
+ * none is (not an error) or on failure (logged). */
+archive_t *archive_new(worker_t *w);
+
+/* Stops taking work; queued jobs still finish and call back. */
+void archive_close(archive_t *a);
+
+/* Frees the archive after the loop has run out. */
+void archive_free(archive_t *a);
+
+/* Once a second: read the queue, claim abandoned batches, measure backlog. */
+void archive_tick(archive_t *a);
+
+/* Messages older than seq before (before < 0: the newest), newest first,
+ * at most limit; cb gets an array of payload JSON texts, or n < 0 when
+ * MongoDB failed. The texts belong to the archive until cb returns. */
+typedef void archive_find_cb_t(worker_t *w, void *arg, char **payloads, int n);
+int archive_find(archive_t *a, const char *room, int64_t before, int limit,
+                 archive_find_cb_t *cb, void *arg);
+
+/* The highest seq MongoDB holds for room (0 when none), or -1 on failure. */
+typedef void archive_seq_cb_t(worker_t *w, void *arg, int64_t seq);
+int archive_max_seq(archive_t *a, const char *room, archive_seq_cb_t *cb, void *arg);
+
+#endif
