@@ -27,6 +27,7 @@ static void conn_on_close(uv_handle_t *h)
         c->next->prev = c->prev;
     }
     w->nconns--;
+    iplimit_release(&w->per_ip, c->peer_ip);
     c->prev = c->next = NULL;
     ws_stop(c);
     free(c->http);
@@ -363,8 +364,20 @@ int conn_accept(worker_t *w, uv_stream_t *listener)
     }
     struct sockaddr_storage ss;
     int sslen = sizeof(ss);
-    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &sslen) == 0 && ss.ss_family == AF_INET) {
-        c->peer_ip = ((struct sockaddr_in *)&ss)->sin_addr.s_addr;
+    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &sslen) == 0 && ss.ss_family == AF_INET &&
+        w->cfg->max_conns_per_ip > 0) {
+        uint32_t ip = ((struct sockaddr_in *)&ss)->sin_addr.s_addr;
+        if (iplimit_acquire(&w->per_ip, ip, (uint32_t)w->cfg->max_conns_per_ip) != 0) {
+            /* Over the cap: a short answer, without reading the request. */
+            static const char busy[] = "HTTP/1.1 429 Too Many Requests\r\nContent-Length: 0\r\n"
+                                       "Connection: close\r\n\r\n";
+            uv_buf_t b = uv_buf_init((char *)busy, sizeof(busy) - 1);
+            uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
+            log_debug("event=per_ip_limit");
+            conn_abort(c);
+            return 0;
+        }
+        c->peer_ip = ip;
     }
     c->http = malloc(sizeof(*c->http));
     if (c->http == NULL) {

@@ -55,7 +55,8 @@ typedef struct conn_s {
     uint64_t last_io_ms;        /* last byte either way (frees idle wslay state) */
     uint64_t next_ping_ms;
     uint64_t close_deadline_ms;
-    uint32_t peer_ip;           /* IPv4 in network order, 0 for others */
+    uint32_t peer_ip;           /* IPv4 in network order, 0 for others and
+                                 * when not counted in the per-IP limit */
     session_t sess;
 } conn_t;
 

@@ -351,6 +351,7 @@ done:
     archive_free(w->archive);
     room_free_all(w);
     worker_free_conn_blocks(w);
+    iplimit_free(&w->per_ip);
     if (uv_loop_close(&w->loop) != 0) {
         log_warn("event=loop_close_busy slot=%d", slot);
     }

@@ -15,6 +15,7 @@
 
 #include "../common/config.h"
 #include "../common/metrics.h"
+#include "iplimit.h"
 
 typedef struct conn_s conn_t;
 typedef struct bus_s bus_t;
@@ -42,6 +43,7 @@ typedef struct worker_s {
     room_t **rooms;             /* hash table of rooms with local members */
     size_t rooms_cap;
     size_t nrooms;
+    iplimit_t per_ip;           /* connections per client address */
     conn_t *conn_pool;          /* free conn_t slots */
     void *conn_blocks;          /* the blocks they were carved from */
     size_t idle_released;       /* wslay contexts freed since the last trim */

@@ -62,7 +62,7 @@ static void unit_fail(const char *file, int line, const char *expr, const char *
 }
 
 /* Each returns 1 when the check held. */
-static int unit_check(int ok, const char *file, int line, const char *expr)
+__attribute__((unused)) static int unit_check(int ok, const char *file, int line, const char *expr)
 {
     if (!ok) {
         unit_fail(file, line, expr, "");
@@ -82,7 +82,7 @@ static int unit_check_int(long long got, long long want, const char *file, int l
     return 1;
 }
 
-static int unit_check_str(const char *got, const char *want, const char *file, int line,
+__attribute__((unused)) static int unit_check_str(const char *got, const char *want, const char *file, int line,
                           const char *expr)
 {
     if (got == NULL || want == NULL || strcmp(got, want) != 0) {
