@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 void session_send_json(conn_t *c, char *json)
 {
@@ -30,7 +31,8 @@ void session_start(conn_t *c, auth_t *auth)
     session_t *s = &c->sess;
     s->auth = *auth;
     memset(auth, 0, sizeof(*auth));
-    snprintf(s->id, sizeof(s->id), "%x-%d-%llx", (unsigned)w->master_pid, w->slot,
+    /* Unique across workers and respawns: the worker's pid is in it. */
+    snprintf(s->id, sizeof(s->id), "%x-%x-%llx", (unsigned)w->master_pid, (unsigned)getpid(),
              (unsigned long long)++w->next_session);
     s->tokens = w->cfg->burst;
     s->refill_ms = uv_now(&w->loop);

@@ -338,6 +338,9 @@ int worker_run(const config_t *cfg, int slot, int listen_fd, int ready_fd,
     w->ready_fd = -1;
     log_info("event=worker_started slot=%d wid=%s", slot, w->wid);
 
+    /* The browser client's files, read once before the loop so that
+     * serving them never touches the disk. */
+    (void)web_load(NULL);
     uv_run(&w->loop, UV_RUN_DEFAULT);
     status = 0;
 
@@ -352,6 +355,7 @@ done:
     room_free_all(w);
     worker_free_conn_blocks(w);
     iplimit_free(&w->per_ip);
+    web_unload();
     if (uv_loop_close(&w->loop) != 0) {
         log_warn("event=loop_close_busy slot=%d", slot);
     }

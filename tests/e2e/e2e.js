@@ -1,0 +1,657 @@
+#!/usr/bin/env node
+/*
+ * End-to-end test of the chatd browser client: a real redis-server, a real
+ * bin/chatd (2 workers) and Debian's Chromium driven by playwright-core.
+ *
+ * Every wait has a timeout, every test has a deadline, the servers run in
+ * their own process groups and are torn down (TERM, then KILL) on every
+ * exit path. The last line printed is "N passed, N failed".
+ *
+ * Environment: CHATD_BIN (default <repo>/bin/chatd), REDIS_SERVER
+ * (/usr/bin/redis-server), CHROMIUM (/usr/bin/chromium), E2E_SCREENSHOT
+ * (default <repo>/docs/screenshot.png; "" for none), E2E_KEEP=1 keeps the
+ * temp dir with the logs.
+ */
+'use strict';
+
+const assert = require('assert/strict');
+const child = require('child_process');
+const fs = require('fs');
+const http = require('http');
+const net = require('net');
+const os = require('os');
+const path = require('path');
+
+const HERE = __dirname;
+const REPO = path.resolve(HERE, '..', '..');
+const CHATD = process.env.CHATD_BIN || path.join(REPO, 'bin', 'chatd');
+const REDIS = process.env.REDIS_SERVER || '/usr/bin/redis-server';
+const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
+const SHOT = process.env.E2E_SCREENSHOT !== undefined ? process.env.E2E_SCREENSHOT
+  : path.join(REPO, 'docs', 'screenshot.png');
+const TEST_TIMEOUT_MS = 60000;
+
+const { chromium } = require(path.join(HERE, 'node_modules', 'playwright-core'));
+
+const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'chatd-e2e-'));
+const procs = [];            // { name, proc, log } in start order
+let browser = null;
+
+// ------------------------------------------------------------ helpers
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+function withTimeout(promise, ms, what) {
+  let t;
+  return Promise.race([
+    promise,
+    new Promise((_, rej) => { t = setTimeout(() => rej(new Error('timeout after ' + ms + ' ms: ' + what)), ms); }),
+  ]).finally(() => clearTimeout(t));
+}
+
+// Polls fn until it returns a truthy value (returned) or the time is up.
+async function waitFor(fn, ms, what) {
+  const end = Date.now() + ms;
+  let last;
+  for (;;) {
+    try {
+      const v = await fn();
+      if (v) return v;
+      last = v;
+    } catch (e) {
+      last = e;
+    }
+    if (Date.now() > end) {
+      throw new Error('timed out waiting for ' + what + (last instanceof Error ? ': ' + last.message : ''));
+    }
+    await sleep(100);
+  }
+}
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.unref();
+    s.on('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address();
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+// Starts a server in its own process group so that teardown reaches every
+// process it forks (chatd's workers), with output kept in a log file.
+function spawnServer(name, cmd, args, env) {
+  const logPath = path.join(tmp, name + '.log');
+  const log = fs.openSync(logPath, 'a');
+  const proc = child.spawn(cmd, args, {
+    cwd: tmp, detached: true, stdio: ['ignore', 'pipe', 'pipe'],
+    env: Object.assign({}, process.env, env || {}),
+  });
+  const entry = { name, proc, logPath, out: '' };
+  const onData = (d) => {
+    fs.writeSync(log, d);
+    if (entry.out.length < 1e6) entry.out += d.toString();
+  };
+  proc.stdout.on('data', onData);
+  proc.stderr.on('data', onData);
+  proc.on('exit', () => { try { fs.closeSync(log); } catch (e) { /* closed */ } });
+  procs.push(entry);
+  return entry;
+}
+
+function alive(proc) {
+  return proc.exitCode === null && proc.signalCode === null;
+}
+
+async function stopServer(entry) {
+  const { proc } = entry;
+  if (!alive(proc)) return;
+  try { process.kill(-proc.pid, 'SIGTERM'); } catch (e) { /* gone */ }
+  const end = Date.now() + 5000;
+  while (alive(proc) && Date.now() < end) await sleep(50);
+  try { process.kill(-proc.pid, 'SIGKILL'); } catch (e) { /* gone */ }
+}
+
+function killAllNow() {
+  for (const e of procs) {
+    try { process.kill(-e.proc.pid, 'SIGKILL'); } catch (err) { /* gone */ }
+  }
+}
+process.on('exit', killAllNow);
+for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP']) {
+  process.on(sig, () => {
+    killAllNow();
+    console.log('e2e: interrupted by ' + sig);
+    console.log('0 passed, 1 failed');
+    process.exit(1);
+  });
+}
+
+function redisPing(port) {
+  return new Promise((resolve) => {
+    const s = net.connect(port, '127.0.0.1');
+    let buf = '';
+    s.setTimeout(500, () => { s.destroy(); resolve(false); });
+    s.on('error', () => resolve(false));
+    s.on('connect', () => s.write('*1\r\n$4\r\nPING\r\n'));
+    s.on('data', (d) => {
+      buf += d;
+      if (buf.includes('\r\n')) { s.destroy(); resolve(buf.startsWith('+PONG')); }
+    });
+  });
+}
+
+async function startRedis() {
+  const port = await freePort();
+  const dir = path.join(tmp, 'redis');
+  fs.mkdirSync(dir, { recursive: true });
+  const r = spawnServer('redis', REDIS, [
+    '--port', String(port), '--bind', '127.0.0.1', '--dir', dir, '--daemonize', 'no',
+    '--appendonly', 'yes', '--appendfsync', 'always', '--save', '', '--logfile', '',
+  ]);
+  await waitFor(async () => {
+    if (!alive(r.proc)) throw new Error('redis-server exited: ' + r.out.slice(-500));
+    return redisPing(port);
+  }, 10000, 'redis-server to answer PING');
+  r.port = port;
+  return r;
+}
+
+async function startChatd(redisPort) {
+  for (let attempt = 0; attempt < 3; attempt++) {
+    const port = await freePort();
+    const c = spawnServer('chatd' + (attempt ? '-' + attempt : ''), CHATD, [
+      '--port', String(port), '--bind', '127.0.0.1', '--workers', '2',
+      '--redis-url', 'redis://127.0.0.1:' + redisPort, '--max-rooms', '4',
+    ], { CHATD_WEB_DIR: path.join(REPO, 'worker', 'web') });
+    try {
+      await waitFor(() => {
+        if (!alive(c.proc)) throw new Error('chatd exited: ' + c.out.slice(-800));
+        const m = /chatd ready port=(\d+) workers=(\d+)/.exec(c.out);
+        return m && Number(m[1]) === port && Number(m[2]) === 2;
+      }, 15000, 'the "chatd ready" line');
+      c.port = port;
+      return c;
+    } catch (e) {
+      await stopServer(c);
+      // Another process may have taken the port between probe and bind.
+      if (attempt === 2 || !/Address already in use|EADDRINUSE|bind/i.test(c.out)) throw e;
+    }
+  }
+  throw new Error('unreachable');
+}
+
+// One raw HTTP/1.1 request, so the path goes out exactly as written (no
+// client-side normalisation of dot-segments or escapes).
+function rawGet(port, target, method) {
+  return new Promise((resolve, reject) => {
+    const s = net.connect(port, '127.0.0.1');
+    const chunks = [];
+    s.setTimeout(5000, () => { s.destroy(); reject(new Error('timeout: ' + target)); });
+    s.on('error', reject);
+    s.on('connect', () => s.write((method || 'GET') + ' ' + target + ' HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n'));
+    s.on('data', (d) => chunks.push(d));
+    s.on('end', () => {
+      const raw = Buffer.concat(chunks).toString('latin1');
+      const i = raw.indexOf('\r\n\r\n');
+      const head = i < 0 ? raw : raw.slice(0, i);
+      const lines = head.split('\r\n');
+      const status = Number((lines[0] || '').split(' ')[1]);
+      const headers = {};
+      for (const l of lines.slice(1)) {
+        const j = l.indexOf(':');
+        if (j > 0) headers[l.slice(0, j).trim().toLowerCase()] = l.slice(j + 1).trim();
+      }
+      resolve({ status, headers, body: i < 0 ? '' : raw.slice(i + 4) });
+    });
+  });
+}
+
+// ------------------------------------------------- /proc: who holds what
+function childrenOf(ppid) {
+  const out = [];
+  for (const d of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(d)) continue;
+    try {
+      const stat = fs.readFileSync('/proc/' + d + '/stat', 'utf8');
+      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      if (Number(fields[1]) === ppid) out.push(Number(d));
+    } catch (e) { /* exited meanwhile */ }
+  }
+  return out;
+}
+
+// Maps the peer port of every established connection to chatd's port to
+// the pid of the worker holding it (socket inodes in /proc/PID/fd matched
+// against /proc/net/tcp{,6}).
+function connectionsByWorker(masterPid, port) {
+  const inodeToPid = new Map();
+  for (const pid of childrenOf(masterPid)) {
+    let fds = [];
+    try { fds = fs.readdirSync('/proc/' + pid + '/fd'); } catch (e) { continue; }
+    for (const fd of fds) {
+      try {
+        const m = /^socket:\[(\d+)\]$/.exec(fs.readlinkSync('/proc/' + pid + '/fd/' + fd));
+        if (m) inodeToPid.set(m[1], pid);
+      } catch (e) { /* closed meanwhile */ }
+    }
+  }
+  const byPeer = new Map();
+  for (const f of ['/proc/net/tcp', '/proc/net/tcp6']) {
+    let text = '';
+    try { text = fs.readFileSync(f, 'utf8'); } catch (e) { continue; }
+    for (const line of text.split('\n').slice(1)) {
+      const c = line.trim().split(/\s+/);
+      if (c.length < 10 || c[3] !== '01') continue;        // 01 = ESTABLISHED
+      const lport = parseInt(c[1].split(':').pop(), 16);
+      const rport = parseInt(c[2].split(':').pop(), 16);
+      if (lport !== port || !inodeToPid.has(c[9])) continue;
+      byPeer.set(rport, inodeToPid.get(c[9]));
+    }
+  }
+  return byPeer;
+}
+
+// ------------------------------------------------------ page helpers
+async function online(page, ms) {
+  await page.waitForSelector('#conn[data-state="online"]', { timeout: ms || 10000 });
+}
+
+async function sendText(page, text) {
+  await page.fill('#input', text);
+  await page.press('#input', 'Enter');
+}
+
+// The visible room's messages as the user sees them.
+function messages(page) {
+  return page.evaluate(() => Array.from(
+    document.querySelectorAll('.room-view:not([hidden]) .msgs li.msg')).map((li) => ({
+    seq: Number(li.dataset.seq),
+    sender: li.dataset.sender,
+    text: li.querySelector('.bubble').textContent,
+    status: li.dataset.status || null,
+    own: li.classList.contains('own'),
+  })));
+}
+
+function pendingCount(page) {
+  return page.evaluate(() => document.querySelectorAll('.room-view:not([hidden]) .pending-list li.msg').length);
+}
+
+async function waitText(page, text, ms) {
+  return waitFor(async () => (await messages(page)).find((m) => m.text === text), ms || 10000,
+    JSON.stringify(text) + ' on the page');
+}
+
+async function joinRoom(page, room) {
+  await page.fill('#join-room', room);
+  await page.press('#join-room', 'Enter');
+  await page.waitForFunction((r) => document.getElementById('room-name').textContent === r, room, { timeout: 5000 });
+}
+
+async function selectRoom(page, room) {
+  await page.click('#rooms button[data-room="' + room + '"]');
+  await page.waitForFunction((r) => document.getElementById('room-name').textContent === r, room, { timeout: 5000 });
+}
+
+// How many times the page got a welcome: one more after each reconnect.
+function connectsOf(page) {
+  return page.evaluate(() => Number(document.getElementById('conn').dataset.connects || 0));
+}
+
+// ------------------------------------------------------------ tests
+const results = [];
+const ctx = {};          // shared between tests, in order
+
+async function test(name, fn) {
+  const t0 = Date.now();
+  try {
+    await withTimeout(fn(), TEST_TIMEOUT_MS, name);
+    results.push(true);
+    console.log('ok   ' + name + ' (' + (Date.now() - t0) + ' ms)');
+  } catch (e) {
+    results.push(false);
+    console.log('FAIL ' + name + ': ' + (e && e.stack ? e.stack : e));
+  }
+}
+
+async function main() {
+  for (const [what, p] of [['chatd', CHATD], ['redis-server', REDIS], ['chromium', CHROMIUM]]) {
+    if (!fs.existsSync(p)) throw new Error(what + ' not found at ' + p);
+  }
+  const redis = await startRedis();
+  const chatd = await startChatd(redis.port);
+  const port = chatd.port;
+  const base = 'http://127.0.0.1:' + port;
+  console.log('# redis on ' + redis.port + ', chatd on ' + port + ', logs in ' + tmp);
+
+  await test('GET / serves the client with its content type and a strict CSP', async () => {
+    const r = await rawGet(port, '/');
+    assert.equal(r.status, 200);
+    assert.equal(r.headers['content-type'], 'text/html; charset=utf-8');
+    const csp = r.headers['content-security-policy'] || '';
+    assert.match(csp, /default-src 'self'/);
+    assert.match(csp, /connect-src 'self' ws: wss:/);
+    assert.doesNotMatch(csp, /unsafe-inline|unsafe-eval/);
+    assert.equal(r.headers['x-content-type-options'], 'nosniff');
+    assert.match(r.headers['cache-control'] || '', /no-cache/);
+    assert.match(r.body, /<script src="\/app\.js\?v=[0-9a-f]+" defer><\/script>/);
+    assert.doesNotMatch(r.body, /<script(?![^>]*\bsrc=)[^>]*>/, 'no inline script');
+    const same = await rawGet(port, '/index.html');
+    assert.equal(same.body, r.body);
+    for (const [p, type] of [['/app.js', 'text/javascript; charset=utf-8'],
+      ['/style.css', 'text/css; charset=utf-8'], ['/favicon.svg', 'image/svg+xml']]) {
+      const a = await rawGet(port, p + '?v=whatever');
+      assert.equal(a.status, 200, p);
+      assert.equal(a.headers['content-type'], type, p);
+      assert.equal(a.headers['x-content-type-options'], 'nosniff', p);
+      assert.ok(a.headers['content-security-policy'], p);
+      assert.equal(Number(a.headers['content-length']), Buffer.byteLength(a.body, 'latin1'), p);
+    }
+    const head = await rawGet(port, '/app.js', 'HEAD');
+    assert.equal(head.status, 200);
+    assert.ok(Number(head.headers['content-length']) > 1000);
+    assert.equal(head.body, '', 'HEAD has no body');
+  });
+
+  await test('path traversal and unknown paths get 404', async () => {
+    for (const p of ['/../Makefile', '/%2e%2e/Makefile', '/worker/web/../../Makefile',
+      '/%2E%2E%2FMakefile', '/..%2fMakefile', '/web/app.js', '//etc/passwd', '/app.js/',
+      '/./app.js', '/.gitignore', '/app.js%00', '/APP.JS', '/worker/web/app.js', '/nope.html']) {
+      const r = await rawGet(port, p);
+      assert.equal(r.status, 404, p + ' gave ' + r.status);
+      assert.doesNotMatch(r.body, /CFLAGS|root:/, p);
+    }
+  });
+
+  browser = await withTimeout(chromium.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    // Playwright gives every launch a fresh temporary user-data-dir.
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+  }), 30000, 'chromium to start');
+
+  const dialogs = [];
+  const pageErrors = [];
+  async function openUser(user, room) {
+    const context = await browser.newContext({ viewport: { width: 1280, height: 800 }, deviceScaleFactor: 1 });
+    const page = await context.newPage();
+    page.on('dialog', (d) => { dialogs.push(user + ': ' + d.message()); d.dismiss().catch(() => {}); });
+    page.on('pageerror', (e) => pageErrors.push(user + ': ' + e.message));
+    page.on('console', (m) => {
+      if (m.type() === 'error') pageErrors.push(user + ' console: ' + m.text());
+    });
+    await page.goto(base + '/?user=' + user + '&room=' + room, { timeout: 10000 });
+    await online(page);
+    return page;
+  }
+
+  await test('two users on different workers join a room and see each other present', async () => {
+    ctx.alice = await openUser('alice', 'general');
+    // Alice's WebSocket is the only connection left once her page loaded.
+    ctx.alicePort = await waitFor(() => {
+      const m = connectionsByWorker(chatd.proc.pid, port);
+      return m.size === 1 ? Array.from(m.keys())[0] : null;
+    }, 15000, "alice's connection alone in /proc");
+    ctx.bob = await openUser('bob', 'general');
+    // The later kill -9 must hit alice's worker only: reload bob's page
+    // until the kernel puts him on the other worker.
+    for (let i = 0; ; i++) {
+      const m = await waitFor(() => {
+        const c = connectionsByWorker(chatd.proc.pid, port);
+        return c.size === 2 && c.has(ctx.alicePort) ? c : null;
+      }, 15000, 'two connections in /proc');
+      const aliceWorker = m.get(ctx.alicePort);
+      const bobWorker = Array.from(m.entries()).find(([p]) => p !== ctx.alicePort)[1];
+      if (aliceWorker !== bobWorker) {
+        ctx.aliceWorker = aliceWorker;
+        break;
+      }
+      assert.ok(i < 12, 'bob kept landing on alice\'s worker');
+      await ctx.bob.reload({ timeout: 10000 });
+      await online(ctx.bob);
+    }
+    for (const [page, other] of [[ctx.alice, 'bob'], [ctx.bob, 'alice']]) {
+      await page.waitForSelector('#presence li[data-user="' + other + '"]', { timeout: 10000 });
+    }
+    const names = await ctx.alice.$$eval('#presence li', (lis) => lis.map((l) => l.dataset.user));
+    assert.deepEqual(names.sort(), ['alice', 'bob']);
+  });
+
+  await test('messages are exchanged, each side sees the other, own messages get acked', async () => {
+    const { alice, bob } = ctx;
+    const convo = [
+      [alice, 'Morning Bob! Did the 2.3 release notes go out?'],
+      [bob, 'Morning! Drafted them last night — waiting on the changelog for the WebSocket fixes.'],
+      [alice, 'Merged those an hour ago. Reconnects now resume with `since`, so nobody misses a message.'],
+      [bob, 'Great, I\'ll add that and publish before standup.'],
+    ];
+    for (const [page, text] of convo) {
+      await sendText(page, text);
+      await waitText(alice, text);
+      await waitText(bob, text);
+    }
+    for (const [page, me] of [[alice, 'alice'], [bob, 'bob']]) {
+      const ms = await waitFor(async () => {
+        const l = await messages(page);
+        return l.filter((m) => m.own).every((m) => m.status === 'acked') && l.length === convo.length ? l : null;
+      }, 10000, me + "'s own messages acked");
+      assert.deepEqual(ms.map((m) => m.text), convo.map((c) => c[1]));
+      assert.deepEqual(ms.map((m) => m.seq), [1, 2, 3, 4]);
+      for (const m of ms) assert.equal(m.own, m.sender === me);
+      assert.equal(await pendingCount(page), 0);
+    }
+  });
+
+  await test('typing indicator shows and clears', async () => {
+    const { alice, bob } = ctx;
+    await bob.click('#input');
+    await bob.keyboard.type('Publishing n', { delay: 40 });
+    await alice.waitForFunction(() => document.getElementById('typing').textContent === 'bob is typing…',
+      null, { timeout: 8000 });
+    await bob.fill('#input', '');
+    await bob.dispatchEvent('#input', 'input');
+    await alice.waitForFunction(() => document.getElementById('typing').textContent === '', null, { timeout: 8000 });
+  });
+
+  await test('attachments render as safe http(s) links; unread counts in the sidebar', async () => {
+    const { alice, bob } = ctx;
+    await bob.click('#attach');
+    await bob.fill('#attach-url', 'https://example.com/releases/2.3-notes.pdf');
+    await sendText(bob, 'Release notes draft attached');
+    await waitText(alice, 'Release notes draft attached');
+    const link = await alice.$eval('.room-view:not([hidden]) a.att', (a) => ({
+      href: a.getAttribute('href'), rel: a.rel, target: a.target, text: a.textContent,
+    }));
+    assert.equal(link.href, 'https://example.com/releases/2.3-notes.pdf');
+    assert.match(link.rel, /noopener/);
+    assert.equal(link.target, '_blank');
+    assert.match(link.text, /file/);
+
+    await joinRoom(alice, 'random');
+    await joinRoom(bob, 'random');
+    await selectRoom(alice, 'general');
+    await sendText(bob, 'Anyone up for lunch at 12:30?');
+    await alice.waitForSelector('#rooms li.unread button[data-room="random"] .badge', { timeout: 8000 });
+    assert.equal(await alice.$eval('#rooms button[data-room="random"] .badge', (b) => b.textContent), '1');
+    await selectRoom(bob, 'general');
+  });
+
+  await test('screenshot of the two-user conversation', async () => {
+    const { alice, bob } = ctx;
+    await sendText(alice, 'Looks good. Ship it!');
+    await waitText(bob, 'Looks good. Ship it!');
+    await bob.click('#input');
+    await bob.keyboard.type('On it', { delay: 30 });
+    await alice.waitForFunction(() => document.getElementById('typing').textContent === 'bob is typing…',
+      null, { timeout: 8000 });
+    await waitFor(async () => (await messages(alice)).every((m) => !m.own || m.status === 'acked'), 5000, 'acks');
+    if (SHOT) {
+      fs.mkdirSync(path.dirname(SHOT), { recursive: true });
+      await alice.screenshot({ path: SHOT });
+      assert.ok(fs.statSync(SHOT).size > 10000);
+    }
+    await bob.fill('#input', '');
+    await bob.dispatchEvent('#input', 'input');
+  });
+
+  await test('XSS payloads are shown as text and run nothing', async () => {
+    const { alice, bob } = ctx;
+    await joinRoom(alice, 'engineering');
+    await joinRoom(bob, 'engineering');
+    const payloads = ['<img src=x onerror=alert(1)>', '<script>alert(2)</script>',
+      '"><svg onload=alert(3)>', 'javascript:alert(4)'];
+    for (const p of payloads) await sendText(alice, p);
+    for (const p of payloads) await waitText(bob, p);
+    await sleep(300);
+    assert.deepEqual(dialogs, []);
+    const injected = await bob.evaluate(() => document.querySelectorAll('.msgs img, .msgs script, .msgs svg, .msgs a:not(.att)').length);
+    assert.equal(injected, 0);
+    const texts = (await messages(bob)).map((m) => m.text);
+    assert.deepEqual(texts, payloads);
+  });
+
+  await test('kill -9 of alice\'s worker: she reconnects and shows every message once, in order', async () => {
+    const { alice, bob } = ctx;
+    const before = await connectsOf(alice);
+    const bobBefore = await connectsOf(bob);
+    const sent = [];
+    // Offline emulation keeps alice's reconnects failing until we say so,
+    // so bob's next messages are certainly missed live and must come back
+    // through the rejoin with `since`.
+    await alice.context().setOffline(true);
+    process.kill(ctx.aliceWorker, 'SIGKILL');
+    await alice.waitForSelector('#conn[data-state="reconnecting"]', { timeout: 5000 });
+    // Alice writes while offline: pending now, sent (once) after reconnect.
+    await sendText(alice, 'written while offline');
+    for (let i = 1; i <= 6; i++) {
+      const t = 'bob during the outage #' + i;
+      sent.push(t);
+      await sendText(bob, t);
+    }
+    await waitFor(async () => (await messages(bob)).filter((m) => /outage/.test(m.text) && m.status === 'acked').length === 6,
+      10000, "bob's outage messages acked");
+    await sleep(700);   // at least one failed reconnect attempt
+    assert.equal(await connectsOf(alice), before, 'alice still offline while bob sent');
+    assert.equal(await alice.$eval('#conn', (c) => c.dataset.state), 'reconnecting');
+    assert.equal(await pendingCount(alice), 1, 'her message waits, pending');
+    assert.equal(await alice.$eval('.room-view:not([hidden]) .pending-list li.msg', (li) => li.dataset.status), 'pending');
+    await alice.context().setOffline(false);
+    await online(alice, 20000);
+    assert.equal(await connectsOf(alice), before + 1, 'alice reconnected once');
+    for (let i = 7; i <= 12; i++) {
+      const t = 'bob after the reconnect #' + i;
+      sent.push(t);
+      await sendText(bob, t);
+    }
+    assert.equal(await connectsOf(bob), bobBefore, 'bob stayed connected');
+    for (const t of sent) await waitText(alice, t, 15000);
+    await waitText(alice, 'written while offline', 15000);
+    const want = await waitFor(async () => {
+      const b = await messages(bob);
+      return b.length === 4 + 12 + 1 && b.every((m) => !m.own || m.status === 'acked') ? b : null;
+    }, 15000, "bob's view complete and acked");
+    const got = await waitFor(async () => {
+      const a = await messages(alice);
+      return a.length >= want.length && a.every((m) => !m.own || m.status === 'acked') ? a : null;
+    }, 15000, "alice's view acked");
+    const seqs = got.map((m) => m.seq);
+    assert.deepEqual(seqs, Array.from({ length: seqs.length }, (_, i) => i + 1), 'seqs 1..n, no gap, no repeat');
+    assert.deepEqual(got.map((m) => [m.seq, m.sender, m.text]), want.map((m) => [m.seq, m.sender, m.text]));
+    for (const t of sent.concat(['written while offline'])) {
+      assert.equal(got.filter((m) => m.text === t).length, 1, 'exactly once: ' + t);
+    }
+    assert.equal(await pendingCount(alice), 0);
+  });
+
+  await test('older history loads on scroll-up', async () => {
+    const { alice, bob } = ctx;
+    await joinRoom(bob, 'archive');
+    // Seed 80 messages through a raw socket of bob's browser, paced under
+    // the rate limit (burst 40, then 20/s).
+    await bob.evaluate((url) => new Promise((resolve, reject) => {
+      const ws = new WebSocket(url);
+      let acked = 0;
+      ws.onerror = () => reject(new Error('seed socket failed'));
+      ws.onmessage = (ev) => {
+        const m = JSON.parse(ev.data);
+        if (m.type === 'welcome') ws.send(JSON.stringify({ type: 'join', id: 'j', payload: { room: 'archive' } }));
+        if (m.type === 'joined') {
+          let i = 0;
+          const next = () => {
+            for (let k = 0; k < (i === 0 ? 30 : 1) && i < 80; k++) {
+              i += 1;
+              ws.send(JSON.stringify({ type: 'chat', id: 'seed-' + i, payload: { room: 'archive', content: 'archived message ' + i } }));
+            }
+            if (i < 80) setTimeout(next, 70);
+          };
+          next();
+        }
+        if (m.type === 'ack' && ++acked === 80) { ws.close(); resolve(); }
+        if (m.type === 'error') reject(new Error('seed: ' + ev.data));
+      };
+      setTimeout(() => reject(new Error('seed timeout')), 20000);
+    }), 'ws://127.0.0.1:' + port + '/ws?user=carol');
+    await joinRoom(alice, 'archive');
+    await waitText(alice, 'archived message 80');
+    const first = await messages(alice);
+    assert.ok(first.length >= 50 && first.length < 80, 'one page first, got ' + first.length);
+    await waitFor(async () => {
+      await alice.evaluate(() => { const l = document.getElementById('log'); l.scrollTop = 0; l.dispatchEvent(new Event('scroll')); });
+      return (await messages(alice)).length === 80;
+    }, 10000, 'all 80 after scrolling up');
+    const all = await messages(alice);
+    assert.deepEqual(all.map((m) => m.seq), Array.from({ length: 80 }, (_, i) => i + 1));
+    assert.deepEqual(all.map((m) => m.text), Array.from({ length: 80 }, (_, i) => 'archived message ' + (i + 1)));
+    await alice.waitForFunction(() => /beginning of #archive/.test(document.getElementById('older').textContent),
+      null, { timeout: 5000 });
+  });
+
+  await test('an error frame is shown (forbidden: over --max-rooms)', async () => {
+    const { alice } = ctx;
+    // alice holds general, random, engineering, archive: the limit is 4.
+    await joinRoom(alice, 'overflow');
+    await alice.waitForSelector('#banner:not([hidden])', { timeout: 8000 });
+    const text = await alice.$eval('#banner-text', (b) => b.textContent);
+    assert.match(text, /Cannot join #overflow/);
+    assert.match(text, /forbidden/);
+    await alice.waitForSelector('#rooms li.error button[data-room="overflow"]', { timeout: 5000 });
+  });
+
+  await test('no script errors or dialogs in either page', async () => {
+    assert.deepEqual(dialogs, []);
+    // A killed connection is logged by Chromium as a console error; that
+    // one is expected.
+    const real = pageErrors.filter((e) => !/WebSocket connection to .* failed/.test(e));
+    assert.deepEqual(real, []);
+  });
+}
+
+async function run() {
+  let crashed = null;
+  try {
+    await main();
+  } catch (e) {
+    crashed = e;
+  }
+  if (browser) await withTimeout(browser.close(), 10000, 'browser close').catch(() => {});
+  for (const e of procs.slice().reverse()) await stopServer(e);
+  if (crashed) {
+    console.log('e2e: setup failed: ' + (crashed.stack || crashed));
+    results.push(false);
+  }
+  const failed = results.filter((r) => !r).length;
+  if (failed) {
+    for (const e of procs) {
+      console.log('--- tail of ' + e.name + ' log (' + e.logPath + ')');
+      console.log(e.out.split('\n').slice(-25).join('\n'));
+    }
+  }
+  if (!failed && !process.env.E2E_KEEP) fs.rmSync(tmp, { recursive: true, force: true });
+  console.log(results.length - failed + ' passed, ' + failed + ' failed');
+  process.exitCode = failed ? 1 : 0;
+}
+
+run();
