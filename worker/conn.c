@@ -77,6 +77,12 @@ void conn_close(conn_t *c, uint16_t code, const char *reason)
              * goes out alone. c->out holds only whole frames. */
             buf_free(&c->out);
         }
+        if (code != 0 && code != 1013) {
+            /* wslay sends control frames ahead of queued messages: move the
+             * messages out first, so answers already given (the errors
+             * explaining this close, say) still precede the close. */
+            ws_drain(c);
+        }
         if (code != 0) {
             ws_close(c, code, reason);
         }
@@ -250,6 +256,12 @@ static void conn_upgrade(conn_t *c, const char *query, const uint8_t *rest, size
     free(c->http);
     c->http = NULL;
     c->state = CONN_WS;
+    /* The kernel's send buffer would otherwise grow to megabytes before
+     * the outbound limit, which counts only chatd's own queue, ever sees a
+     * slow consumer. */
+    int sndbuf = w->cfg->outbound_limit / 2;
+    sndbuf = sndbuf < 16384 ? 16384 : sndbuf > (1 << 20) ? (1 << 20) : sndbuf;
+    uv_send_buffer_size((uv_handle_t *)&c->tcp, &sndbuf);
     uint64_t now = uv_now(&w->loop);
     c->last_seen_ms = now;
     c->last_io_ms = now;

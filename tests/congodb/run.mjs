@@ -1,6 +1,9 @@
-// Starts CongoDB on 127.0.0.1:PORT with file storage in DIR (so that a
-// restart keeps what was written), prints "congodb ready port=PORT", and
-// stops on TERM/INT. Usage: node run.mjs PORT DIR
+// Starts CongoDB on 127.0.0.1:PORT, prints "congodb ready port=PORT", and
+// stops on TERM/INT. Data lives in memory and is saved to DIR/congodb.json
+// every second and on stop, then loaded at start, so a stop and start keeps
+// what was written. (CongoDB's "file" storage rewrites a collection's file
+// per operation without serialising them, and loses concurrent writes.)
+// Usage: node run.mjs PORT DIR
 import { CongoServer } from './vendor/congodb/index.js';
 
 const port = Number.parseInt(process.argv[2] ?? '27017', 10);
@@ -9,7 +12,9 @@ if (!dir) {
   console.error('usage: node run.mjs PORT DIR');
   process.exit(2);
 }
-const server = new CongoServer({ port, host: '127.0.0.1', storage: 'file', storagePath: dir });
+const server = new CongoServer({
+  port, host: '127.0.0.1', storage: 'memory', persistPath: `${dir}/congodb.json`, persistIntervalMs: 1000,
+});
 await server.start();
 console.log(`congodb ready port=${port}`);
 for (const signal of ['SIGTERM', 'SIGINT']) {
