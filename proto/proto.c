@@ -277,7 +277,9 @@ proto_err_t proto_decode(const char *text, size_t len, const proto_limits_t *lim
                          proto_req_t *req, const char **why)
 {
     memset(req, 0, sizeof(*req));
-    if (proto_has_escaped_nul(text, len)) {
+    /* A raw NUL is valid UTF-8 but never valid JSON text outside a
+     * string's escapes; cJSON would cut the string there. */
+    if (memchr(text, '\0', len) != NULL || proto_has_escaped_nul(text, len)) {
         *why = "strings may not contain NUL (\\u0000)";
         return PROTO_E_BAD_REQUEST;
     }

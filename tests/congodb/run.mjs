@@ -5,6 +5,19 @@
 // per operation without serialising them, and loses concurrent writes.)
 // Usage: node run.mjs PORT DIR
 import { CongoServer } from './vendor/congodb/index.js';
+import { HelloHandler } from './vendor/congodb/server/handlers/HelloHandler.js';
+
+// CongoDB answers every hello with a fresh topologyVersion.processId, which
+// tells a driver that the server just restarted, and it never waits on an
+// awaitable hello; a pooled driver then re-checks the server in a tight
+// loop (both processes near 50% CPU). Without topologyVersion, drivers fall
+// back to polling every heartbeatFrequencyMS, as with older servers.
+const hello = HelloHandler.prototype.handle;
+HelloHandler.prototype.handle = async function handle(context) {
+  const response = await hello.call(this, context);
+  delete response.topologyVersion;
+  return response;
+};
 
 const port = Number.parseInt(process.argv[2] ?? '27017', 10);
 const dir = process.argv[3];
