@@ -897,6 +897,9 @@ int main(int argc, char **argv)
     fprintf(stderr, "chat-load: %" PRIu64 "/%d connected in %.1fs (%" PRIu64 " failed)\n",
             t.established, o.conns, ready_s, t.failed);
 
+    /* Let the join storm settle (member events, presence) before measuring. */
+    usleep(2000000);
+
     /* Phase 2: hold (idle) or send (fanout, ramp), a progress line a second. */
     sh->go = 1;
     uint64_t start = now_us();
@@ -940,6 +943,7 @@ int main(int argc, char **argv)
     sh->stop = 1;
     usleep(2000000);    /* let deliveries in flight arrive */
     totals(&o, sh, &t);
+    /* Settled RSS: every connection still open, the bursts over. */
     tree_t end_tree = { 0 };
     if (o.server_pid > 0) {
         tree_sample(o.server_pid, &end_tree);
@@ -1003,9 +1007,9 @@ int main(int argc, char **argv)
     }
     double server_cpu = o.server_pid > 0 ? end_tree.cpu - base.cpu : 0;
     fprintf(f, "  \"server\": {\"pid\": %d, \"rss_base_bytes\": %" PRIu64 ", \"rss_peak_bytes\": %" PRIu64
-               ", \"rss_per_conn_bytes\": %.0f, \"cpu_s\": %.2f},\n",
-            o.server_pid, base.rss, peak_rss,
-            t.established ? ((double)peak_rss - (double)base.rss) / (double)t.established : 0,
+               ", \"rss_end_bytes\": %" PRIu64 ", \"rss_per_conn_bytes\": %.0f, \"cpu_s\": %.2f},\n",
+            o.server_pid, base.rss, peak_rss, end_tree.rss,
+            t.established ? ((double)end_tree.rss - (double)base.rss) / (double)t.established : 0,
             server_cpu);
     fprintf(f, "  \"tool\": {\"cpu_s\": %.2f, \"wall_s\": %.2f}\n}\n", tool_cpu,
             (double)(now_us() - t0) / 1e6);

@@ -181,7 +181,7 @@ static void worker_on_tick(uv_timer_t *t)
     room_tick(w);
     /* Idle connections just gave their wslay state back; return those
      * pages to the kernel so that RSS follows the live set. */
-    if (w->idle_released >= 256) {
+    if (w->idle_released >= 64) {
         malloc_trim(0);
         w->idle_released = 0;
     }
