@@ -135,12 +135,44 @@ static int archive_doc(const entry_t *e, bson_t *doc, bson_oid_t *oid)
     return 0;
 }
 
+/* 1 when a failed bulk write failed only on duplicate keys (11000): the
+ * documents were stored by an earlier try of the same batch. */
+static int archive_only_duplicates(const bson_t *reply)
+{
+    bson_iter_t it, errs;
+    int seen = 0;
+    if (bson_iter_init_find(&it, reply, "writeConcernErrors") && BSON_ITER_HOLDS_ARRAY(&it)) {
+        bson_iter_t wce;
+        if (bson_iter_recurse(&it, &wce) && bson_iter_next(&wce)) {
+            return 0;
+        }
+    }
+    if (!bson_iter_init_find(&it, reply, "writeErrors") || !BSON_ITER_HOLDS_ARRAY(&it) ||
+        !bson_iter_recurse(&it, &errs)) {
+        return 0;
+    }
+    while (bson_iter_next(&errs)) {
+        bson_iter_t e;
+        if (!BSON_ITER_HOLDS_DOCUMENT(&errs) || !bson_iter_recurse(&errs, &e) ||
+            !bson_iter_find(&e, "code") || bson_iter_as_int64(&e) != 11000) {
+            return 0;
+        }
+        seen = 1;
+    }
+    return seen;
+}
+
+/*
+ * One unordered insert of the whole batch: a few round trips for thousands
+ * of messages. The _id is derived from room and seq, so a retried batch can
+ * only hit duplicate keys on what it stored before, which counts as stored;
+ * that uniqueness is the primary key's, which every server enforces.
+ */
 static void archive_do_write(job_t *j, mongoc_collection_t *col)
 {
     bson_t *opts = BCON_NEW("ordered", BCON_BOOL(false));
     mongoc_bulk_operation_t *bulk = mongoc_collection_create_bulk_operation_with_opts(col, opts);
     bson_destroy(opts);
-    bson_t *upsert = BCON_NEW("upsert", BCON_BOOL(true));
     bson_error_t err;
     size_t queued = 0;
     for (size_t i = 0; i < j->n; i++) {
@@ -153,23 +185,20 @@ static void archive_do_write(job_t *j, mongoc_collection_t *col)
             bson_destroy(&doc);
             continue;
         }
-        bson_t sel = BSON_INITIALIZER;
-        BSON_APPEND_OID(&sel, "_id", &oid);
-        if (mongoc_bulk_operation_replace_one_with_opts(bulk, &sel, &doc, upsert, &err)) {
+        if (mongoc_bulk_operation_insert_with_opts(bulk, &doc, NULL, &err)) {
             queued++;
         }
-        bson_destroy(&sel);
         bson_destroy(&doc);
     }
     bson_t reply;
-    j->ok = queued == 0 || mongoc_bulk_operation_execute(bulk, &reply, &err) != 0;
+    j->ok = 1;
     if (queued > 0) {
-        if (!j->ok) {
+        if (!mongoc_bulk_operation_execute(bulk, &reply, &err) && !archive_only_duplicates(&reply)) {
+            j->ok = 0;
             snprintf(j->err, sizeof(j->err), "%s", err.message);
         }
         bson_destroy(&reply);
     }
-    bson_destroy(upsert);
     mongoc_bulk_operation_destroy(bulk);
 }
 
@@ -619,9 +648,31 @@ void archive_tick(archive_t *a)
             lens[i] = strlen(argv[i]);
         }
         store_call(w, NULL, NULL, 9, argv, lens);
-        const char *len_argv[] = { "XLEN", ARCHIVE_STREAM };
-        size_t len_lens[] = { 4, strlen(ARCHIVE_STREAM) };
-        store_call(w, archive_on_len, a, 2, len_argv, len_lens);
+        /* The backlog is what the group has not finished: pending entries
+         * plus those not yet read (lag). Entries below the oldest pending
+         * one are all acknowledged; trimming them sweeps up any whose XDEL
+         * was lost with a dying worker. */
+        const char *len_argv[] = { "EVAL",
+            "local pend = redis.call('XPENDING', KEYS[1], ARGV[1])\n"
+            "local backlog, last = pend[1], nil\n"
+            "for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do\n"
+            "  local f = {}\n"
+            "  for i = 1, #g, 2 do f[g[i]] = g[i + 1] end\n"
+            "  if f['name'] == ARGV[1] then\n"
+            "    last = f['last-delivered-id']\n"
+            "    if type(f['lag']) == 'number' then backlog = backlog + f['lag']\n"
+            "    else return redis.call('XLEN', KEYS[1]) end\n"
+            "  end\n"
+            "end\n"
+            "local floor = pend[1] > 0 and pend[2] or last\n"
+            "if floor then redis.call('XTRIM', KEYS[1], 'MINID', floor) end\n"
+            "return backlog\n",
+            "1", ARCHIVE_STREAM, ARCHIVE_GROUP };
+        size_t len_lens[5];
+        for (int i = 0; i < 5; i++) {
+            len_lens[i] = strlen(len_argv[i]);
+        }
+        store_call(w, archive_on_len, a, 5, len_argv, len_lens);
     }
     if (now >= a->retry_at_ms) {
         archive_pump(a);
@@ -671,6 +722,20 @@ int archive_max_seq(archive_t *a, const char *room, archive_seq_cb_t *cb, void *
     return 0;
 }
 
+/* mongo-c-driver's own log, into chatd's: warnings and errors only (its
+ * default handler prints every monitor retry to stdout). Called on the
+ * driver's threads; log_write is one write(2) per line. */
+static void archive_on_mongoc_log(mongoc_log_level_t level, const char *domain,
+                                  const char *message, void *user_data)
+{
+    (void)user_data;
+    if (level <= MONGOC_LOG_LEVEL_ERROR) {
+        log_error("event=mongoc domain=%s msg=\"%s\"", domain, message);
+    } else if (level == MONGOC_LOG_LEVEL_WARNING) {
+        log_warn("event=mongoc domain=%s msg=\"%s\"", domain, message);
+    }
+}
+
 archive_t *archive_new(worker_t *w)
 {
     if (w->cfg->mongo_uri[0] == '\0') {
@@ -681,6 +746,7 @@ archive_t *archive_new(worker_t *w)
         return NULL;
     }
     a->w = w;
+    mongoc_log_set_handler(archive_on_mongoc_log, NULL);
     mongoc_init();
     bson_error_t err;
     a->uri = mongoc_uri_new_with_error(w->cfg->mongo_uri, &err);

@@ -124,7 +124,9 @@ static void store_on_reply(redisAsyncContext *ac, void *reply, void *privdata)
     store_call_t *call = privdata;
     worker_t *w = bus_worker(ac);
     redisReply *r = reply;
-    if (r != NULL && r->type == REDIS_REPLY_ERROR) {
+    /* BUSYGROUP is the expected answer when another worker made the
+     * archive's consumer group first. */
+    if (r != NULL && r->type == REDIS_REPLY_ERROR && strncmp(r->str, "BUSYGROUP", 9) != 0) {
         log_warn("event=redis_error err=\"%.*s\"", (int)r->len, r->str);
     }
     call->cb(w, call->arg, r);
