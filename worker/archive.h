@@ -3,7 +3,8 @@
  * what Redis keeps. The send script appends each message to the Redis
  * stream chatd:archive, the durable queue; every worker of every host
  * reads it through the consumer group "archivers", writes batches to
- * MongoDB with idempotent upserts (the _id is derived from room and seq),
+ * MongoDB with unordered bulk inserts (the _id is derived from room and seq,
+ * so a retry only meets its own documents: duplicate keys count as stored),
  * and only then acknowledges and deletes the entries and advances the
  * room's archived cursor (chatd:{R}:archived), below which the room's
  * recent log may be trimmed. A worker that dies leaves its batch pending in
