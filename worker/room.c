@@ -633,6 +633,31 @@ void room_leave_all(conn_t *c)
     }
 }
 
+/*
+ * The call of a request that needs the room joined: answers not_joined (or
+ * internal) itself and returns NULL, or returns the call with the
+ * request's id, holding c and the room.
+ */
+static room_call_t *room_request_call(conn_t *c, const proto_req_t *req)
+{
+    const char *id = req->has_id ? req->id : NULL;
+    member_t *m = member_of(c, req->room);
+    if (m == NULL) {
+        session_send_error(c, id, PROTO_E_NOT_JOINED, "join the room first");
+        return NULL;
+    }
+    room_call_t *call = room_call_new(c, m->room);
+    if (call == NULL) {
+        session_send_error(c, id, PROTO_E_INTERNAL, "out of memory");
+        return NULL;
+    }
+    if (id != NULL) {
+        call->has_id = 1;
+        memcpy(call->id, id, sizeof(call->id));
+    }
+    return call;
+}
+
 static void room_on_sent(worker_t *w, void *arg, redisReply *reply);
 
 static int room_send(worker_t *w, room_call_t *call)
@@ -706,23 +731,16 @@ void room_chat(conn_t *c, const proto_req_t *req)
 {
     worker_t *w = c->w;
     const char *id = req->has_id ? req->id : NULL;
-    member_t *m = member_of(c, req->room);
-    if (m == NULL) {
-        session_send_error(c, id, PROTO_E_NOT_JOINED, "join the room first");
+    room_call_t *call = room_request_call(c, req);
+    if (call == NULL) {
         return;
     }
-    char *tail = proto_encode_chat_tail(c->sess.auth.user, req->content, req->attachments, id);
-    room_call_t *call = tail != NULL ? room_call_new(c, m->room) : NULL;
-    if (call == NULL) {
-        free(tail);
+    call->tail = proto_encode_chat_tail(c->sess.auth.user, req->content, req->attachments, id);
+    if (call->tail == NULL) {
+        room_call_free(call);
         session_send_error(c, id, PROTO_E_INTERNAL, "out of memory");
         return;
     }
-    if (id != NULL) {
-        call->has_id = 1;
-        memcpy(call->id, id, sizeof(call->id));
-    }
-    call->tail = tail;
     if (room_send(w, call) != 0) {
         room_call_free(call);
         session_send_error(c, id, PROTO_E_UNAVAILABLE, "storage unavailable, retry");
@@ -850,19 +868,9 @@ static void room_on_history(worker_t *w, void *arg, redisReply *reply)
 void room_history(conn_t *c, const proto_req_t *req)
 {
     const char *id = req->has_id ? req->id : NULL;
-    member_t *m = member_of(c, req->room);
-    if (m == NULL) {
-        session_send_error(c, id, PROTO_E_NOT_JOINED, "join the room first");
-        return;
-    }
-    room_call_t *call = room_call_new(c, m->room);
+    room_call_t *call = room_request_call(c, req);
     if (call == NULL) {
-        session_send_error(c, id, PROTO_E_INTERNAL, "out of memory");
         return;
-    }
-    if (id != NULL) {
-        call->has_id = 1;
-        memcpy(call->id, id, sizeof(call->id));
     }
     call->upto = req->limit;
     int64_t before = req->has_before ? req->before : -1;
@@ -911,19 +919,9 @@ static void room_on_presence(worker_t *w, void *arg, redisReply *reply)
 void room_presence(conn_t *c, const proto_req_t *req)
 {
     const char *id = req->has_id ? req->id : NULL;
-    member_t *m = member_of(c, req->room);
-    if (m == NULL) {
-        session_send_error(c, id, PROTO_E_NOT_JOINED, "join the room first");
-        return;
-    }
-    room_call_t *call = room_call_new(c, m->room);
+    room_call_t *call = room_request_call(c, req);
     if (call == NULL) {
-        session_send_error(c, id, PROTO_E_INTERNAL, "out of memory");
         return;
-    }
-    if (id != NULL) {
-        call->has_id = 1;
-        memcpy(call->id, id, sizeof(call->id));
     }
     if (store_presence(c->w, req->room, room_on_presence, call) != 0) {
         room_call_free(call);
