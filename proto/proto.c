@@ -279,6 +279,11 @@ proto_err_t proto_decode(const char *text, size_t len, const proto_limits_t *lim
     memset(req, 0, sizeof(*req));
     /* A raw NUL is valid UTF-8 but never valid JSON text outside a
      * string's escapes; cJSON would cut the string there. */
+    if (len == 0) {
+        /* wslay hands an empty message over as NULL. */
+        *why = "not valid JSON";
+        return PROTO_E_BAD_REQUEST;
+    }
     if (memchr(text, '\0', len) != NULL || proto_has_escaped_nul(text, len)) {
         *why = "strings may not contain NUL (\\u0000)";
         return PROTO_E_BAD_REQUEST;

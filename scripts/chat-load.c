@@ -11,6 +11,9 @@
  *   fanout  the same, and --senders of them send --rate messages/s each;
  *           every message carries its send time, so receivers measure the
  *           delivery latency; seqs are checked for loss, duplicates, order
+ *   churn   fanout while receivers disconnect and come back at
+ *           --churn-rate per second, joining with since: every message
+ *           must still arrive exactly once, in order, across the seams
  *   ramp    fanout with the rate raised every --step-seconds by
  *           --rate-step until the delivery p99 passes --p99-bound-ms
  *
@@ -50,6 +53,7 @@ typedef struct {
     volatile int ready;             /* every client joined (or failed) */
     volatile int done;
     uint64_t attempted, established, failed, closed_by_server;
+    uint64_t churned, unrecovered;  /* churn: reconnects, and joins not recovered */
     uint64_t sent, acked, errors, received, duplicates, gaps;
     uint64_t acked_room[LOAD_MAX_ROOMS];
     hist_t connect_us;
@@ -76,6 +80,7 @@ typedef struct {
     int connect_rate;
     int nsrc;
     int allow_remote;
+    double churn_rate;              /* reconnects per second (churn) */
     int server_pid;
     char json[512];
 } opts_t;
@@ -184,6 +189,7 @@ typedef struct client_s {
     int64_t last_seq;
     uint64_t nsent;
     double credit;                  /* messages due (sender pacing) */
+    int rejoin;                     /* churned: reconnect and join with since */
 } client_t;
 
 typedef struct {
@@ -197,6 +203,7 @@ typedef struct {
     int settled;                    /* joined or dead */
     uv_timer_t tick;
     uint64_t last_tick_us;
+    double churn_credit;
     struct sockaddr_in target;
     char readbuf[256 * 1024];
     char *pad;
@@ -213,9 +220,16 @@ static uint32_t child_rand(void)
     return g.rng;
 }
 
+static void client_start(client_t *c);
+
 static void client_on_close(uv_handle_t *h)
 {
-    (void)h;
+    client_t *c = h->data;
+    /* A churned client comes back at once, as a reconnecting app would. */
+    if (c != NULL && c->rejoin && !g.sh->quit) {
+        c->ilen = 0;
+        client_start(c);
+    }
 }
 
 static void client_kill(client_t *c, int failed)
@@ -297,7 +311,12 @@ static int json_int(const char *s, size_t len, const char *key, int64_t *out)
 static void client_join(client_t *c)
 {
     char msg[160];
-    snprintf(msg, sizeof(msg), "{\"type\":\"join\",\"payload\":{\"room\":\"load-%d\"}}", c->room);
+    if (c->rejoin) {
+        snprintf(msg, sizeof(msg), "{\"type\":\"join\",\"payload\":{\"room\":\"load-%d\",\"since\":%" PRId64 "}}",
+                 c->room, c->last_seq);
+    } else {
+        snprintf(msg, sizeof(msg), "{\"type\":\"join\",\"payload\":{\"room\":\"load-%d\"}}", c->room);
+    }
     client_send_text(c, msg);
 }
 
@@ -343,6 +362,17 @@ static void client_on_text(client_t *c, const char *s, size_t len)
     if (len > 19 && memcmp(s, "{\"type\":\"joined\"", 16) == 0) {
         int64_t seq = 0;
         json_int(s, len, "seq", &seq);
+        if (c->rejoin) {
+            /* The replay that follows continues from last_seq: any gap or
+             * repeat at the seam shows in the seq checks. */
+            if (memmem(s, len, "\"recovered\":true", 16) == NULL) {
+                __atomic_fetch_add(&g.st->unrecovered, 1, __ATOMIC_RELAXED);
+                c->last_seq = seq;
+            }
+            c->rejoin = 0;
+            c->state = CL_JOINED;
+            return;
+        }
         c->last_seq = seq;
         if (c->state == CL_OPEN) {
             c->state = CL_JOINED;
@@ -352,7 +382,9 @@ static void client_on_text(client_t *c, const char *s, size_t len)
     }
     if (len > 20 && memcmp(s, "{\"type\":\"welcome\"", 17) == 0) {
         c->state = CL_OPEN;
-        __atomic_fetch_add(&g.st->established, 1, __ATOMIC_RELAXED);
+        if (!c->rejoin) {
+            __atomic_fetch_add(&g.st->established, 1, __ATOMIC_RELAXED);
+        }
         hist_add(&g.st->connect_us, now - c->t_start);
         client_join(c);
         return;
@@ -506,9 +538,13 @@ static void client_on_connect(uv_connect_t *req, int status)
 static void client_start(client_t *c)
 {
     c->t_start = now_us();
-    c->last_seq = -1;
-    __atomic_fetch_add(&g.st->attempted, 1, __ATOMIC_RELAXED);
-    if (uv_tcp_init(g.loop, &c->tcp) != 0) {
+    if (!c->rejoin) {
+        c->last_seq = -1;
+        __atomic_fetch_add(&g.st->attempted, 1, __ATOMIC_RELAXED);
+    }
+    int rc = uv_tcp_init(g.loop, &c->tcp);
+    c->tcp.data = c;
+    if (rc != 0) {
         c->state = CL_DEAD;
         g.settled++;
         __atomic_fetch_add(&g.st->failed, 1, __ATOMIC_RELAXED);
@@ -572,6 +608,18 @@ static void child_on_tick(uv_timer_t *t)
     }
     if (g.sh->go && !g.sh->stop) {
         child_send_due(elapsed);
+        /* Churn: receivers drop their connection and come back with since. */
+        g.churn_credit += g.o->churn_rate / g.o->procs * (double)elapsed / 1e6;
+        while (g.churn_credit >= 1.0) {
+            g.churn_credit -= 1.0;
+            client_t *c = &g.clients[child_rand() % (uint32_t)g.count];
+            if (!c->sender && c->state == CL_JOINED && c->last_seq >= 0) {
+                c->rejoin = 1;
+                c->state = CL_CONNECTING;
+                __atomic_fetch_add(&g.st->churned, 1, __ATOMIC_RELAXED);
+                uv_close((uv_handle_t *)&c->tcp, client_on_close);
+            }
+        }
     }
     if (g.sh->quit) {
         for (int i = 0; i < g.count; i++) {
@@ -677,12 +725,13 @@ static void usage(void)
 {
     printf("usage: chat-load [options]\n"
            "  --url ws://127.0.0.1:8080/ws   server (loopback only unless --allow-remote)\n"
-           "  --scenario idle|fanout|ramp    (fanout)\n"
+           "  --scenario idle|fanout|churn|ramp  (fanout)\n"
            "  --conns N (1000)  --rooms R (10)  --senders S (10)  --rate MSG/S per sender (10)\n"
            "  --size BYTES of padding per message (64)  --duration S (10)  --procs P (auto)\n"
            "  --connect-rate CONN/S (5000)  --source-ips N (16)  --server-pid PID (RSS/CPU)\n"
            "  --rate-step MSG/S (ramp, = --rate)  --step-seconds S (ramp, 5)\n"
-           "  --p99-bound-ms MS (ramp, 50)  --json FILE (report)  --allow-remote\n");
+           "  --p99-bound-ms MS (ramp, 50)  --json FILE (report)  --allow-remote\n"
+           "  --churn-rate N (churn: reconnects/s with join since; default conns/20)\n");
 }
 
 static int parse_opts(int argc, char **argv, opts_t *o)
@@ -743,6 +792,8 @@ static int parse_opts(int argc, char **argv, opts_t *o)
             o->nsrc = atoi(v);
         } else if (strcmp(a, "--server-pid") == 0) {
             o->server_pid = atoi(v);
+        } else if (strcmp(a, "--churn-rate") == 0) {
+            o->churn_rate = atof(v);
         } else if (strcmp(a, "--rate-step") == 0) {
             o->rate_step = atof(v);
         } else if (strcmp(a, "--step-seconds") == 0) {
@@ -756,8 +807,14 @@ static int parse_opts(int argc, char **argv, opts_t *o)
             return -1;
         }
     }
+    if (strcmp(o->scenario, "churn") == 0 && o->churn_rate <= 0) {
+        o->churn_rate = (double)o->conns / 20.0;  /* everyone once in 20 s */
+    }
+    if (strcmp(o->scenario, "churn") != 0) {
+        o->churn_rate = 0;
+    }
     if (strcmp(o->scenario, "idle") != 0 && strcmp(o->scenario, "fanout") != 0 &&
-        strcmp(o->scenario, "ramp") != 0) {
+        strcmp(o->scenario, "ramp") != 0 && strcmp(o->scenario, "churn") != 0) {
         fprintf(stderr, "chat-load: unknown scenario %s\n", o->scenario);
         return -1;
     }
@@ -796,6 +853,7 @@ static int parse_opts(int argc, char **argv, opts_t *o)
 
 typedef struct {
     uint64_t attempted, established, failed, closed, sent, acked, errors, received, dups, gaps;
+    uint64_t churned, unrecovered;
     uint64_t expected;
     int ready;
 } totals_t;
@@ -816,6 +874,8 @@ static void totals(const opts_t *o, const shared_t *sh, totals_t *t)
         t->received += c->received;
         t->dups += c->duplicates;
         t->gaps += c->gaps;
+        t->churned += c->churned;
+        t->unrecovered += c->unrecovered;
         t->ready &= c->ready;
     }
     /* Every acked message is owed to every member of its room. */
@@ -987,9 +1047,9 @@ int main(int argc, char **argv)
     fprintf(f, "  \"messages\": {\"sent\": %" PRIu64 ", \"acked\": %" PRIu64 ", \"errors\": %" PRIu64
                ", \"expected_deliveries\": %" PRIu64 ", \"received\": %" PRIu64 ", \"lost\": %" PRIu64
                ", \"duplicates\": %" PRIu64 ", \"out_of_order\": %" PRIu64
-               ", \"deliveries_per_s\": %.0f},\n",
+               ", \"deliveries_per_s\": %.0f, \"reconnects\": %" PRIu64 ", \"not_recovered\": %" PRIu64 "},\n",
             t.sent, t.acked, t.errors, t.expected, t.received, lost, t.dups, t.gaps,
-            send_s > 0 ? (double)t.received / send_s : 0);
+            send_s > 0 ? (double)t.received / send_s : 0, t.churned, t.unrecovered);
     json_hist(f, "ack", &ha);
     json_hist(f, "delivery", &hd);
     if (is_ramp) {
@@ -1017,5 +1077,5 @@ int main(int argc, char **argv)
         fclose(f);
     }
     munmap(sh, sizeof(*sh));
-    return t.failed == 0 && lost == 0 && t.dups == 0 && t.gaps == 0 ? 0 : 3;
+    return t.failed == 0 && lost == 0 && t.dups == 0 && t.gaps == 0 && t.unrecovered == 0 ? 0 : 3;
 }

@@ -995,6 +995,30 @@ TEST(encode_chat_tail_from_decoded_request)
     cJSON_Delete(o);
 }
 
+/* An empty WebSocket text message reaches the decoder as (NULL, 0)
+ * (found by fuzz_ws: memchr on NULL was undefined behaviour). */
+TEST(regression_decode_empty_message_from_null)
+{
+    proto_limits_t lim = { 16384 };
+    proto_req_t req;
+    const char *why = NULL;
+    CHECK_EQ_INT(proto_decode(NULL, 0, &lim, &req, &why), PROTO_E_BAD_REQUEST);
+    CHECK(why != NULL);
+    proto_req_free(&req);
+}
+
+/* A raw NUL inside a string would cut it short in cJSON (found by
+ * fuzz_proto). */
+TEST(regression_decode_raw_nul_refused)
+{
+    static const char text[] = "{\"type\":\"join\",\"payload\":{\"room\":\"ok\0evil\"}}";
+    proto_limits_t lim = { 16384 };
+    proto_req_t req;
+    const char *why = NULL;
+    CHECK_EQ_INT(proto_decode(text, sizeof(text) - 1, &lim, &req, &why), PROTO_E_BAD_REQUEST);
+    proto_req_free(&req);
+}
+
 int main(void)
 {
     return unit_main();
