@@ -26,6 +26,10 @@ from harness import (OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, Chatd, ConnectionClose
                      Redis, encode_frame, http_get, mask_bytes, timeout, wait_for)
 from chatclient import server_side_row
 
+# Under AddressSanitizer freed memory sits in a quarantine instead of being
+# reused, so RSS says nothing about leaks there; LeakSanitizer does.
+ASAN = "asan" in os.path.basename(harness.chatd_bin())
+
 REDIS = None
 TAG = os.urandom(3).hex()
 FAST = ["--rate", "100000", "--burst", "100000"]
@@ -352,10 +356,10 @@ def test_half_open_and_partial_upgrades_dropped_at_handshake_timeout():
         check_half_open_round(closed1, "round 1")
         check_half_open_round(closed2, "round 2")
         wb.check(0.2)
-        assert rss_after1 <= rss.baseline + 8192, \
+        assert ASAN or rss_after1 <= rss.baseline + 8192, \
             f"worker RSS did not return near its baseline: {rss.baseline} KiB before, " \
             f"{peak} KiB peak, {rss_after1} KiB 1 s after all 600 were dropped"
-        assert rss_after2 <= rss_after1 + 1024, \
+        assert ASAN or rss_after2 <= rss_after1 + 1024, \
             f"worker RSS grows with every round of 600 dropped upgrades (a leak?): " \
             f"{rss.baseline} KiB -> {rss_after1} KiB -> {rss_after2} KiB"
         assert_no_crash(srv, master, workers)
@@ -585,7 +589,7 @@ def test_huge_declared_lengths_close_1009_at_once():
                growth_on_2e40_kib=peak_send - rss_open.baseline)
         assert not bad, f"{len(bad)} of 200 connections declaring 2^40 bytes were not closed " \
                         f"with 1009: {bad[:5]}"
-        assert peak_send - rss_open.baseline < 2048, \
+        assert ASAN or peak_send - rss_open.baseline < 2048, \
             f"worker RSS grew by {peak_send - rss_open.baseline} KiB when 200 connections " \
             f"declared 2^40-byte frames"
         assert_no_crash(srv, master, workers)
@@ -654,7 +658,7 @@ def test_ping_flood_does_not_starve_others():
         assert served or (state["end"] and state["end"][0] in ("close", "eof")), \
             f"ping flooder: got {state['pongs']} pongs of {N} and then {state['end']}"
         wb.check(0.2)
-        assert peak - rss.baseline < 16384, f"worker RSS grew by {peak - rss.baseline} KiB"
+        assert ASAN or peak - rss.baseline < 16384, f"worker RSS grew by {peak - rss.baseline} KiB"
         assert_no_crash(srv, master, workers)
 
 
@@ -884,7 +888,7 @@ def test_never_reading_member_closed_sender_unaffected():
                baseline_rss_kib=rss.baseline, peak_rss_kib=peak,
                growth_kib=peak - rss.baseline, **wb.figures())
         assert p99 <= 0.25, f"sender's ack p99 {p99 * 1000:.1f} ms while a member never reads"
-        assert peak - rss.baseline < 8192, \
+        assert ASAN or peak - rss.baseline < 8192, \
             f"worker RSS grew by {peak - rss.baseline} KiB (peak {peak} KiB)"
         assert wb.chats_by_sender.get("t8sender", 0) >= 1
         wb.check(0.25)
