@@ -16,6 +16,7 @@ holds a connection (`worker_of`), from /proc.
 """
 
 import asyncio
+import functools
 import itertools
 import json
 import time
@@ -278,3 +279,49 @@ async def clients_on_distinct_workers(srv, prefix, n, max_tries=40, same_user=No
         await c.close()
     assert len(chosen) == n, f"only {len(chosen)} distinct workers after {max_tries} connections"
     return [(c, pid) for pid, c in chosen.items()]
+
+
+# --------------------------------------------------------------------------
+# Clients of the running test: opened through connect() (or track()), all
+# dropped when the test ends (itest), whatever happened.
+
+_tracked = []
+
+
+def itest(seconds):
+    """An async test with its own timeout; every client it opened through
+    connect() is dropped afterwards."""
+    def deco(fn):
+        @functools.wraps(fn)
+        async def wrapper():
+            try:
+                return await fn()
+            finally:
+                await close_all()
+        wrapper.timeout_seconds = seconds
+        return wrapper
+    return deco
+
+
+async def connect(srv_or_port, user, timeout=5.0):
+    port = srv_or_port if isinstance(srv_or_port, int) else srv_or_port.port
+    return track(await ChatClient.open(port, user, timeout=timeout))
+
+
+def track(c):
+    _tracked.append(c)
+    return c
+
+
+async def close_all():
+    cs = list(_tracked)
+    _tracked.clear()
+    for c in cs:
+        try:
+            if c.ws is not None:
+                c.ws.transport.abort()
+        except Exception:       # noqa: BLE001
+            pass
+        if c._reader is not None:
+            c._reader.cancel()
+    await asyncio.sleep(0)

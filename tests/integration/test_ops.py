@@ -23,14 +23,14 @@ import time
 import harness
 from harness import (Chatd, RawWS, Redis, children_of, http_get, pid_alive, proc_starttime,
                      timeout, wait_for)
-from chatclient import ChatClient, clients_on_distinct_workers, worker_of_async
+from chatclient import (ChatClient, clients_on_distinct_workers, close_all, connect, itest,
+                        track, worker_of_async)
 
 REDIS = None
 TAG = os.urandom(3).hex()
 FAST = ["--rate", "100000", "--burst", "100000"]
 CHATCTL = os.path.join(harness.REPO, "scripts", "chatctl")
 
-_clients = []       # clients of the running test, dropped after it
 
 
 def setup_module():
@@ -47,45 +47,6 @@ def R(name):
     return f"{name}-{TAG}"
 
 
-def itest(seconds):
-    """An async test with its own timeout; every client it opened through
-    connect() is dropped afterwards."""
-    def deco(fn):
-        @functools.wraps(fn)
-        async def wrapper():
-            try:
-                return await fn()
-            finally:
-                await close_all()
-        wrapper.timeout_seconds = seconds
-        return wrapper
-    return deco
-
-
-async def connect(srv_or_port, user, timeout=5.0):
-    port = srv_or_port if isinstance(srv_or_port, int) else srv_or_port.port
-    c = await ChatClient.open(port, user, timeout=timeout)
-    _clients.append(c)
-    return c
-
-
-def track(c):
-    _clients.append(c)
-    return c
-
-
-async def close_all():
-    cs = list(_clients)
-    _clients.clear()
-    for c in cs:
-        try:
-            if c.ws is not None:
-                c.ws.transport.abort()
-        except Exception:       # noqa: BLE001
-            pass
-        if c._reader is not None:
-            c._reader.cancel()
-    await asyncio.sleep(0)
 
 
 async def until(cond, timeout, what, interval=0.05):

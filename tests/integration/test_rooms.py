@@ -24,6 +24,7 @@ import time
 import harness
 from harness import Chatd, RawWS, Redis, http_get, timeout
 from chatclient import (RESPONSE_TYPES, ChatClient, Closed, clients_on_distinct_workers,
+                        close_all, connect, itest, track,
                         server_side_row, worker_of_async)
 
 REDIS = None
@@ -33,7 +34,6 @@ _EXTRA = {}
 TAG = os.urandom(3).hex()
 FAST = ["--rate", "100000", "--burst", "100000"]
 
-_clients = []       # clients of the running test, closed after it
 
 
 def setup_module():
@@ -70,44 +70,6 @@ def R(name):
     return f"{name}-{TAG}"
 
 
-def itest(seconds):
-    """An async test with its own timeout; every client it opened through
-    connect() is dropped afterwards."""
-    def deco(fn):
-        @functools.wraps(fn)
-        async def wrapper():
-            try:
-                return await fn()
-            finally:
-                await close_all()
-        wrapper.timeout_seconds = seconds
-        return wrapper
-    return deco
-
-
-async def connect(srv, user):
-    c = await ChatClient.open(srv.port, user)
-    _clients.append(c)
-    return c
-
-
-def track(c):
-    _clients.append(c)
-    return c
-
-
-async def close_all():
-    cs = list(_clients)
-    _clients.clear()
-    for c in cs:
-        try:
-            if c.ws is not None:
-                c.ws.transport.abort()
-        except Exception:       # noqa: BLE001
-            pass
-        if c._reader is not None:
-            c._reader.cancel()
-    await asyncio.sleep(0)
 
 
 async def answers(c, ids, timeout, start=0):
