@@ -11,7 +11,6 @@ Run: /usr/bin/python3 tests/integration/run.py test_ops
 """
 
 import asyncio
-import functools
 import os
 import re
 import signal
@@ -23,7 +22,7 @@ import time
 import harness
 from harness import (Chatd, RawWS, Redis, children_of, http_get, pid_alive, proc_starttime,
                      timeout, wait_for)
-from chatclient import (ChatClient, clients_on_distinct_workers, close_all, connect, itest,
+from chatclient import (clients_on_distinct_workers, close_all, connect, itest,
                         track, worker_of_async)
 
 REDIS = None

@@ -14,16 +14,14 @@ Run: /usr/bin/python3 tests/integration/run.py test_rooms
 """
 
 import asyncio
-import functools
-import json
 import os
 import signal
 import socket
 import time
 
 import harness
-from harness import Chatd, RawWS, Redis, http_get, timeout
-from chatclient import (RESPONSE_TYPES, ChatClient, Closed, clients_on_distinct_workers,
+from harness import Chatd, RawWS, Redis, http_get
+from chatclient import (RESPONSE_TYPES, clients_on_distinct_workers,
                         close_all, connect, itest, track,
                         server_side_row, worker_of_async)
 
