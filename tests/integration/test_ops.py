@@ -16,6 +16,7 @@ import re
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 
@@ -169,8 +170,10 @@ def chatctl(*args, pidfile=None, port=None, timeout=60):
     if port is not None:
         argv += ["--port", str(port)]
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHATD_")}
+    # Its own session: a chatctl that took pid 0 from a bad pidfile would
+    # signal its whole process group, and that must not be the runner's.
     return subprocess.run(argv + list(args), capture_output=True, text=True, timeout=timeout,
-                          env=env, stdin=subprocess.DEVNULL)
+                          env=env, stdin=subprocess.DEVNULL, start_new_session=True)
 
 
 def ws_welcome(port, user="probe", timeout=5.0):
@@ -978,8 +981,12 @@ def expect_chatctl_fails(pidfile, port, want):
     problems found."""
     problems = []
     for cmd in COMMANDS:
-        r = chatctl(*cmd, pidfile=pidfile, port=port, timeout=30)
         what = f"chatctl {' '.join(cmd)}"
+        try:
+            r = chatctl(*cmd, pidfile=pidfile, port=port, timeout=30)
+        except subprocess.TimeoutExpired:
+            problems.append(f"{what}: still running after 30s")
+            continue
         if r.returncode == 0:
             problems.append(f"{what} exited 0: {r.stdout!r} {r.stderr!r}")
             continue
@@ -1022,3 +1029,106 @@ def test_chatctl_against_stopped_server():
         assert not problems, f"{len(problems)} problem(s):\n  " + "\n  ".join(problems)
     finally:
         srv.stop()
+
+
+# --------------------------------------------------------------------------
+# 10. chatctl finds the port by itself (no --port, no CHATD_PORT)
+
+
+def status_without_port(srv):
+    """chatctl status with neither --port nor CHATD_PORT: checks that it ran
+    clean, found srv's port and got every count. Returns (master pid,
+    {worker pid: connections}, total connections)."""
+    r = chatctl("status", pidfile=srv.pidfile, timeout=20)
+    what = f"chatctl status (no --port): rc {r.returncode}\nstdout {r.stdout!r}\nstderr {r.stderr!r}"
+    assert r.returncode == 0, what
+    assert r.stderr == "", what
+    m = re.search(r"^master pid=(\d+) uptime=\d+s workers=(\d+) port=(\S+)$", r.stdout, re.M)
+    assert m, what
+    assert m.group(3) == str(srv.port), f"port={m.group(3)}, want {srv.port}: {what}"
+    conns = {}
+    for wm in re.finditer(r"^worker pid=(\d+) uptime=\d+s connections=(\S+)$", r.stdout, re.M):
+        assert wm.group(2).isdigit(), f"worker {wm.group(1)} connections={wm.group(2)}: {what}"
+        conns[int(wm.group(1))] = int(wm.group(2))
+    assert len(conns) == int(m.group(2)), what
+    tm = re.search(r"^connections=(\S+)$", r.stdout, re.M)
+    assert tm and tm.group(1).isdigit(), what
+    return int(m.group(1)), conns, int(tm.group(1))
+
+
+@timeout(120)
+def test_chatctl_status_finds_port_without_port_option():
+    srv = new_server(workers=2, name="ctlport")
+    ws = None
+    try:
+        # the bug: chatctl asked 8080 and ended silently with status 1
+        assert srv.port != 8080, "the harness picked 8080: this test needs any other port"
+        master, conns, total = status_without_port(srv)
+        assert master == srv.pid, f"master pid {master}, want {srv.pid}"
+        assert sorted(conns) == srv.worker_pids(), f"workers {conns}, /proc {srv.worker_pids()}"
+        assert total == 0 and not any(conns.values()), f"idle server: {conns} total {total}"
+
+        # the counts are the server's: one session shows up
+        ws = RawWS.open(srv.port, user="ctlport")
+        assert ws.welcome["type"] == "welcome", ws.welcome
+        master, conns, total = wait_for(
+            lambda: (lambda s: s if s[2] == 1 else None)(status_without_port(srv)), 10,
+            what="chatctl status to count the open session")
+        assert sum(conns.values()) == 1, f"worker counts {conns} with one session open"
+        ws.send_close(1000)
+        ws.close_socket()
+        ws = None
+
+        # after an upgrade (the sockets now belong to the new master) and
+        # the old master's exit, it still finds the port
+        new = upgrade_and_retire(srv, srv.pid, use_chatctl=True)
+        master, conns, total = status_without_port(srv)
+        assert master == new, f"master pid {master}, want the new master {new}"
+        assert sorted(conns) == sorted(workers(new)), f"workers {conns}, /proc {workers(new)}"
+
+        # nothing answers on --port: status still says what it knows, with
+        # '?' for the counts and a warning, and exits 0 (see chatctl's usage)
+        dead = harness.free_port()
+        r = chatctl("status", pidfile=srv.pidfile, port=dead, timeout=20)
+        what = f"rc {r.returncode}\nstdout {r.stdout!r}\nstderr {r.stderr!r}"
+        assert r.returncode == 0, what
+        assert re.search(rf"^master pid={new} .* port={dead}$", r.stdout, re.M), what
+        assert re.search(r"^connections=\?$", r.stdout, re.M), what
+        assert all(l.endswith("connections=?") for l in r.stdout.splitlines()
+                   if l.startswith("worker ")), what
+        assert re.search(rf"^chatctl: warning: .*{dead}", r.stderr, re.M), what
+    finally:
+        if ws is not None:
+            ws.close_socket()
+        srv.stop()
+
+
+@timeout(60)
+def test_chatctl_missing_or_stale_pidfile_without_port():
+    d = tempfile.mkdtemp(prefix="ctlstale-", dir=harness.artifacts_dir())
+    problems = expect_chatctl_fails(os.path.join(d, "missing.pid"), None,
+                                    r"chatd is not running.*no pidfile")
+    # stale: the pid of a process that has exited
+    p = subprocess.Popen(["true"])
+    p.wait(10)
+    assert not pid_alive(p.pid)
+    stale = os.path.join(d, "stale.pid")
+    with open(stale, "w") as f:
+        f.write(f"{p.pid}\n")
+    problems += expect_chatctl_fails(stale, None, r"chatd is not running.*gone")
+    # not a pid at all; 0 would make kill signal chatctl's own process group
+    for name, text in (("junk.pid", "chatd\n"), ("zero.pid", "0\n")):
+        path = os.path.join(d, name)
+        with open(path, "w") as f:
+            f.write(text)
+        problems += expect_chatctl_fails(path, None, r"does not hold a pid")
+    # bad usage: status 2 and a message, never silence
+    for args, port, want in ((["bogus"], None, r"unknown command"),
+                             (["status", "extra"], None, r"takes no arguments"),
+                             (["status"], "http", r"not a port number"),
+                             (["scale", "0"], None, r"scale takes one number")):
+        r = chatctl(*args, pidfile=stale, port=port, timeout=30)
+        if r.returncode != 2 or not re.search(rf"^chatctl: .*{want}", r.stderr, re.M):
+            problems.append(f"chatctl {' '.join(args)} (port {port}): rc {r.returncode}, "
+                            f"stderr {r.stderr!r}, want 2 and /{want}/")
+    assert not problems, f"{len(problems)} problem(s):\n  " + "\n  ".join(problems)
