@@ -12,7 +12,12 @@ CFLAGS_COMMON := -std=gnu11 $(WARN) -I$(LLHTTP_INC) $(DEPS_CFLAGS) -D_GNU_SOURCE
 CFLAGS ?= -O2 -g
 ASAN_FLAGS := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
 
-SRC := $(wildcard common/*.c) $(wildcard proto/*.c) $(wildcard worker/*.c) $(wildcard master/*.c)
+# The worker is built from its wings: net (transport), chat (protocol),
+# data (Redis, MongoDB), wired together by worker/worker.c.
+WINGS := net chat data
+SRC := $(wildcard common/*.c) $(wildcard proto/*.c) \
+       $(foreach w,$(WINGS),$(wildcard worker/$(w)/*.c)) $(wildcard worker/*.c) $(wildcard master/*.c)
+HDR := $(wildcard */*.h) $(wildcard worker/*/*.h)
 LIB_SRC := $(filter-out master/%,$(SRC))
 LLHTTP_C := $(wildcard $(LLHTTP_SRC)/*.c)
 
@@ -42,11 +47,11 @@ bin/chatd-asan: $(ASAN_OBJ) $(LLHTTP_ASAN)
 	@mkdir -p bin
 	$(CC) $(ASAN_FLAGS) -o $@ $^ $(DEPS_LIBS)
 
-build/rel/%.o: %.c $(wildcard */*.h)
+build/rel/%.o: %.c $(HDR)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(CFLAGS_COMMON) -c -o $@ $<
 
-build/asan/%.o: %.c $(wildcard */*.h)
+build/asan/%.o: %.c $(HDR)
 	@mkdir -p $(dir $@)
 	$(CC) $(ASAN_FLAGS) $(CFLAGS_COMMON) -c -o $@ $<
 

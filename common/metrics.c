@@ -35,6 +35,13 @@ uint64_t metrics_get(const uint64_t *counter)
     return __atomic_load_n(counter, __ATOMIC_RELAXED);
 }
 
+void metrics_count_error(metrics_slot_t *s, int code)
+{
+    if (code >= 0 && code < METRICS_ERRORS) {
+        metrics_add(&s->errors[code], 1);
+    }
+}
+
 void metrics_observe_latency(metrics_slot_t *s, uint64_t us)
 {
     for (int i = 0; i < METRICS_LAT_BUCKETS; i++) {

@@ -48,6 +48,10 @@ void metrics_add(uint64_t *counter, uint64_t n);
 void metrics_set(uint64_t *gauge, uint64_t v);
 uint64_t metrics_get(const uint64_t *counter);
 
+/* Counts one error of the given code (a proto_err_t, or PROTO_E_COUNT for
+ * a slow consumer); codes out of range are ignored. */
+void metrics_count_error(metrics_slot_t *s, int code);
+
 /* Records one delivery latency in microseconds. */
 void metrics_observe_latency(metrics_slot_t *s, uint64_t us);
 

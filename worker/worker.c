@@ -1,14 +1,14 @@
 #include "worker.h"
-#include "conn.h"
-#include "archive.h"
-#include "bus.h"
-#include "room.h"
-#include "web.h"
+#include "chat/chat.h"
+#include "data/archive.h"
+#include "data/bus.h"
+#include "net/conn.h"
+#include "net/net.h"
+#include "net/web.h"
 #include "../common/log.h"
 #include "../proto/proto.h"
 
 #include <errno.h>
-#include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,6 +20,25 @@
  * worker with 20,000 clients must not send them all to its siblings at once. */
 #define WORKER_CLOSE_BATCH 500
 #define WORKER_CLOSE_STEP_MS 50
+
+typedef struct worker_s {
+    uv_loop_t loop;
+    const config_t *cfg;
+    int slot;
+    pid_t master_pid;
+    int ready_fd;               /* pipe to the master; -1 after "ready" */
+    uv_tcp_t listener;
+    uv_timer_t tick;
+    uv_prepare_t flusher;
+    uv_signal_t sig_term, sig_int, sig_quit, sig_usr1;
+    int stopping;               /* 1 graceful, 2 now */
+    uint64_t stop_deadline_ms;
+    metrics_t *metrics;         /* shared page; this worker writes its slot */
+    bus_t *bus;                 /* the data wing */
+    archive_t *archive;         /* NULL without --mongo-uri */
+    chat_t chat;                /* the chat wing */
+    net_t net;                  /* the net wing (last: it holds the read buffer) */
+} worker_t;
 
 static void worker_on_handle_closed(uv_handle_t *h)
 {
@@ -37,9 +56,7 @@ static void worker_finish(worker_t *w)
 {
     /* Everything still open is closed; the loop then runs out and
      * worker_run returns. */
-    for (conn_t *c = w->conns; c != NULL; c = c->next) {
-        conn_abort(c);
-    }
+    net_abort_all(&w->net);
     bus_close(w->bus);
     archive_close(w->archive);
     worker_close_handle((uv_handle_t *)&w->listener);
@@ -51,54 +68,11 @@ static void worker_finish(worker_t *w)
     worker_close_handle((uv_handle_t *)&w->sig_usr1);
 }
 
-#define WORKER_CONN_BLOCK 64
-
-typedef struct conn_block_s {
-    struct conn_block_s *next;
-    conn_t conns[WORKER_CONN_BLOCK];
-} conn_block_t;
-
-conn_t *worker_conn_alloc(worker_t *w)
+/* A conn's memory went back: a draining worker may be done. */
+static void worker_on_conn_freed(void *ud)
 {
-    if (w->conn_pool == NULL) {
-        conn_block_t *b = malloc(sizeof(*b));
-        if (b == NULL) {
-            return NULL;
-        }
-        b->next = w->conn_blocks;
-        w->conn_blocks = b;
-        for (int i = 0; i < WORKER_CONN_BLOCK; i++) {
-            b->conns[i].next = w->conn_pool;
-            w->conn_pool = &b->conns[i];
-        }
-    }
-    conn_t *c = w->conn_pool;
-    w->conn_pool = c->next;
-    memset(c, 0, sizeof(*c));
-    return c;
-}
-
-void worker_conn_release(worker_t *w, conn_t *c)
-{
-    c->next = w->conn_pool;
-    w->conn_pool = c;
-}
-
-static void worker_free_conn_blocks(worker_t *w)
-{
-    conn_block_t *b = w->conn_blocks;
-    while (b != NULL) {
-        conn_block_t *next = b->next;
-        free(b);
-        b = next;
-    }
-    w->conn_blocks = NULL;
-    w->conn_pool = NULL;
-}
-
-void worker_on_conn_freed(worker_t *w)
-{
-    if (w->stopping == 1 && w->nconns == 0) {
+    worker_t *w = ud;
+    if (w->stopping == 1 && w->net.nconns == 0) {
         log_info("event=worker_drained slot=%d", w->slot);
         worker_finish(w);
     }
@@ -111,10 +85,10 @@ static void worker_stop_graceful(worker_t *w)
     }
     w->stopping = 1;
     w->stop_deadline_ms = uv_now(&w->loop) + (uint64_t)w->cfg->shutdown_timeout * 1000;
-    log_info("event=worker_graceful_stop slot=%d connections=%zu", w->slot, w->nconns);
+    log_info("event=worker_graceful_stop slot=%d connections=%zu", w->slot, w->net.nconns);
     /* New connections go to the other workers (or the new master). */
     worker_close_handle((uv_handle_t *)&w->listener);
-    if (w->nconns == 0) {
+    if (w->net.nconns == 0) {
         worker_finish(w);
     }
 }
@@ -154,52 +128,25 @@ static void worker_on_tick(uv_timer_t *t)
         return;
     }
     if (w->stopping == 1) {
-        /* Retire clients in batches, so they reconnect to siblings gradually.
-         * A handshake under way completes first (or times out): cutting it
-         * would look like a failed connection to the client. */
-        int n = 0;
-        for (conn_t *c = w->conns; c != NULL && n < WORKER_CLOSE_BATCH; c = c->next) {
-            if (c->state == CONN_WS) {
-                conn_close(c, 1001, "server going away");
-                n++;
-            }
-        }
+        /* Retire clients in batches, so they reconnect to siblings gradually. */
+        net_close_some(&w->net, WORKER_CLOSE_BATCH);
         if (now >= w->stop_deadline_ms) {
-            log_warn("event=graceful_stop_timeout slot=%d left=%zu", w->slot, w->nconns);
+            log_warn("event=graceful_stop_timeout slot=%d left=%zu", w->slot, w->net.nconns);
             w->stopping = 2;
             worker_finish(w);
             return;
         }
     }
-    conn_t *next;
-    for (conn_t *c = w->conns; c != NULL; c = next) {
-        next = c->next;
-        conn_tick(c, now);
-    }
+    net_tick(&w->net, now);
     bus_tick(w->bus);
     archive_tick(w->archive);
-    room_tick(w);
-    /* Idle connections just gave their wslay state back; return those
-     * pages to the kernel so that RSS follows the live set. */
-    if (w->idle_released >= 64) {
-        malloc_trim(0);
-        w->idle_released = 0;
-    }
-    metrics_set(&w->metrics->slot[w->slot].rooms, w->nrooms);
+    chat_tick(&w->chat);
 }
 
 static void worker_on_prepare(uv_prepare_t *p)
 {
     worker_t *w = p->data;
-    /* All output made during this loop iteration leaves in one write per
-     * connection, before the loop blocks again. */
-    while (w->dirty != NULL) {
-        conn_t *c = w->dirty;
-        w->dirty = c->dirty_next;
-        c->dirty = 0;
-        c->dirty_next = NULL;
-        conn_flush(c);
-    }
+    net_flush(&w->net);
 }
 
 static void worker_on_connection(uv_stream_t *listener, int status)
@@ -209,7 +156,7 @@ static void worker_on_connection(uv_stream_t *listener, int status)
         log_error("event=accept_failed err=\"%s\"", uv_strerror(status));
         return;
     }
-    int rc = conn_accept(w, listener);
+    int rc = net_accept(&w->net, listener);
     if (rc != 0 && rc != UV_EAGAIN) {
         /* EMFILE and friends: the connection stays in the backlog or is
          * dropped by the kernel; existing clients are unaffected. */
@@ -228,21 +175,19 @@ static int worker_start_signal(worker_t *w, uv_signal_t *s, int signum)
     return rc;
 }
 
-void worker_count_upgrade(worker_t *w, int ok)
+/* The server's own pages: /healthz (Redis reachable) and /metrics. */
+static int worker_serve_http(void *ud, conn_t *c, const char *path)
 {
-    metrics_slot_t *s = &w->metrics->slot[w->slot];
-    metrics_add(ok ? &s->upgrades : &s->upgrades_refused, 1);
-}
-
-void worker_count_error(worker_t *w, int code)
-{
-    if (code >= 0 && code < METRICS_ERRORS) {
-        metrics_add(&w->metrics->slot[w->slot].errors[code], 1);
+    worker_t *w = ud;
+    if (strcmp(path, "/healthz") == 0) {
+        if (bus_healthy(w->bus)) {
+            conn_http_reply(c, 200, "text/plain", "Cache-Control: no-store\r\n", "ok\n", 3);
+        } else {
+            conn_http_reply(c, 503, "text/plain", "Cache-Control: no-store\r\n",
+                            "redis unavailable\n", 18);
+        }
+        return 1;
     }
-}
-
-int worker_serve_http(worker_t *w, conn_t *c, const char *path)
-{
     if (strcmp(path, "/metrics") == 0) {
         const char *names[METRICS_ERRORS] = { 0 };
         for (int e = 1; e < PROTO_E_COUNT; e++) {
@@ -260,8 +205,13 @@ int worker_serve_http(worker_t *w, conn_t *c, const char *path)
         buf_free(&body);
         return 1;
     }
-    return web_serve(c, path);
+    return 0;
 }
+
+static const net_hooks_t worker_net_hooks = {
+    .http = worker_serve_http,
+    .freed = worker_on_conn_freed,
+};
 
 int worker_run(const config_t *cfg, int slot, int listen_fd, int ready_fd,
                metrics_t *metrics, const char *prev_wid)
@@ -282,7 +232,8 @@ int worker_run(const config_t *cfg, int slot, int listen_fd, int ready_fd,
         snprintf(host, sizeof(host), "localhost");
     }
     host[sizeof(host) - 1] = '\0';
-    snprintf(w->wid, sizeof(w->wid), "%s:%d:%d", host, (int)w->master_pid, (int)getpid());
+    char wid[128];
+    snprintf(wid, sizeof(wid), "%s:%d:%d", host, (int)w->master_pid, (int)getpid());
 
     /* The worker dies with the master rather than serving on alone. */
     if (prctl(PR_SET_PDEATHSIG, SIGTERM) == -1) {
@@ -314,21 +265,28 @@ int worker_run(const config_t *cfg, int slot, int listen_fd, int ready_fd,
     }
     uv_unref((uv_handle_t *)&w->flusher);
 
-    w->bus = bus_new(w, prev_wid);
+    /* The wings: data first (chat needs the bus), then chat, then net,
+     * which hands connections to chat. Nothing reports before uv_run. */
+    bus_env_t env = { .loop = &w->loop, .cfg = cfg, .metrics = metrics, .slot = slot };
+    snprintf(env.wid, sizeof(env.wid), "%s", wid);
+    w->bus = bus_new(&env, prev_wid);
     if (w->bus == NULL) {
         log_error("event=worker_start_failed err=\"cannot create the Redis bus\"");
         goto done;
     }
-
     if (cfg->mongo_uri[0] != '\0') {
-        w->archive = archive_new(w);
+        w->archive = archive_new(w->bus);
         if (w->archive == NULL) {
             log_error("event=worker_start_failed err=\"cannot set up the MongoDB archive\"");
             goto done;
         }
     }
-
     metrics_slot_t *ms = &metrics->slot[slot];
+    chat_init(&w->chat, &w->loop, cfg, ms, w->master_pid, w->bus, w->archive);
+    bus_set_handlers(w->bus, chat_bus_handlers(), &w->chat);
+    net_init(&w->net, &w->loop, cfg, ms, chat_net_handlers(), &w->chat, chat_conn_size(),
+             &worker_net_hooks, w);
+
     __atomic_store_n(&ms->pid, (int32_t)getpid(), __ATOMIC_RELAXED);
     int one = slot;
     if (write(ready_fd, &one, sizeof(one)) == -1) {
@@ -336,7 +294,7 @@ int worker_run(const config_t *cfg, int slot, int listen_fd, int ready_fd,
     }
     close(ready_fd);
     w->ready_fd = -1;
-    log_info("event=worker_started slot=%d wid=%s", slot, w->wid);
+    log_info("event=worker_started slot=%d wid=%s", slot, wid);
 
     /* The browser client's files, read once before the loop so that
      * serving them never touches the disk. */
@@ -352,9 +310,8 @@ done:
     uv_run(&w->loop, UV_RUN_DEFAULT);
     bus_free(w->bus);
     archive_free(w->archive);
-    room_free_all(w);
-    worker_free_conn_blocks(w);
-    iplimit_free(&w->per_ip);
+    chat_free(&w->chat);
+    net_free(&w->net);
     web_unload();
     if (uv_loop_close(&w->loop) != 0) {
         log_warn("event=loop_close_busy slot=%d", slot);

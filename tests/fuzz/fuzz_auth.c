@@ -9,7 +9,7 @@
  *
  * On every success auth_room_allowed runs on a few room names.
  */
-#include "../../worker/auth.h"
+#include "../../worker/net/auth.h"
 
 #include <stdint.h>
 #include <stdio.h>

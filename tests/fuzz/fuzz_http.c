@@ -9,7 +9,7 @@
  * URL is split, the upgrade checked and the query searched, as
  * conn_on_request and auth do.
  */
-#include "../../worker/http.h"
+#include "../../worker/net/http.h"
 
 #include <stdint.h>
 #include <stdio.h>

@@ -2,13 +2,14 @@
  * fuzz_ws: the WebSocket frame path of an upgraded connection. The input is
  * what a client sends after the upgrade: masked frames.
  *
- * This target links worker/ws.c itself (ws_scan, ws_feed, the wslay
+ * This target links worker/net/ws.c itself (ws_scan, ws_feed, the wslay
  * callbacks), so the code under test is the server's. What ws.c needs of
- * the rest of the worker is modelled below after conn.c: conn_close queues
- * the close frame and ends the session, conn_abort drops the connection,
- * and session_on_text decodes with proto and answers like the session
- * (pong or error), which exercises ws_send_text. Redis, rooms and libuv
- * I/O are not involved.
+ * the rest of the net wing is modelled below after conn.c: conn_close
+ * queues the close frame and ends the session, conn_abort drops the
+ * connection; the net handler table's text() decodes with proto and
+ * answers like the session (pong or error), which exercises ws_send_frame
+ * and the output queue (outq, wsframe: linked, not modelled).
+ * Redis, rooms and libuv I/O are not involved.
  *
  * Each input runs twice:
  *  1. fed in one read with the default --max-message of 65536;
@@ -18,9 +19,9 @@
  *     heartbeat pings, broadcasts, the idle release of the wslay context
  *     (conn_tick) and sometimes a graceful 1001 close.
  */
-#include "../../worker/conn.h"
-#include "../../worker/worker.h"
-#include "../../worker/ws.h"
+#include "../../worker/net/conn.h"
+#include "../../worker/net/net.h"
+#include "../../worker/net/ws.h"
 #include "../../common/log.h"
 #include "../../proto/proto.h"
 
@@ -37,9 +38,11 @@
     } while (0)
 
 static config_t cfg;
-static worker_t *worker;
+static metrics_slot_t metrics;
+static uv_loop_t loop;          /* never run: only its clock is read */
+static net_t *net;
 
-/* ---- the model of conn.c, session.c and worker.c that ws.c calls ---- */
+/* ---- the model of conn.c and of the session handlers that ws.c calls ---- */
 
 void conn_mark_dirty(conn_t *c)
 {
@@ -50,7 +53,22 @@ void conn_mark_dirty(conn_t *c)
 
 size_t conn_pending_bytes(const conn_t *c)
 {
-    return c->out.len + c->wbuf.len + ws_queued_bytes(c);
+    return outq_bytes(c->out) + ws_queued_bytes(c);
+}
+
+int conn_send_raw(conn_t *c, const void *bytes, size_t len)
+{
+    if (len == 0) {
+        return 0;
+    }
+    wsframe_t *f = wsframe_raw(bytes, len);
+    if (f == NULL || outq_push(&c->out, f) != 0) {
+        wsframe_unref(f);
+        conn_abort(c);
+        return -1;
+    }
+    conn_mark_dirty(c);
+    return 0;
 }
 
 void conn_abort(conn_t *c)
@@ -67,7 +85,7 @@ void conn_close(conn_t *c, uint16_t code, const char *reason)
     }
     if (c->state == CONN_WS) {
         if (code == 1013) {
-            buf_free(&c->out);
+            outq_drop_unstarted(c->out);
         }
         if (code != 0) {
             ws_close(c, code, reason);
@@ -79,17 +97,12 @@ void conn_close(conn_t *c, uint16_t code, const char *reason)
     conn_mark_dirty(c);
 }
 
-void worker_count_error(worker_t *w, int code)
-{
-    (void)w;
-    (void)code;
-}
-
 /* Messages that reached the session in the current run. */
 static size_t texts;
 
-void session_on_text(conn_t *c, const char *text, size_t len)
+static void on_text(void *ud, conn_t *c, const char *text, size_t len)
 {
+    (void)ud;
     /* What ws.c promises the session. */
     CHECK(c->state == CONN_WS);
     CHECK(len <= (size_t)cfg.max_message);
@@ -113,7 +126,10 @@ void session_on_text(conn_t *c, const char *text, size_t len)
     }
     proto_req_free(&req);
     if (json != NULL) {
-        ws_send_text(c, json, strlen(json));
+        wsframe_t *f = wsframe_text(json, strlen(json), NULL, 0, NULL, 0);
+        CHECK(f != NULL);
+        ws_send_frame(c, f);
+        wsframe_unref(f);
         free(json);
     }
 }
@@ -134,7 +150,7 @@ static uint32_t next_rand(void)
 static void conn_init(conn_t *c)
 {
     memset(c, 0, sizeof(*c));
-    c->w = worker;
+    c->net = net;
     /* conn_upgrade: the context exists before the state turns to WS. */
     CHECK(ws_start(c) == 0);
     c->state = CONN_WS;
@@ -143,8 +159,7 @@ static void conn_init(conn_t *c)
 static void conn_done(conn_t *c)
 {
     ws_stop(c);
-    buf_free(&c->out);
-    buf_free(&c->wbuf);
+    outq_clear(&c->out);
 }
 
 /* Feeds n bytes as one read, from an exact-size copy so ASan sees any read
@@ -165,7 +180,8 @@ static void conn_read(conn_t *c, const uint8_t *data, size_t n)
     CHECK(c->hdr_len < sizeof(c->hdr));
 }
 
-/* The flush: wslay's frames go to c->out, and the socket takes them. */
+/* The flush: wslay's frames join the queue, and the socket takes them
+ * (all of it, or, with keep, a part: a peer reading slowly). */
 static void conn_flush_model(conn_t *c, int keep)
 {
     if (c->state == CONN_CLOSED) {
@@ -173,11 +189,13 @@ static void conn_flush_model(conn_t *c, int keep)
     }
     ws_drain(c);
     if (!keep) {
-        buf_free(&c->out);
+        outq_consume(c->out, outq_bytes(c->out));
+    } else if (outq_bytes(c->out) > 0) {
+        outq_consume(c->out, outq_bytes(c->out) / 3);
     }
     c->dirty = 0;
     /* conn_finish: a failed connection lingers once its output is out. */
-    if (c->state == CONN_CLOSING && c->out.len == 0 && (c->fail_fast || ws_finished(c))) {
+    if (c->state == CONN_CLOSING && outq_len(c->out) == 0 && (c->fail_fast || ws_finished(c))) {
         c->lingering = 1;
     }
 }
@@ -222,7 +240,10 @@ static void run_chunked(const uint8_t *data, size_t size)
             static const char chat[] = "{\"type\":\"chat\",\"payload\":{\"room\":\"r\",\"seq\":1,"
                                        "\"sender\":\"bob\",\"content\":\"hi\",\"attachments\":[],"
                                        "\"ts\":1700000000000}}";
-            ws_send_text(c, chat, sizeof(chat) - 1);
+            wsframe_t *f = wsframe_text(chat, sizeof(chat) - 1, NULL, 0, NULL, 0);
+            CHECK(f != NULL);
+            ws_send_frame(c, f);
+            wsframe_unref(f);
         }
         if (ev % 97 == 0) {
             conn_close(c, 1001, "going away");
@@ -242,11 +263,15 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
     (void)argc;
     (void)argv;
-    worker = calloc(1, sizeof(*worker));
-    if (worker == NULL) {
+    static const net_handlers_t handlers = { .text = on_text };
+    net = calloc(1, sizeof(*net));
+    if (net == NULL) {
         abort();
     }
-    worker->cfg = &cfg;
+    net->loop = &loop;
+    net->cfg = &cfg;
+    net->metrics = &metrics;
+    net->h = &handlers;
     cfg.max_message = 65536;
     cfg.max_content = 16384;
     cfg.heartbeat = 25;

@@ -1,7 +1,7 @@
-/* Unit tests of worker/auth: development mode, HS256 JWTs, rooms claim. */
+/* Unit tests of worker/net/auth: development mode, HS256 JWTs, rooms claim. */
 #include "unit.h"
 
-#include "../../worker/auth.h"
+#include "../../worker/net/auth.h"
 
 #include <openssl/evp.h>
 #include <openssl/hmac.h>

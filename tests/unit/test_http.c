@@ -1,7 +1,7 @@
-/* Unit tests of worker/http: request parsing, upgrade checks, queries. */
+/* Unit tests of worker/net/http: request parsing, upgrade checks, queries. */
 #include "unit.h"
 
-#include "../../worker/http.h"
+#include "../../worker/net/http.h"
 
 #define KEY "dGhlIHNhbXBsZSBub25jZQ=="
 

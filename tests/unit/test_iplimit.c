@@ -1,6 +1,6 @@
 /* iplimit: the per-address connection counts behind --max-conns-per-ip. */
 #include "unit.h"
-#include "../../worker/iplimit.h"
+#include "../../worker/net/iplimit.h"
 
 #include <stdlib.h>
 

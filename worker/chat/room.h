@@ -1,10 +1,9 @@
 /*
- * room: a room as seen by one worker: its local members, the channel
- * subscription, and the in-order delivery of its messages. Messages arrive
- * from Redis pub/sub tagged with their seq; a room delivers seq N only
- * after N-1, fetching any gap from the store, so every local member sees
- * the room in seq order exactly once. Each frame is encoded once and
- * queued to every member.
+ * room: a room as seen by one worker: its local members, its channel
+ * subscription and the table of rooms. The concerns around a room live
+ * beside it: delivery (in-order delivery and replay), message (accepting
+ * chat), history, presence (and typing). This header is the chat wing's
+ * shared vocabulary; nothing outside the wing includes it.
  */
 #ifndef CHATD_ROOM_H
 #define CHATD_ROOM_H
@@ -12,20 +11,42 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "../proto/proto.h"
+#include "../../proto/proto.h"
+#include "../net/wsframe.h"
+#include "chat.h"
+#include "session.h"
 
-typedef struct conn_s conn_t;
-typedef struct worker_s worker_t;
-typedef struct room_s room_t;
+enum { SUB_NONE = 0, SUB_PENDING, SUB_LIVE, SUB_LEAVING };
+enum { MEMBER_WAITING = 0, MEMBER_REPLAYING, MEMBER_LIVE };
 
 /* One message as the room holds it while it waits to be delivered. */
 typedef struct frame_s {
     struct frame_s *next;
     int64_t seq;
     uint64_t ts_us;             /* when Redis assigned the seq */
-    size_t len;
-    char data[];                /* the complete "chat" frame text */
+    wsframe_t *wf;              /* the "chat" frame, framed once for every member */
 } frame_t;
+
+struct room_s {
+    chat_t *chat;
+    room_t *hnext;
+    struct member_s *members;
+    size_t nmembers;
+    int64_t last_seq;           /* last seq delivered here; -1 until known */
+    uint8_t sub;
+    uint8_t syncing;            /* a fetch from the store is in flight */
+    uint32_t ops;               /* store calls in flight that point here */
+    frame_t *pending;           /* arrived ahead of last_seq + 1, by seq */
+    char name[PROTO_ROOM_MAX + 1];
+};
+
+/* What a member needs only until it is live (joined sent, replay done). */
+typedef struct member_join_s {
+    uint64_t serial;            /* tells a replay reply which join it answers */
+    int64_t since;              /* the join's since, -1 when none */
+    struct held_s *held, *held_tail;  /* live frames held back during replay */
+    char id[];                  /* the join's request id, "" when none */
+} member_join_t;
 
 /* A connection's membership of a room. */
 typedef struct member_s {
@@ -34,38 +55,61 @@ typedef struct member_s {
     struct member_s *room_prev, *room_next;
     struct member_s *conn_next;
     int64_t last_seq;           /* last seq sent to this conn */
-    int64_t since;              /* the join's since, -1 when none */
-    uint64_t serial;            /* tells a replay reply which join it answers */
-    char *join_id;              /* the join's request id until joined is sent */
-    uint8_t state;              /* MEMBER_* in room.c */
-    frame_t *held, *held_tail;  /* live frames held back during replay */
+    member_join_t *join;        /* until live; NULL after */
+    uint8_t state;              /* MEMBER_* */
 } member_t;
 
+/* What an asynchronous store or archive call remembers. */
+typedef struct room_call_s {
+    conn_t *conn;               /* referenced, or NULL */
+    room_t *room;               /* ops counted; never NULL */
+    uint64_t serial;            /* the member it is for */
+    int has_id;
+    char id[PROTO_ID_MAX + 1];
+    int64_t since;
+    int64_t upto;
+    int64_t before;             /* history: the request's before, -1 = newest */
+    char *tail;                 /* chat: the encoded payload tail, owned */
+    int seeded;                 /* chat: the counter was seeded once already */
+    char **texts;               /* history: payloads from Redis, newest first, owned */
+    size_t ntexts;
+} room_call_t;
+
+/* join and leave requests. */
 void room_join(conn_t *c, const proto_req_t *req);
 void room_leave(conn_t *c, const proto_req_t *req);
-void room_chat(conn_t *c, const proto_req_t *req);
-void room_typing(conn_t *c, const proto_req_t *req);
-void room_history(conn_t *c, const proto_req_t *req);
-void room_presence(conn_t *c, const proto_req_t *req);
 
 /* Ends every membership of c (on disconnect). */
 void room_leave_all(conn_t *c);
 
-/* Bus events. */
-void room_on_bus_message(worker_t *w, const char *channel, size_t clen,
-                         const char *msg, size_t len);
-void room_on_bus_subscribed(worker_t *w, const char *channel, size_t clen, int subscribed);
-void room_on_bus_up(worker_t *w);
-void room_on_bus_down(worker_t *w);
+/* c's membership of room, or NULL. */
+member_t *room_member_of(conn_t *c, const char *room);
 
-/* Once a second: unsubscribes rooms left empty. */
-void room_tick(worker_t *w);
+/* A call for an asynchronous reply about r, holding c (may be NULL) and r
+ * until room_call_free(). Returns NULL when out of memory. */
+room_call_t *room_call_new(conn_t *c, room_t *r);
+void room_call_free(room_call_t *call);
+
+/*
+ * The call of a request that needs the room joined: answers not_joined (or
+ * internal) itself and returns NULL, or returns the call with the
+ * request's id, holding c and the room.
+ */
+room_call_t *room_request_call(conn_t *c, const proto_req_t *req);
+
+/* Bus events, through chat's handler table. */
+void room_on_bus_message(chat_t *ch, const char *channel, size_t clen, const char *msg, size_t len);
+void room_on_bus_subscribed(chat_t *ch, const char *channel, size_t clen, int subscribed);
+void room_on_bus_up(chat_t *ch);
+void room_on_bus_down(chat_t *ch);
+
+/* Once a second: unsubscribes rooms left empty and frees them. */
+void room_tick(chat_t *ch);
 
 /* Frees every room at worker exit. */
-void room_free_all(worker_t *w);
+void room_free_all(chat_t *ch);
 
-/* Calls fn for every (room, user) held on this worker, for presence upkeep. */
-void room_each_local_user(worker_t *w, void (*fn)(worker_t *w, const char *room,
-                                                  const char *user, void *arg), void *arg);
+/* Calls fn once for every (room, user) held on this worker. */
+void room_each_local_user(chat_t *ch, void (*fn)(chat_t *ch, const char *room, const char *user));
 
 #endif

@@ -1,45 +1,51 @@
 #include "session.h"
-#include "conn.h"
-#include "worker.h"
+#include "history.h"
+#include "message.h"
+#include "presence.h"
 #include "room.h"
-#include "ws.h"
-#include "../common/log.h"
-#include "../proto/proto.h"
+#include "../../common/log.h"
+#include "../../proto/proto.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 void session_send_json(conn_t *c, char *json)
 {
     if (json != NULL) {
-        ws_send_text(c, json, strlen(json));
+        conn_send_text(c, json, strlen(json));
         free(json);
     }
 }
 
 void session_send_error(conn_t *c, const char *id, int code, const char *message)
 {
-    worker_count_error(c->w, code);
+    metrics_count_error(chat_of(c)->metrics, code);
     session_send_json(c, proto_encode_error(id, (proto_err_t)code, message));
+}
+
+void session_id(const session_t *s, char *out, size_t len)
+{
+    const chat_t *ch = chat_of(&s->conn);
+    snprintf(out, len, "%x-%x-%llx", (unsigned)ch->master_pid, (unsigned)ch->pid,
+             (unsigned long long)s->serial);
 }
 
 void session_start(conn_t *c, auth_t *auth)
 {
-    worker_t *w = c->w;
-    session_t *s = &c->sess;
+    chat_t *ch = chat_of(c);
+    session_t *s = session_of(c);
     s->auth = *auth;
     memset(auth, 0, sizeof(*auth));
-    /* Unique across workers and respawns: the worker's pid is in it. */
-    snprintf(s->id, sizeof(s->id), "%x-%x-%llx", (unsigned)w->master_pid, (unsigned)getpid(),
-             (unsigned long long)++w->next_session);
-    s->tokens = w->cfg->burst;
-    s->refill_ms = uv_now(&w->loop);
-    metrics_add(&w->metrics->slot[w->slot].connections, 1);
-    log_debug("event=session_start session=%s user=%s", s->id, s->auth.user);
-    const config_t *cfg = w->cfg;
-    session_send_json(c, proto_encode_welcome(s->auth.user, s->id, cfg->heartbeat, cfg->max_message,
+    s->serial = ++ch->next_serial;
+    char id[48];
+    session_id(s, id, sizeof(id));
+    s->tokens = ch->cfg->burst;
+    s->refill_ms = (uint32_t)uv_now(ch->loop);
+    metrics_add(&ch->metrics->connections, 1);
+    log_debug("event=session_start session=%s user=%s", id, s->auth.user);
+    const config_t *cfg = ch->cfg;
+    session_send_json(c, proto_encode_welcome(s->auth.user, id, cfg->heartbeat, cfg->max_message,
                                               cfg->max_content, cfg->rate, cfg->burst));
 }
 
@@ -49,9 +55,9 @@ void session_start(conn_t *c, auth_t *auth)
  */
 static int session_rate_ok(conn_t *c, const char *id)
 {
-    session_t *s = &c->sess;
-    const config_t *cfg = c->w->cfg;
-    uint64_t now = uv_now(&c->w->loop);
+    session_t *s = session_of(c);
+    const config_t *cfg = chat_of(c)->cfg;
+    uint32_t now = (uint32_t)uv_now(chat_of(c)->loop);
     s->tokens += (double)(now - s->refill_ms) * cfg->rate / 1000.0;
     if (s->tokens > cfg->burst) {
         s->tokens = cfg->burst;
@@ -63,7 +69,9 @@ static int session_rate_ok(conn_t *c, const char *id)
     }
     s->flood_count++;
     if (s->flood_count > 10u * (uint32_t)cfg->rate) {
-        log_info("event=flood_disconnect session=%s user=%s", s->id, s->auth.user);
+        char sid[48];
+        session_id(s, sid, sizeof(sid));
+        log_info("event=flood_disconnect session=%s user=%s", sid, s->auth.user);
         session_send_error(c, id, PROTO_E_RATE_LIMITED, "sending far above the rate limit");
         conn_close(c, 1008, "rate limit exceeded");
         return 0;
@@ -80,7 +88,7 @@ void session_on_text(conn_t *c, const char *text, size_t len)
 {
     proto_req_t req;
     const char *why = NULL;
-    proto_limits_t lim = { (size_t)c->w->cfg->max_content };
+    proto_limits_t lim = { (size_t)chat_of(c)->cfg->max_content };
     proto_err_t err = proto_decode(text, len, &lim, &req, &why);
     const char *id = req.has_id ? req.id : NULL;
     if (err != PROTO_OK) {
@@ -100,19 +108,19 @@ void session_on_text(conn_t *c, const char *text, size_t len)
         break;
     case PROTO_CHAT:
         if (session_rate_ok(c, id)) {
-            room_chat(c, &req);
+            message_chat(c, &req);
         }
         break;
     case PROTO_TYPING:
         if (session_rate_ok(c, id)) {
-            room_typing(c, &req);
+            presence_typing(c, &req);
         }
         break;
     case PROTO_HISTORY:
-        room_history(c, &req);
+        history_request(c, &req);
         break;
     case PROTO_PRESENCE:
-        room_presence(c, &req);
+        presence_request(c, &req);
         break;
     }
     proto_req_free(&req);
@@ -120,16 +128,18 @@ void session_on_text(conn_t *c, const char *text, size_t len)
 
 void session_end(conn_t *c)
 {
-    session_t *s = &c->sess;
-    if (s->id[0] == '\0') {
+    session_t *s = session_of(c);
+    if (s->serial == 0) {
         return;
     }
     room_leave_all(c);
-    metrics_slot_t *ms = &c->w->metrics->slot[c->w->slot];
+    metrics_slot_t *ms = chat_of(c)->metrics;
     if (metrics_get(&ms->connections) > 0) {
         metrics_add(&ms->connections, (uint64_t)-1);
     }
-    log_debug("event=session_end session=%s user=%s", s->id, s->auth.user);
+    char id[48];
+    session_id(s, id, sizeof(id));
+    log_debug("event=session_end session=%s user=%s", id, s->auth.user);
     auth_free(&s->auth);
-    s->id[0] = '\0';
+    s->serial = 0;
 }

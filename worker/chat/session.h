@@ -1,7 +1,7 @@
 /*
  * session: the chat protocol spoken over one upgraded connection: the
  * welcome, request dispatch, the rate limit, and the rooms the connection
- * has joined. Embedded in its conn.
+ * has joined. The net wing allocates it, with its conn first.
  */
 #ifndef CHATD_SESSION_H
 #define CHATD_SESSION_H
@@ -9,21 +9,39 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "auth.h"
+#include "../net/auth.h"
+#include "../net/conn.h"
+#include "../net/net.h"
+#include "chat.h"
 
-typedef struct conn_s conn_t;
 typedef struct member_s member_t;
 
 typedef struct session_s {
+    conn_t conn;                /* first: net's allocation is the session's */
     auth_t auth;
-    char id[40];
+    uint64_t serial;            /* makes the session id; 0 once ended */
     member_t *members;          /* memberships, linked through member_t.conn_next */
     int nrooms;
     double tokens;              /* rate-limit bucket */
-    uint64_t refill_ms;
-    uint64_t flood_start_ms;    /* start of the current one-second window */
+    uint32_t refill_ms;         /* loop clock cut to 32 bits: differences only */
+    uint32_t flood_start_ms;    /* start of the current one-second window */
     uint32_t flood_count;       /* rate-limited requests in that window */
 } session_t;
+
+/* The session of an upgraded conn, and the chat wing that owns it. */
+static inline session_t *session_of(conn_t *c)
+{
+    return (session_t *)((char *)c - offsetof(session_t, conn));
+}
+
+static inline chat_t *chat_of(const conn_t *c)
+{
+    return c->net->ud;
+}
+
+/* Writes the session's id ("<master pid>-<pid>-<serial>" in hex, unique
+ * across workers and respawns) into out. */
+void session_id(const session_t *s, char *out, size_t len);
 
 /* Starts the session after the upgrade: takes ownership of *auth and
  * sends welcome. */

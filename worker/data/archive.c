@@ -1,8 +1,7 @@
 #include "archive.h"
 #include "bus.h"
 #include "store.h"
-#include "worker.h"
-#include "../common/log.h"
+#include "../../common/log.h"
 
 #include <inttypes.h>
 #include <stdio.h>
@@ -50,7 +49,8 @@ typedef struct job_s {
 } job_t;
 
 struct archive_s {
-    worker_t *w;
+    bus_t *bus;
+    const bus_env_t *env;
     mongoc_uri_t *uri;
     mongoc_client_pool_t *pool;
     char db[128];
@@ -371,7 +371,7 @@ static void archive_set_up(archive_t *a, int up, const char *why)
         }
     }
     a->mongo_up = up;
-    __atomic_store_n(&a->w->metrics->mongo_up, up, __ATOMIC_RELAXED);
+    __atomic_store_n(&a->env->metrics->mongo_up, up, __ATOMIC_RELAXED);
 }
 
 static void job_free(job_t *j)
@@ -394,7 +394,7 @@ static void archive_pump(archive_t *a);
 /* XACK then XDEL the written entries, and advance each room's cursor. */
 static void archive_commit(archive_t *a, job_t *j)
 {
-    worker_t *w = a->w;
+    bus_t *b = a->bus;
     size_t argc = 3 + j->n;
     const char **argv = calloc(argc, sizeof(*argv));
     size_t *lens = calloc(argc, sizeof(*lens));
@@ -409,13 +409,13 @@ static void archive_commit(archive_t *a, job_t *j)
         for (int i = 0; i < 3; i++) {
             lens[i] = strlen(argv[i]);
         }
-        store_call(w, NULL, NULL, (int)argc, argv, lens);
+        store_call(b, NULL, NULL, (int)argc, argv, lens);
         /* XDEL takes the same ids after the stream name alone. */
         argv[1] = "XDEL";
         argv[2] = ARCHIVE_STREAM;
         lens[1] = 4;
         lens[2] = strlen(ARCHIVE_STREAM);
-        store_call(w, NULL, NULL, (int)argc - 1, argv + 1, lens + 1);
+        store_call(b, NULL, NULL, (int)argc - 1, argv + 1, lens + 1);
     }
     free(argv);
     free(lens);
@@ -426,7 +426,7 @@ static void archive_commit(archive_t *a, job_t *j)
             last_of_room = strcmp(j->entries[k].room, j->entries[i].room) != 0;
         }
         if (last_of_room) {
-            store_set_archived(w, j->entries[i].room, j->entries[i].seq);
+            store_set_archived(b, j->entries[i].room, j->entries[i].seq);
         }
     }
 }
@@ -456,20 +456,20 @@ static void archive_after_work(uv_work_t *req, int status)
         } else {
             archive_set_up(a, 0, j->err);
             /* The batch stays pending in the group and is read again. */
-            a->retry_at_ms = uv_now(&a->w->loop) + 1000;
+            a->retry_at_ms = uv_now(a->env->loop) + 1000;
         }
         break;
     case JOB_FIND:
         if (!j->ok) {
             archive_set_up(a, 0, j->err);
         }
-        j->find_cb(a->w, j->arg, j->found, j->ok ? j->nfound : -1);
+        j->find_cb(j->arg, j->found, j->ok ? j->nfound : -1);
         break;
     case JOB_MAXSEQ:
         if (!j->ok) {
             archive_set_up(a, 0, j->err);
         }
-        j->seq_cb(a->w, j->arg, j->ok ? j->max_seq : -1);
+        j->seq_cb(j->arg, j->ok ? j->max_seq : -1);
         break;
     case JOB_INDEXES:
         if (j->ok) {
@@ -497,7 +497,7 @@ static job_t *archive_job(archive_t *a, job_kind_t kind)
 
 static int archive_submit(archive_t *a, job_t *j)
 {
-    if (uv_queue_work(&a->w->loop, &j->req, archive_on_work, archive_after_work) != 0) {
+    if (uv_queue_work(a->env->loop, &j->req, archive_on_work, archive_after_work) != 0) {
         return -1;
     }
     a->jobs++;
@@ -505,7 +505,7 @@ static int archive_submit(archive_t *a, job_t *j)
 }
 
 /* The XREADGROUP reply: [[stream, [[id, [field, value, ...]], ...]]]. */
-static void archive_on_read(worker_t *w, void *arg, redisReply *r)
+static void archive_on_read(void *arg, redisReply *r)
 {
     archive_t *a = arg;
     a->busy = 0;
@@ -567,12 +567,10 @@ static void archive_on_read(worker_t *w, void *arg, redisReply *r)
         a->busy = 0;
         job_free(j);
     }
-    (void)w;
 }
 
-static void archive_on_group(worker_t *w, void *arg, redisReply *r)
+static void archive_on_group(void *arg, redisReply *r)
 {
-    (void)w;
     archive_t *a = arg;
     /* BUSYGROUP: another worker made it first, which is as good. */
     if (r != NULL && (r->type == REDIS_REPLY_STATUS ||
@@ -581,11 +579,11 @@ static void archive_on_group(worker_t *w, void *arg, redisReply *r)
     }
 }
 
-static void archive_on_len(worker_t *w, void *arg, redisReply *r)
+static void archive_on_len(void *arg, redisReply *r)
 {
-    (void)arg;
+    archive_t *a = arg;
     if (r != NULL && r->type == REDIS_REPLY_INTEGER) {
-        metrics_set(&w->metrics->queue_depth, (uint64_t)r->integer);
+        metrics_set(&a->env->metrics->queue_depth, (uint64_t)r->integer);
     }
 }
 
@@ -593,11 +591,11 @@ static void archive_on_len(worker_t *w, void *arg, redisReply *r)
  * failed, or one claimed from a dead consumer), then new ones. */
 static void archive_pump(archive_t *a)
 {
-    worker_t *w = a->w;
-    if (a->busy || a->closing || !a->group_ready || !a->indexes_ready || !bus_healthy(w->bus)) {
+    bus_t *b = a->bus;
+    if (a->busy || a->closing || !a->group_ready || !a->indexes_ready || !bus_healthy(b)) {
         return;
     }
-    const char *argv[] = { "XREADGROUP", "GROUP", ARCHIVE_GROUP, w->wid, "COUNT", "500",
+    const char *argv[] = { "XREADGROUP", "GROUP", ARCHIVE_GROUP, a->env->wid, "COUNT", "500",
                            "STREAMS", ARCHIVE_STREAM, a->read_new ? ">" : "0" };
     /* Alternate: own pending ("0") then new (">"), so retries are never starved. */
     a->read_new = !a->read_new;
@@ -606,7 +604,7 @@ static void archive_pump(archive_t *a)
         lens[i] = strlen(argv[i]);
     }
     a->busy = 1;
-    if (store_call(w, archive_on_read, a, 9, argv, lens) != 0) {
+    if (store_call(b, archive_on_read, a, 9, argv, lens) != 0) {
         a->busy = 0;
     }
 }
@@ -616,9 +614,9 @@ void archive_tick(archive_t *a)
     if (a == NULL || a->closing) {
         return;
     }
-    worker_t *w = a->w;
-    uint64_t now = uv_now(&w->loop);
-    if (!bus_healthy(w->bus)) {
+    bus_t *b = a->bus;
+    uint64_t now = uv_now(a->env->loop);
+    if (!bus_healthy(b)) {
         return;
     }
     if (!a->group_ready) {
@@ -627,7 +625,7 @@ void archive_tick(archive_t *a)
         for (int i = 0; i < 6; i++) {
             lens[i] = strlen(argv[i]);
         }
-        store_call(w, archive_on_group, a, 6, argv, lens);
+        store_call(b, archive_on_group, a, 6, argv, lens);
         return;
     }
     if (!a->indexes_ready && a->jobs == 0) {
@@ -641,13 +639,13 @@ void archive_tick(archive_t *a)
         a->next_claim_ms = now + 5000;
         char idle[24];
         snprintf(idle, sizeof(idle), "%d", ARCHIVE_CLAIM_IDLE_MS);
-        const char *argv[] = { "XAUTOCLAIM", ARCHIVE_STREAM, ARCHIVE_GROUP, w->wid, idle, "0-0",
+        const char *argv[] = { "XAUTOCLAIM", ARCHIVE_STREAM, ARCHIVE_GROUP, a->env->wid, idle, "0-0",
                                "COUNT", "500", "JUSTID" };
         size_t lens[9];
         for (int i = 0; i < 9; i++) {
             lens[i] = strlen(argv[i]);
         }
-        store_call(w, NULL, NULL, 9, argv, lens);
+        store_call(b, NULL, NULL, 9, argv, lens);
         /* The backlog is what the group has not finished: pending entries
          * plus those not yet read (lag). Entries below the oldest pending
          * one are all acknowledged; trimming them sweeps up any whose XDEL
@@ -672,7 +670,7 @@ void archive_tick(archive_t *a)
         for (int i = 0; i < 5; i++) {
             len_lens[i] = strlen(len_argv[i]);
         }
-        store_call(w, archive_on_len, a, 5, len_argv, len_lens);
+        store_call(b, archive_on_len, a, 5, len_argv, len_lens);
     }
     if (now >= a->retry_at_ms) {
         archive_pump(a);
@@ -736,20 +734,22 @@ static void archive_on_mongoc_log(mongoc_log_level_t level, const char *domain,
     }
 }
 
-archive_t *archive_new(worker_t *w)
+archive_t *archive_new(bus_t *b)
 {
-    if (w->cfg->mongo_uri[0] == '\0') {
+    const bus_env_t *env = bus_env(b);
+    if (env->cfg->mongo_uri[0] == '\0') {
         return NULL;
     }
     archive_t *a = calloc(1, sizeof(*a));
     if (a == NULL) {
         return NULL;
     }
-    a->w = w;
+    a->bus = b;
+    a->env = env;
     mongoc_log_set_handler(archive_on_mongoc_log, NULL);
     mongoc_init();
     bson_error_t err;
-    a->uri = mongoc_uri_new_with_error(w->cfg->mongo_uri, &err);
+    a->uri = mongoc_uri_new_with_error(env->cfg->mongo_uri, &err);
     if (a->uri == NULL) {
         log_error("event=bad_mongo_uri err=\"%s\"", err.message);
         goto fail;

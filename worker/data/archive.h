@@ -21,12 +21,14 @@
 #include <stddef.h>
 #include <stdint.h>
 
-typedef struct worker_s worker_t;
+#include "bus.h"
+
 typedef struct archive_s archive_t;
 
-/* Creates the archive of w when a MongoDB URI is configured; NULL when
- * none is (not an error) or on failure (logged). */
-archive_t *archive_new(worker_t *w);
+/* Creates the archive when a MongoDB URI is configured; NULL when none is
+ * (not an error) or on failure (logged). It reads its queue and writes its
+ * cursors through bus b, and shares b's environment. */
+archive_t *archive_new(bus_t *b);
 
 /* Stops taking work; queued jobs still finish and call back. */
 void archive_close(archive_t *a);
@@ -40,12 +42,12 @@ void archive_tick(archive_t *a);
 /* Messages older than seq before (before < 0: the newest), newest first,
  * at most limit; cb gets an array of payload JSON texts, or n < 0 when
  * MongoDB failed. The texts belong to the archive until cb returns. */
-typedef void archive_find_cb_t(worker_t *w, void *arg, char **payloads, int n);
+typedef void archive_find_cb_t(void *arg, char **payloads, int n);
 int archive_find(archive_t *a, const char *room, int64_t before, int limit,
                  archive_find_cb_t *cb, void *arg);
 
 /* The highest seq MongoDB holds for room (0 when none), or -1 on failure. */
-typedef void archive_seq_cb_t(worker_t *w, void *arg, int64_t seq);
+typedef void archive_seq_cb_t(void *arg, int64_t seq);
 int archive_max_seq(archive_t *a, const char *room, archive_seq_cb_t *cb, void *arg);
 
 #endif

@@ -1,9 +1,7 @@
 #include "bus.h"
-#include "worker.h"
-#include "room.h"
 #include "store.h"
 #include "redisuv.h"
-#include "../common/log.h"
+#include "../../common/log.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,7 +15,9 @@
 #define BUS_STALL_MS 10000
 
 struct bus_s {
-    worker_t *w;
+    bus_env_t env;
+    const bus_handlers_t *h;
+    void *ud;
     redisAsyncContext *cmd;
     redisAsyncContext *sub;
     int cmd_up;
@@ -35,9 +35,15 @@ struct bus_s {
     char prev_wid[128];
 };
 
-worker_t *bus_worker(const redisAsyncContext *ac)
+const bus_env_t *bus_env(const bus_t *b)
 {
-    return ((bus_t *)ac->data)->w;
+    return &b->env;
+}
+
+void bus_set_handlers(bus_t *b, const bus_handlers_t *h, void *ud)
+{
+    b->h = h;
+    b->ud = ud;
 }
 
 const char *bus_prev_wid(const bus_t *b)
@@ -103,7 +109,7 @@ static void bus_schedule_retry(bus_t *b);
 
 static void bus_update_health(bus_t *b)
 {
-    metrics_set(&b->w->metrics->slot[b->w->slot].redis_up, (uint64_t)bus_healthy(b));
+    metrics_set(&b->env.metrics->slot[b->env.slot].redis_up, (uint64_t)bus_healthy(b));
 }
 
 static void bus_on_disconnect(const redisAsyncContext *ac, int status)
@@ -122,7 +128,7 @@ static void bus_on_disconnect(const redisAsyncContext *ac, int status)
         log_warn("event=redis_down conn=%s err=\"%s\"", was_sub ? "sub" : "cmd",
                  status == REDIS_OK ? "closed" : (ac->errstr[0] ? ac->errstr : "error"));
         if (was_sub) {
-            room_on_bus_down(b->w);
+            b->h->sub_down(b->ud);
         }
         bus_schedule_retry(b);
     }
@@ -151,16 +157,17 @@ static void bus_on_connect(const redisAsyncContext *ac, int status)
         b->sub_up = 1;
     } else {
         b->cmd_up = 1;
-        b->last_ok_ms = uv_now(&b->w->loop);
+        b->last_ok_ms = uv_now(b->env.loop);
     }
     if (b->cmd_up && b->sub_up) {
         b->backoff_ms = 0;
     }
     bus_update_health(b);
     if (is_sub) {
-        room_on_bus_up(b->w);
+        b->h->sub_up(b->ud);
     } else {
-        store_on_bus_up(b->w);
+        store_on_bus_up(b);
+        b->h->cmd_up(b->ud);
     }
 }
 
@@ -176,7 +183,7 @@ static redisAsyncContext *bus_dial(bus_t *b)
         return NULL;
     }
     ac->data = b;
-    if (redisuv_attach(ac, &b->w->loop) != REDIS_OK) {
+    if (redisuv_attach(ac, b->env.loop) != REDIS_OK) {
         redisAsyncFree(ac);
         return NULL;
     }
@@ -192,7 +199,7 @@ static redisAsyncContext *bus_dial(bus_t *b)
         redisAsyncCommand(ac, NULL, NULL, "SELECT %d", b->db);
     }
     redisAsyncCommand(ac, NULL, NULL, "PING");
-    b->dial_ms = uv_now(&b->w->loop);
+    b->dial_ms = uv_now(b->env.loop);
     return ac;
 }
 
@@ -224,20 +231,20 @@ static void bus_schedule_retry(bus_t *b)
     }
     /* Jitter keeps every worker of every host from redialling at once. */
     uint64_t delay = b->backoff_ms / 2 + (uint64_t)rand() % (b->backoff_ms / 2 + 1);
-    b->retry_at_ms = uv_now(&b->w->loop) + delay;
+    b->retry_at_ms = uv_now(b->env.loop) + delay;
     log_debug("event=redis_retry_scheduled delay_ms=%llu", (unsigned long long)delay);
 }
 
-bus_t *bus_new(worker_t *w, const char *prev_wid)
+bus_t *bus_new(const bus_env_t *env, const char *prev_wid)
 {
     bus_t *b = calloc(1, sizeof(*b));
     if (b == NULL) {
         return NULL;
     }
-    b->w = w;
+    b->env = *env;
     snprintf(b->prev_wid, sizeof(b->prev_wid), "%s", prev_wid != NULL ? prev_wid : "");
-    if (bus_parse_url(b, w->cfg->redis_url) != 0) {
-        log_error("event=bad_redis_url url=\"%s\"", w->cfg->redis_url);
+    if (bus_parse_url(b, env->cfg->redis_url) != 0) {
+        log_error("event=bad_redis_url url=\"%s\"", env->cfg->redis_url);
         free(b);
         return NULL;
     }
@@ -280,7 +287,7 @@ static void bus_on_ping(redisAsyncContext *ac, void *reply, void *privdata)
     bus_t *b = ac->data;
     b->ping_sent_ms = 0;
     if (reply != NULL) {
-        b->last_ok_ms = uv_now(&b->w->loop);
+        b->last_ok_ms = uv_now(b->env.loop);
     }
 }
 
@@ -289,7 +296,7 @@ void bus_tick(bus_t *b)
     if (b == NULL || b->closing) {
         return;
     }
-    uint64_t now = uv_now(&b->w->loop);
+    uint64_t now = uv_now(b->env.loop);
     if (b->retry_at_ms != 0 && now >= b->retry_at_ms) {
         b->retry_at_ms = 0;
         bus_connect(b);
@@ -322,7 +329,7 @@ void bus_tick(bus_t *b)
             b->ping_sent_ms = now;
             redisAsyncCommand(b->cmd, bus_on_ping, NULL, "PING");
         }
-        store_tick(b->w);
+        store_tick(b);
     }
 }
 
@@ -343,15 +350,15 @@ static void bus_on_sub_reply(redisAsyncContext *ac, void *reply, void *privdata)
         r->element[0]->type != REDIS_REPLY_STRING || r->element[1]->type != REDIS_REPLY_STRING) {
         return;
     }
-    worker_t *w = bus_worker(ac);
+    bus_t *b = ac->data;
     const char *kind = r->element[0]->str;
     const redisReply *channel = r->element[1];
     if (strcmp(kind, "message") == 0 && r->element[2]->type == REDIS_REPLY_STRING) {
-        room_on_bus_message(w, channel->str, channel->len, r->element[2]->str, r->element[2]->len);
+        b->h->message(b->ud, channel->str, channel->len, r->element[2]->str, r->element[2]->len);
     } else if (strcmp(kind, "subscribe") == 0) {
-        room_on_bus_subscribed(w, channel->str, channel->len, 1);
+        b->h->subscribed(b->ud, channel->str, channel->len, 1);
     } else if (strcmp(kind, "unsubscribe") == 0) {
-        room_on_bus_subscribed(w, channel->str, channel->len, 0);
+        b->h->subscribed(b->ud, channel->str, channel->len, 0);
     }
 }
 

@@ -1,9 +1,7 @@
 #include "store.h"
 #include "bus.h"
-#include "room.h"
-#include "worker.h"
-#include "../common/log.h"
-#include "../proto/proto.h"
+#include "../../common/log.h"
+#include "../../proto/proto.h"
 
 #include <inttypes.h>
 #include <stdio.h>
@@ -121,23 +119,23 @@ typedef struct {
 
 static void store_on_reply(redisAsyncContext *ac, void *reply, void *privdata)
 {
+    (void)ac;
     store_call_t *call = privdata;
-    worker_t *w = bus_worker(ac);
     redisReply *r = reply;
     /* BUSYGROUP is the expected answer when another worker made the
      * archive's consumer group first. */
     if (r != NULL && r->type == REDIS_REPLY_ERROR && strncmp(r->str, "BUSYGROUP", 9) != 0) {
         log_warn("event=redis_error err=\"%.*s\"", (int)r->len, r->str);
     }
-    call->cb(w, call->arg, r);
+    call->cb(call->arg, r);
     free(call);
 }
 
-int store_call(worker_t *w, store_cb_t *cb, void *arg, int argc,
+int store_call(bus_t *b, store_cb_t *cb, void *arg, int argc,
                       const char **argv, const size_t *lens)
 {
     if (cb == NULL) {
-        return bus_command(w->bus, NULL, NULL, argc, argv, lens);
+        return bus_command(b, NULL, NULL, argc, argv, lens);
     }
     store_call_t *call = malloc(sizeof(*call));
     if (call == NULL) {
@@ -145,7 +143,7 @@ int store_call(worker_t *w, store_cb_t *cb, void *arg, int argc,
     }
     call->cb = cb;
     call->arg = arg;
-    if (bus_command(w->bus, store_on_reply, call, argc, argv, lens) != 0) {
+    if (bus_command(b, store_on_reply, call, argc, argv, lens) != 0) {
         free(call);
         return -1;
     }
@@ -163,7 +161,7 @@ static void store_key(char *out, size_t outlen, const char *room, const char *su
     snprintf(out, outlen, "chatd:{%s}:%s", room, suffix);
 }
 
-int store_send(worker_t *w, const char *room, const char *sender, const char *id,
+int store_send(bus_t *b, const char *room, const char *sender, const char *id,
                const char *tail, store_cb_t *cb, void *arg)
 {
     char kseq[160], klog[160], chan[160], head[200], win[24], cap[24];
@@ -171,8 +169,8 @@ int store_send(worker_t *w, const char *room, const char *sender, const char *id
     store_key(klog, sizeof(klog), room, "log");
     store_channel(room, chan, sizeof(chan));
     snprintf(head, sizeof(head), "{\"room\":\"%s\",\"seq\":", room);
-    snprintf(win, sizeof(win), "%d", w->cfg->dedup_window);
-    snprintf(cap, sizeof(cap), "%d", w->cfg->recovery_window);
+    snprintf(win, sizeof(win), "%d", bus_env(b)->cfg->dedup_window);
+    snprintf(cap, sizeof(cap), "%d", bus_env(b)->cfg->recovery_window);
     /* The sender's length goes first so that no (sender, id) pair can
      * spell another's key. Without an id there is nothing to dedup. */
     char kdedup[400];
@@ -182,35 +180,35 @@ int store_send(worker_t *w, const char *room, const char *sender, const char *id
     store_key(karch, sizeof(karch), room, "archived");
     const char *argv[] = { "EVAL", store_send_lua, "5", kseq, klog, kdedup, "chatd:archive", karch,
                            head, tail, win, cap, chan, id != NULL ? "1" : "0",
-                           w->archive != NULL ? "1" : "0", room };
+                           bus_env(b)->cfg->mongo_uri[0] != '\0' ? "1" : "0", room };
     size_t lens[16];
     for (int i = 0; i < 16; i++) {
         lens[i] = strlen(argv[i]);
     }
-    return store_call(w, cb, arg, 16, argv, lens);
+    return store_call(b, cb, arg, 16, argv, lens);
 }
 
-int store_range(worker_t *w, const char *room, int64_t from, int64_t to, long count,
+int store_range(bus_t *b, const char *room, int64_t from, int64_t to, long count,
                 store_cb_t *cb, void *arg)
 {
-    char klog[160], a[32], b[32], n[24];
+    char klog[160], a[32], z[32], n[24];
     store_key(klog, sizeof(klog), room, "log");
     snprintf(a, sizeof(a), "%" PRId64 "-0", from);
     if (to < 0) {
-        snprintf(b, sizeof(b), "+");
+        snprintf(z, sizeof(z), "+");
     } else {
-        snprintf(b, sizeof(b), "%" PRId64 "-1", to);
+        snprintf(z, sizeof(z), "%" PRId64 "-1", to);
     }
     snprintf(n, sizeof(n), "%ld", count);
-    const char *argv[] = { "XRANGE", klog, a, b, "COUNT", n };
+    const char *argv[] = { "XRANGE", klog, a, z, "COUNT", n };
     size_t lens[6];
     for (int i = 0; i < 6; i++) {
         lens[i] = strlen(argv[i]);
     }
-    return store_call(w, cb, arg, 6, argv, lens);
+    return store_call(b, cb, arg, 6, argv, lens);
 }
 
-int store_history(worker_t *w, const char *room, int64_t before, long count,
+int store_history(bus_t *b, const char *room, int64_t before, long count,
                   store_cb_t *cb, void *arg)
 {
     char klog[160], a[32], n[24];
@@ -227,20 +225,20 @@ int store_history(worker_t *w, const char *room, int64_t before, long count,
     for (int i = 0; i < 6; i++) {
         lens[i] = strlen(argv[i]);
     }
-    return store_call(w, cb, arg, 6, argv, lens);
+    return store_call(b, cb, arg, 6, argv, lens);
 }
 
-int store_seed_seq(worker_t *w, const char *room, int64_t seq, store_cb_t *cb, void *arg)
+int store_seed_seq(bus_t *b, const char *room, int64_t seq, store_cb_t *cb, void *arg)
 {
     char kseq[160], v[24];
     store_key(kseq, sizeof(kseq), room, "seq");
     snprintf(v, sizeof(v), "%" PRId64, seq);
     const char *argv[] = { "SET", kseq, v, "NX" };
     size_t lens[] = { 3, strlen(kseq), strlen(v), 2 };
-    return store_call(w, cb, arg, 4, argv, lens);
+    return store_call(b, cb, arg, 4, argv, lens);
 }
 
-void store_set_archived(worker_t *w, const char *room, int64_t seq)
+void store_set_archived(bus_t *b, const char *room, int64_t seq)
 {
     char karch[160], v[24];
     store_key(karch, sizeof(karch), room, "archived");
@@ -252,53 +250,53 @@ void store_set_archived(worker_t *w, const char *room, int64_t seq)
     for (int i = 0; i < 5; i++) {
         lens[i] = strlen(argv[i]);
     }
-    store_call(w, NULL, NULL, 5, argv, lens);
+    store_call(b, NULL, NULL, 5, argv, lens);
 }
 
-int store_last_seq(worker_t *w, const char *room, store_cb_t *cb, void *arg)
+int store_last_seq(bus_t *b, const char *room, store_cb_t *cb, void *arg)
 {
     char kseq[160];
     store_key(kseq, sizeof(kseq), room, "seq");
     const char *argv[] = { "GET", kseq };
     size_t lens[] = { 3, strlen(kseq) };
-    return store_call(w, cb, arg, 2, argv, lens);
+    return store_call(b, cb, arg, 2, argv, lens);
 }
 
-int store_presence(worker_t *w, const char *room, store_cb_t *cb, void *arg)
+int store_presence(bus_t *b, const char *room, store_cb_t *cb, void *arg)
 {
     char ku[160];
     store_key(ku, sizeof(ku), room, "u");
     const char *argv[] = { "HKEYS", ku };
     size_t lens[] = { 5, strlen(ku) };
-    return store_call(w, cb, arg, 2, argv, lens);
+    return store_call(b, cb, arg, 2, argv, lens);
 }
 
-void store_member(worker_t *w, const char *room, const char *user, int joined)
+void store_member(bus_t *b, const char *room, const char *user, int joined)
 {
     char ku[160], kw[200], chan[160], entry[256], limit[24];
     store_key(ku, sizeof(ku), room, "u");
-    snprintf(kw, sizeof(kw), "chatd:w:%s", w->wid);
+    snprintf(kw, sizeof(kw), "chatd:w:%s", bus_env(b)->wid);
     store_channel(room, chan, sizeof(chan));
     snprintf(entry, sizeof(entry), "%s\n%s", room, user);
-    snprintf(limit, sizeof(limit), "%d", w->cfg->member_events);
+    snprintf(limit, sizeof(limit), "%d", bus_env(b)->cfg->member_events);
     char *frame = proto_encode_member(room, user, joined);
     if (frame == NULL) {
         return;
     }
     const char *argv[] = { "EVAL", store_member_lua, "2", ku, kw, user, entry, limit, chan,
-                           frame, w->wid, joined ? "1" : "0" };
+                           frame, bus_env(b)->wid, joined ? "1" : "0" };
     size_t lens[12];
     for (int i = 0; i < 12; i++) {
         lens[i] = strlen(argv[i]);
     }
-    if (store_call(w, NULL, NULL, 12, argv, lens) != 0) {
+    if (store_call(b, NULL, NULL, 12, argv, lens) != 0) {
         /* Redis is down: presence is re-asserted when it returns. */
         log_debug("event=presence_deferred room=%s user=%s", room, user);
     }
     free(frame);
 }
 
-void store_typing(worker_t *w, const char *room, const char *user, int active)
+void store_typing(bus_t *b, const char *room, const char *user, int active)
 {
     char chan[160];
     store_channel(room, chan, sizeof(chan));
@@ -311,7 +309,7 @@ void store_typing(worker_t *w, const char *room, const char *user, int active)
         buf_append(&msg, "\n", 1) == 0 && buf_append(&msg, frame, strlen(frame)) == 0) {
         const char *argv[] = { "PUBLISH", chan, msg.data };
         size_t lens[] = { 7, strlen(chan), msg.len };
-        store_call(w, NULL, NULL, 3, argv, lens);
+        store_call(b, NULL, NULL, 3, argv, lens);
     }
     buf_free(&msg);
     free(frame);
@@ -335,65 +333,56 @@ int store_entry(const redisReply *e, int64_t *seq, const char **payload, size_t 
     return 0;
 }
 
-static void store_reap(worker_t *w, const char *wid)
+static void store_reap(bus_t *b, const char *wid)
 {
     char dead_after[24], limit[24];
     snprintf(dead_after, sizeof(dead_after), "%d", STORE_DEAD_AFTER_MS);
-    snprintf(limit, sizeof(limit), "%d", w->cfg->member_events);
+    snprintf(limit, sizeof(limit), "%d", bus_env(b)->cfg->member_events);
     const char *argv[] = { "EVAL", store_reap_lua, "0", wid, dead_after, limit };
     size_t lens[6];
     for (int i = 0; i < 6; i++) {
         lens[i] = strlen(argv[i]);
     }
-    store_call(w, NULL, NULL, 6, argv, lens);
+    store_call(b, NULL, NULL, 6, argv, lens);
 }
 
-static void store_reassert(worker_t *w, const char *room, const char *user, void *arg)
-{
-    (void)arg;
-    store_member(w, room, user, 1);
-}
-
-static void store_heartbeat(worker_t *w)
+static void store_heartbeat(bus_t *b)
 {
     const char *argv[] = { "EVAL",
         "local t = redis.call('TIME') redis.call('ZADD', 'chatd:workers', tonumber(t[1]) * 1000, ARGV[1])",
-        "0", w->wid };
+        "0", bus_env(b)->wid };
     size_t lens[4];
     for (int i = 0; i < 4; i++) {
         lens[i] = strlen(argv[i]);
     }
-    store_call(w, NULL, NULL, 4, argv, lens);
+    store_call(b, NULL, NULL, 4, argv, lens);
 }
 
-void store_on_bus_up(worker_t *w)
+void store_on_bus_up(bus_t *b)
 {
-    store_heartbeat(w);
-    if (bus_prev_wid(w->bus)[0] != '\0') {
-        log_info("event=reap_predecessor wid=%s", bus_prev_wid(w->bus));
-        store_reap(w, bus_prev_wid(w->bus));
-        bus_forget_prev_wid(w->bus);
+    store_heartbeat(b);
+    if (bus_prev_wid(b)[0] != '\0') {
+        log_info("event=reap_predecessor wid=%s", bus_prev_wid(b));
+        store_reap(b, bus_prev_wid(b));
+        bus_forget_prev_wid(b);
     }
-    /* Entries written while Redis was away, or reaped because our
-     * heartbeat lapsed, are put back. */
-    room_each_local_user(w, store_reassert, NULL);
 }
 
-void store_tick(worker_t *w)
+void store_tick(bus_t *b)
 {
     static const int ticks_per_heartbeat = STORE_HEARTBEAT_MS / 1000;
     static const int ticks_per_reap = STORE_REAP_EVERY_MS / 1000;
     /* Derived from the loop clock, so the tick keeps no counter. */
-    uint64_t sec = uv_now(&w->loop) / 1000;
+    uint64_t sec = uv_now(bus_env(b)->loop) / 1000;
     if (sec % (uint64_t)ticks_per_heartbeat == 0) {
-        store_heartbeat(w);
+        store_heartbeat(b);
     }
-    if (sec % (uint64_t)ticks_per_reap == (uint64_t)w->slot % (uint64_t)ticks_per_reap) {
-        store_reap(w, "");
+    if (sec % (uint64_t)ticks_per_reap == (uint64_t)bus_env(b)->slot % (uint64_t)ticks_per_reap) {
+        store_reap(b, "");
     }
 }
 
-void store_retire(worker_t *w)
+void store_retire(bus_t *b)
 {
-    store_reap(w, w->wid);
+    store_reap(b, bus_env(b)->wid);
 }

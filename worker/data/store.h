@@ -25,10 +25,10 @@
 
 #include <hiredis/hiredis.h>
 
-typedef struct worker_s worker_t;
+#include "bus.h"
 
 /* Reply callbacks. r is NULL when Redis was lost before answering. */
-typedef void store_cb_t(worker_t *w, void *arg, redisReply *r);
+typedef void store_cb_t(void *arg, redisReply *r);
 
 /* Makes the channel name of room into out. Returns its length. */
 size_t store_channel(const char *room, char *out, size_t outlen);
@@ -38,52 +38,53 @@ size_t store_channel(const char *room, char *out, size_t outlen);
  * is an array {seq, ts, duplicate}. tail is proto_encode_chat_tail()'s
  * text. Returns 0 when sent, -1 when Redis is unavailable (cb not called).
  */
-int store_send(worker_t *w, const char *room, const char *sender, const char *id,
+int store_send(bus_t *b, const char *room, const char *sender, const char *id,
                const char *tail, store_cb_t *cb, void *arg);
 
 /* Log entries with from <= seq <= to (to < 0: up to the newest), at most
  * count; an XRANGE reply. */
-int store_range(worker_t *w, const char *room, int64_t from, int64_t to, long count,
+int store_range(bus_t *b, const char *room, int64_t from, int64_t to, long count,
                 store_cb_t *cb, void *arg);
 
 /* Up to count entries with seq < before (before < 0: the newest), newest
  * first; an XREVRANGE reply. */
-int store_history(worker_t *w, const char *room, int64_t before, long count,
+int store_history(bus_t *b, const char *room, int64_t before, long count,
                   store_cb_t *cb, void *arg);
 
 /* Sends any command on the command connection; cb (may be NULL) gets the
  * reply. Returns 0, or -1 when Redis is unavailable (cb not called). */
-int store_call(worker_t *w, store_cb_t *cb, void *arg, int argc, const char **argv,
+int store_call(bus_t *b, store_cb_t *cb, void *arg, int argc, const char **argv,
                const size_t *lens);
 
 /* Sets the room's counter to seq unless it exists (SET NX). */
-int store_seed_seq(worker_t *w, const char *room, int64_t seq, store_cb_t *cb, void *arg);
+int store_seed_seq(bus_t *b, const char *room, int64_t seq, store_cb_t *cb, void *arg);
 
 /* Raises the room's archived cursor to seq (never lowers it). */
-void store_set_archived(worker_t *w, const char *room, int64_t seq);
+void store_set_archived(bus_t *b, const char *room, int64_t seq);
 
 /* The room's last seq (GET; nil for a new room). */
-int store_last_seq(worker_t *w, const char *room, store_cb_t *cb, void *arg);
+int store_last_seq(bus_t *b, const char *room, store_cb_t *cb, void *arg);
 
 /* The users present in room (an array of names). */
-int store_presence(worker_t *w, const char *room, store_cb_t *cb, void *arg);
+int store_presence(bus_t *b, const char *room, store_cb_t *cb, void *arg);
 
 /* This worker gained its first / lost its last connection of user in
  * room: updates presence, and announces the member event when it is the
  * user's first / last connection anywhere. Fire and forget. */
-void store_member(worker_t *w, const char *room, const char *user, int joined);
+void store_member(bus_t *b, const char *room, const char *user, int joined);
 
 /* Publishes a typing event. Fire and forget. */
-void store_typing(worker_t *w, const char *room, const char *user, int active);
+void store_typing(bus_t *b, const char *room, const char *user, int active);
 
 /* Parses one stream entry: its seq and payload. Returns 0 or -1. */
 int store_entry(const redisReply *e, int64_t *seq, const char **payload, size_t *len);
 
-/* Called when the command connection comes up, and once a second. */
-void store_on_bus_up(worker_t *w);
-void store_tick(worker_t *w);
+/* Called by the bus when the command connection comes up (heartbeat,
+ * reaping a dead predecessor), and once a second. */
+void store_on_bus_up(bus_t *b);
+void store_tick(bus_t *b);
 
 /* Removes this worker's presence entries at a graceful exit. */
-void store_retire(worker_t *w);
+void store_retire(bus_t *b);
 
 #endif

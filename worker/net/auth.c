@@ -1,6 +1,6 @@
 #include "auth.h"
 #include "http.h"
-#include "../proto/proto.h"
+#include "../../proto/proto.h"
 
 #include <errno.h>
 #include <stdlib.h>

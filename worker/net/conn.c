@@ -1,9 +1,9 @@
 #include "conn.h"
-#include "worker.h"
+#include "net.h"
 #include "ws.h"
+#include "web.h"
 #include "auth.h"
-#include "bus.h"
-#include "../common/log.h"
+#include "../../common/log.h"
 
 #include <arpa/inet.h>
 #include <stdio.h>
@@ -14,31 +14,136 @@
 /* How long a closing conn may take to flush and finish the close handshake. */
 #define CONN_LINGER_MS 2000
 
+/* Frames one writev may take: a burst of broadcasts to one member leaves
+ * in one call. */
+#define CONN_IOV 128
+
+/* A write the socket could not take at once; it points into the frames
+ * it pins in the conn's queue. Allocated only for the time it waits. */
+struct conn_write_s {
+    uv_write_t req;
+    size_t bytes;
+};
+
+#define CONN_BLOCK 64
+
+/*
+ * Conn memory comes from blocks of CONN_BLOCK slots of n->conn_size bytes:
+ * thousands of long-lived connections then sit densely on few pages
+ * instead of each pinning a page among freed handshake and wslay buffers.
+ * A block starts with the link to the next block; slots follow, aligned.
+ */
+#define CONN_BLOCK_HEAD 64
+
+static conn_t *conn_alloc(net_t *n)
+{
+    if (n->pool == NULL) {
+        char *b = malloc(CONN_BLOCK_HEAD + CONN_BLOCK * n->conn_size);
+        if (b == NULL) {
+            return NULL;
+        }
+        *(void **)b = n->blocks;
+        n->blocks = b;
+        for (int i = 0; i < CONN_BLOCK; i++) {
+            conn_t *c = (conn_t *)(b + CONN_BLOCK_HEAD + (size_t)i * n->conn_size);
+            c->next = n->pool;
+            n->pool = c;
+        }
+    }
+    conn_t *c = n->pool;
+    n->pool = c->next;
+    memset(c, 0, n->conn_size);
+    return c;
+}
+
+static void conn_release(net_t *n, conn_t *c)
+{
+    c->next = n->pool;
+    n->pool = c;
+}
+
+void conn_free_pool(net_t *n)
+{
+    void *b = n->blocks;
+    while (b != NULL) {
+        void *next = *(void **)b;
+        free(b);
+        b = next;
+    }
+    n->blocks = NULL;
+    n->pool = NULL;
+}
+
+/* How many request parsers a worker keeps for reuse. */
+#define CONN_HTTP_CACHE 64
+
+/*
+ * A request parser (5 KiB) lives only for the handshake. Reusing freed
+ * ones keeps a connect storm from leaving a hole per connection in the
+ * heap between the long-lived memberships and sessions made meanwhile.
+ */
+static http_req_t *conn_http_alloc(net_t *n)
+{
+    http_req_t *r = n->http_cache;
+    if (r != NULL) {
+        n->http_cache = *(http_req_t **)r;
+        n->http_cached--;
+    } else if ((r = malloc(sizeof(*r))) == NULL) {
+        return NULL;
+    }
+    http_req_init(r);
+    return r;
+}
+
+static void conn_http_release(net_t *n, http_req_t *r)
+{
+    if (r == NULL) {
+        return;
+    }
+    if (n->http_cached >= CONN_HTTP_CACHE) {
+        free(r);
+        return;
+    }
+    *(http_req_t **)r = n->http_cache;
+    n->http_cache = r;
+    n->http_cached++;
+}
+
+void conn_free_http_cache(net_t *n)
+{
+    while (n->http_cache != NULL) {
+        http_req_t *next = *(http_req_t **)n->http_cache;
+        free(n->http_cache);
+        n->http_cache = next;
+    }
+    n->http_cached = 0;
+}
+
 static void conn_on_close(uv_handle_t *h)
 {
     conn_t *c = (conn_t *)h;
-    worker_t *w = c->w;
+    net_t *n = c->net;
     if (c->prev != NULL) {
         c->prev->next = c->next;
     } else {
-        w->conns = c->next;
+        n->conns = c->next;
     }
     if (c->next != NULL) {
         c->next->prev = c->prev;
     }
-    w->nconns--;
-    iplimit_release(&w->per_ip, c->peer_ip);
+    n->nconns--;
+    iplimit_release(&n->per_ip, c->peer_ip);
     c->prev = c->next = NULL;
     ws_stop(c);
-    free(c->http);
+    conn_http_release(n, c->http);
     c->http = NULL;
-    buf_free(&c->out);
-    buf_free(&c->wbuf);
+    /* Pending write and shutdown callbacks ran (cancelled) before this. */
+    outq_clear(&c->out);
     c->handle_closed = 1;
     if (c->refs == 0) {
-        worker_conn_release(w, c);
+        conn_release(n, c);
     }
-    worker_on_conn_freed(w);
+    n->hooks->freed(n->hooks_ud);
 }
 
 void conn_ref(conn_t *c)
@@ -49,7 +154,18 @@ void conn_ref(conn_t *c)
 void conn_unref(conn_t *c)
 {
     if (--c->refs == 0 && c->handle_closed) {
-        worker_conn_release(c->w, c);
+        conn_release(c->net, c);
+    }
+}
+
+/* Tells the upper layer, once, that the session is over. The state moves
+ * on first, so that a close the handler itself asks for is a no-op. */
+static void conn_end_session(conn_t *c, uint8_t next_state)
+{
+    int was_open = c->state == CONN_WS;
+    c->state = next_state;
+    if (was_open) {
+        c->net->h->closed(c->net->ud, c);
     }
 }
 
@@ -58,10 +174,7 @@ void conn_abort(conn_t *c)
     if (c->state == CONN_CLOSED) {
         return;
     }
-    if (c->state == CONN_WS) {
-        session_end(c);
-    }
-    c->state = CONN_CLOSED;
+    conn_end_session(c, CONN_CLOSED);
     uv_close((uv_handle_t *)&c->tcp, conn_on_close);
 }
 
@@ -71,17 +184,15 @@ void conn_close(conn_t *c, uint16_t code, const char *reason)
         return;
     }
     if (c->state == CONN_WS) {
-        session_end(c);
+        conn_end_session(c, CONN_CLOSING);
+        if (c->state == CONN_CLOSED) {
+            return;     /* the handler aborted it */
+        }
         if (code == 1013) {
             /* A slow consumer will not read what is queued: the close frame
-             * goes out alone. c->out holds only whole frames. */
-            buf_free(&c->out);
-        }
-        if (code != 0 && code != 1013) {
-            /* wslay sends control frames ahead of queued messages: move the
-             * messages out first, so answers already given (the errors
-             * explaining this close, say) still precede the close. */
-            ws_drain(c);
+             * goes out alone, after at most the tail of a frame already
+             * partly written. */
+            outq_drop_unstarted(c->out);
         }
         if (code != 0) {
             ws_close(c, code, reason);
@@ -93,34 +204,88 @@ void conn_close(conn_t *c, uint16_t code, const char *reason)
     }
     c->state = CONN_CLOSING;
     c->shut_after_write = 1;
-    c->close_deadline_ms = uv_now(&c->w->loop) + CONN_LINGER_MS;
+    c->close_deadline_ms = (uint32_t)uv_now(c->net->loop) + CONN_LINGER_MS;
     conn_mark_dirty(c);
+}
+
+int conn_send_frame(conn_t *c, wsframe_t *f)
+{
+    return ws_send_frame(c, f);
+}
+
+int conn_send_text(conn_t *c, const char *data, size_t len)
+{
+    if (c->state != CONN_WS) {
+        return -1;
+    }
+    wsframe_t *f = wsframe_text(data, len, NULL, 0, NULL, 0);
+    if (f == NULL) {
+        conn_close(c, 1011, "out of memory");
+        return -1;
+    }
+    int rc = ws_send_frame(c, f);
+    wsframe_unref(f);
+    return rc;
+}
+
+/* Queues a frame of two parts of raw bytes. */
+static int conn_send_raw2(conn_t *c, const void *a, size_t alen, const void *b, size_t blen)
+{
+    if (alen + blen == 0) {
+        return 0;
+    }
+    wsframe_t *f = wsframe_new(alen + blen);
+    if (f == NULL) {
+        conn_abort(c);
+        return -1;
+    }
+    memcpy(f->data, a, alen);
+    if (blen > 0) {
+        memcpy(f->data + alen, b, blen);
+    }
+    if (outq_push(&c->out, f) != 0) {
+        wsframe_unref(f);
+        conn_abort(c);
+        return -1;
+    }
+    conn_mark_dirty(c);
+    return 0;
+}
+
+int conn_send_raw(conn_t *c, const void *bytes, size_t len)
+{
+    return conn_send_raw2(c, bytes, len, NULL, 0);
 }
 
 size_t conn_pending_bytes(const conn_t *c)
 {
-    return c->out.len + c->wbuf.len + ws_queued_bytes(c);
+    return outq_bytes(c->out) + ws_queued_bytes(c);
 }
 
 void conn_mark_dirty(conn_t *c)
 {
     if (!c->dirty && c->state != CONN_CLOSED) {
         c->dirty = 1;
-        c->dirty_next = c->w->dirty;
-        c->w->dirty = c;
+        c->dirty_next = c->net->dirty;
+        c->net->dirty = c;
     }
 }
 
 static void conn_on_write(uv_write_t *req, int status)
 {
+    conn_write_t *wr = (conn_write_t *)req;
     conn_t *c = req->data;
+    size_t written = wr->bytes;
+    free(wr);
+    c->wreq = NULL;
     c->writing = 0;
-    buf_free(&c->wbuf);
+    outq_pin(c->out, 0);
     if (c->state == CONN_CLOSED) {
         return;
     }
+    outq_consume(c->out, status == 0 ? written : 0);
     if (status < 0) {
-        log_debug("event=write_failed session=%s err=%s", c->sess.id, uv_strerror(status));
+        log_debug("event=write_failed err=%s", uv_strerror(status));
         conn_abort(c);
         return;
     }
@@ -129,8 +294,10 @@ static void conn_on_write(uv_write_t *req, int status)
 
 static void conn_on_shutdown(uv_shutdown_t *req, int status)
 {
-    (void)req;
+    conn_t *c = req->data;
     (void)status;
+    free(req);
+    c->sreq = NULL;
 }
 
 /*
@@ -147,7 +314,15 @@ static void conn_finish(conn_t *c)
         return;
     }
     c->lingering = 1;
-    if (uv_shutdown(&c->sreq, (uv_stream_t *)&c->tcp, conn_on_shutdown) != 0) {
+    c->sreq = malloc(sizeof(*c->sreq));
+    if (c->sreq == NULL) {
+        conn_abort(c);
+        return;
+    }
+    c->sreq->data = c;
+    if (uv_shutdown(c->sreq, (uv_stream_t *)&c->tcp, conn_on_shutdown) != 0) {
+        free(c->sreq);
+        c->sreq = NULL;
         conn_abort(c);
     }
 }
@@ -156,7 +331,7 @@ static void conn_finish(conn_t *c)
  * (or never spoke WebSocket). */
 static int conn_drained(const conn_t *c)
 {
-    return !c->writing && c->out.len == 0 && (c->fail_fast || ws_finished(c));
+    return !c->writing && outq_len(c->out) == 0 && (c->fail_fast || ws_finished(c));
 }
 
 void conn_flush(conn_t *c)
@@ -168,31 +343,52 @@ void conn_flush(conn_t *c)
     if (c->state == CONN_CLOSED) {
         return;
     }
-    if (!c->writing && c->out.len > 0) {
-        uv_buf_t b = uv_buf_init(c->out.data, (unsigned int)c->out.len);
-        int n = uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
-        if (n < 0 && n != UV_EAGAIN) {
-            conn_abort(c);
-            return;
-        }
-        if (n > 0) {
-            buf_consume(&c->out, (size_t)n);
-        }
-        if (c->out.len > 0) {
-            /* The rest goes by uv_write, which needs the bytes to stay put:
-             * they move to wbuf and new output collects in out. */
-            c->wbuf = c->out;
-            memset(&c->out, 0, sizeof(c->out));
-            b = uv_buf_init(c->wbuf.data, (unsigned int)c->wbuf.len);
-            c->wreq.data = c;
-            int rc = uv_write(&c->wreq, (uv_stream_t *)&c->tcp, &b, 1, conn_on_write);
-            if (rc != 0) {
+    if (!c->writing && outq_len(c->out) > 0) {
+        /* Everything queued goes in one writev; more only when more than
+         * CONN_IOV frames wait and the socket took all it was given. */
+        uv_buf_t iov[CONN_IOV];
+        int n;
+        for (;;) {
+            n = outq_iov(c->out, iov, CONN_IOV);
+            size_t want = 0;
+            for (int i = 0; i < n; i++) {
+                want += iov[i].len;
+            }
+            int w = uv_try_write((uv_stream_t *)&c->tcp, iov, (unsigned int)n);
+            if (w < 0 && w != UV_EAGAIN) {
                 conn_abort(c);
                 return;
             }
+            if (w > 0) {
+                outq_consume(c->out, (size_t)w);
+            }
+            if (w < 0 || (size_t)w < want || outq_len(c->out) == 0) {
+                break;
+            }
+        }
+        if (outq_len(c->out) > 0) {
+            /* The socket is full: libuv writes the rest when it drains.
+             * The frames stay in the queue, pinned, so the bytes stay put;
+             * new output queues behind them. */
+            n = outq_iov(c->out, iov, CONN_IOV);
+            conn_write_t *wr = malloc(sizeof(*wr));
+            if (wr == NULL) {
+                conn_abort(c);
+                return;
+            }
+            wr->bytes = 0;
+            for (int i = 0; i < n; i++) {
+                wr->bytes += iov[i].len;
+            }
+            wr->req.data = c;
+            if (uv_write(&wr->req, (uv_stream_t *)&c->tcp, iov, (unsigned int)n, conn_on_write) != 0) {
+                free(wr);
+                conn_abort(c);
+                return;
+            }
+            c->wreq = wr;
             c->writing = 1;
-        } else if (c->out.cap > 4096) {
-            buf_free(&c->out);  /* idle conns keep no big buffers */
+            outq_pin(c->out, (uint32_t)n);
         }
     }
     if (c->shut_after_write && !c->lingering && conn_drained(c)) {
@@ -205,8 +401,11 @@ void conn_http_reply(conn_t *c, int status, const char *content_type,
 {
     char head[2048];
     int n = http_response_head(head, sizeof(head), status, content_type, extra_headers, len);
-    if (n < 0 || buf_append(&c->out, head, (size_t)n) != 0 || buf_append(&c->out, body, len) != 0) {
+    if (n < 0) {
         conn_abort(c);
+        return;
+    }
+    if (conn_send_raw2(c, head, (size_t)n, body, len) != 0) {
         return;
     }
     conn_close(c, 0, NULL);
@@ -218,56 +417,56 @@ static void conn_on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
     conn_t *c = (conn_t *)h;
     /* One read buffer per worker: its bytes are consumed before the next
      * read, so idle connections hold no read memory. */
-    *buf = uv_buf_init(c->w->readbuf, sizeof(c->w->readbuf));
+    *buf = uv_buf_init(c->net->readbuf, sizeof(c->net->readbuf));
 }
 
 static void conn_upgrade(conn_t *c, const char *query, const uint8_t *rest, size_t rest_len)
 {
-    worker_t *w = c->w;
+    net_t *n = c->net;
     const char *why = NULL;
     http_req_t *req = c->http;
     if (http_req_check_upgrade(req, &why) != 0) {
-        worker_count_upgrade(w, 0);
+        metrics_add(&n->metrics->upgrades_refused, 1);
         conn_http_reply(c, 400, "text/plain", "Sec-WebSocket-Version: 13\r\n", why, strlen(why));
         return;
     }
     auth_t auth;
-    if (auth_check(query, w->cfg->jwt_secret, (int64_t)time(NULL), &auth, &why) != 0) {
-        worker_count_upgrade(w, 0);
+    if (auth_check(query, n->cfg->jwt_secret, (int64_t)time(NULL), &auth, &why) != 0) {
+        metrics_add(&n->metrics->upgrades_refused, 1);
         log_debug("event=auth_refused reason=\"%s\"", why);
         conn_http_reply(c, 401, "text/plain", NULL, why, strlen(why));
         return;
     }
     char accept[29];
     char head[256];
-    int n = -1;
+    int hlen = -1;
     if (http_ws_accept(req->ws_key, accept) == 0) {
-        n = snprintf(head, sizeof(head),
+        hlen = snprintf(head, sizeof(head),
                      "HTTP/1.1 101 Switching Protocols\r\n"
                      "Upgrade: websocket\r\n"
                      "Connection: Upgrade\r\n"
                      "Sec-WebSocket-Accept: %s\r\n\r\n", accept);
     }
-    if (n < 0 || buf_append(&c->out, head, (size_t)n) != 0 || ws_start(c) != 0) {
+    if (hlen < 0 || ws_start(c) != 0 || conn_send_raw(c, head, (size_t)hlen) != 0) {
         auth_free(&auth);
         conn_abort(c);
         return;
     }
-    free(c->http);
+    conn_http_release(n, c->http);
     c->http = NULL;
     c->state = CONN_WS;
     /* The kernel's send buffer would otherwise grow to megabytes before
      * the outbound limit, which counts only chatd's own queue, ever sees a
      * slow consumer. */
-    int sndbuf = w->cfg->outbound_limit / 2;
+    int sndbuf = n->cfg->outbound_limit / 2;
     sndbuf = sndbuf < 16384 ? 16384 : sndbuf > (1 << 20) ? (1 << 20) : sndbuf;
     uv_send_buffer_size((uv_handle_t *)&c->tcp, &sndbuf);
-    uint64_t now = uv_now(&w->loop);
-    c->last_seen_ms = now;
-    c->last_io_ms = now;
-    c->next_ping_ms = now + (uint64_t)w->cfg->heartbeat * 1000;
-    worker_count_upgrade(w, 1);
-    session_start(c, &auth);
+    uint64_t now = uv_now(n->loop);
+    c->last_seen_ms = (uint32_t)now;
+    c->last_io_ms = (uint32_t)now;
+    c->next_ping_ms = (uint32_t)now + (uint32_t)n->cfg->heartbeat * 1000u;
+    metrics_add(&n->metrics->upgrades, 1);
+    n->h->opened(n->ud, c, &auth);
     conn_mark_dirty(c);
     if (rest_len > 0 && c->state == CONN_WS) {
         ws_feed(c, rest, rest_len);
@@ -278,27 +477,18 @@ static void conn_on_request(conn_t *c, const uint8_t *rest, size_t rest_len)
 {
     const char *path, *query;
     http_req_split(c->http, &path, &query);
-    worker_t *w = c->w;
+    net_t *n = c->net;
     int get = c->http->method == HTTP_GET || c->http->method == HTTP_HEAD;
 
     if (strcmp(path, "/ws") == 0) {
         conn_upgrade(c, query, rest, rest_len);
         return;
     }
-    if (strcmp(path, "/healthz") == 0 && get) {
-        if (bus_healthy(w->bus)) {
-            conn_http_reply(c, 200, "text/plain", "Cache-Control: no-store\r\n", "ok\n", 3);
-        } else {
-            conn_http_reply(c, 503, "text/plain", "Cache-Control: no-store\r\n",
-                            "redis unavailable\n", 18);
-        }
-        return;
-    }
     if (!get) {
         conn_http_reply(c, 405, "text/plain", "Allow: GET\r\n", "method not allowed\n", 19);
         return;
     }
-    if (worker_serve_http(w, c, path)) {
+    if ((n->hooks->http != NULL && n->hooks->http(n->hooks_ud, c, path)) || web_serve(c, path)) {
         return;
     }
     conn_http_reply(c, 404, "text/plain", NULL, "not found\n", 10);
@@ -320,7 +510,7 @@ static void conn_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     }
     const uint8_t *data = (const uint8_t *)buf->base;
     size_t len = (size_t)nread;
-    c->last_seen_ms = uv_now(&c->w->loop);
+    c->last_seen_ms = (uint32_t)uv_now(c->net->loop);
 
     switch (c->state) {
     case CONN_HTTP: {
@@ -347,26 +537,26 @@ static void conn_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     }
 }
 
-int conn_accept(worker_t *w, uv_stream_t *listener)
+int conn_accept(net_t *n, uv_stream_t *listener)
 {
-    conn_t *c = worker_conn_alloc(w);
+    conn_t *c = conn_alloc(n);
     if (c == NULL) {
         return UV_ENOMEM;
     }
-    c->w = w;
-    int rc = uv_tcp_init(&w->loop, &c->tcp);
+    c->net = n;
+    int rc = uv_tcp_init(n->loop, &c->tcp);
     if (rc != 0) {
-        worker_conn_release(w, c);
+        conn_release(n, c);
         return rc;
     }
     /* From here the handle exists: every exit goes through uv_close. */
-    c->next = w->conns;
-    if (w->conns != NULL) {
-        w->conns->prev = c;
+    c->next = n->conns;
+    if (n->conns != NULL) {
+        n->conns->prev = c;
     }
-    w->conns = c;
-    w->nconns++;
-    c->created_ms = uv_now(&w->loop);
+    n->conns = c;
+    n->nconns++;
+    c->created_ms = (uint32_t)uv_now(n->loop);
     c->state = CONN_HTTP;
     rc = uv_accept(listener, (uv_stream_t *)&c->tcp);
     if (rc != 0) {
@@ -377,9 +567,9 @@ int conn_accept(worker_t *w, uv_stream_t *listener)
     struct sockaddr_storage ss;
     int sslen = sizeof(ss);
     if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &sslen) == 0 && ss.ss_family == AF_INET &&
-        w->cfg->max_conns_per_ip > 0) {
+        n->cfg->max_conns_per_ip > 0) {
         uint32_t ip = ((struct sockaddr_in *)&ss)->sin_addr.s_addr;
-        if (iplimit_acquire(&w->per_ip, ip, (uint32_t)w->cfg->max_conns_per_ip) != 0) {
+        if (iplimit_acquire(&n->per_ip, ip, (uint32_t)n->cfg->max_conns_per_ip) != 0) {
             /* Over the cap: a short answer, without reading the request. */
             static const char busy[] = "HTTP/1.1 429 Too Many Requests\r\nContent-Length: 0\r\n"
                                        "Connection: close\r\n\r\n";
@@ -391,12 +581,11 @@ int conn_accept(worker_t *w, uv_stream_t *listener)
         }
         c->peer_ip = ip;
     }
-    c->http = malloc(sizeof(*c->http));
+    c->http = conn_http_alloc(n);
     if (c->http == NULL) {
         conn_abort(c);
         return UV_ENOMEM;
     }
-    http_req_init(c->http);
     uv_tcp_nodelay(&c->tcp, 1);
     rc = uv_read_start((uv_stream_t *)&c->tcp, conn_on_alloc, conn_on_read);
     if (rc != 0) {
@@ -406,36 +595,42 @@ int conn_accept(worker_t *w, uv_stream_t *listener)
     return 0;
 }
 
-void conn_tick(conn_t *c, uint64_t now)
+/* Whether the 32-bit time t has come at now. */
+static int conn_due(uint32_t now, uint32_t t)
 {
-    uint64_t hb = (uint64_t)c->w->cfg->heartbeat * 1000;
+    return (int32_t)(now - t) >= 0;
+}
+
+void conn_tick(conn_t *c, uint64_t now_ms)
+{
+    uint32_t now = (uint32_t)now_ms;
+    const config_t *cfg = c->net->cfg;
+    uint32_t hb = (uint32_t)cfg->heartbeat * 1000u;
     switch (c->state) {
     case CONN_HTTP:
-        if (now - c->created_ms > (uint64_t)c->w->cfg->handshake_timeout * 1000) {
+        if (now - c->created_ms > (uint32_t)cfg->handshake_timeout * 1000u) {
             log_debug("event=handshake_timeout");
             conn_abort(c);
         }
         return;
     case CONN_WS:
         if (now - c->last_seen_ms > 2 * hb) {
-            log_debug("event=heartbeat_timeout session=%s", c->sess.id);
+            log_debug("event=heartbeat_timeout");
             conn_close(c, 1001, "no answer to pings");
             /* A dead peer will not finish the handshake: don't linger. */
             c->close_deadline_ms = now + 200;
             return;
         }
-        if (now >= c->next_ping_ms) {
+        if (conn_due(now, c->next_ping_ms)) {
             ws_ping(c);
             c->next_ping_ms = now + hb;
         } else if (now - c->last_io_ms >= 1000) {
             ws_release_if_idle(c);
-            if (!c->writing && c->out.len == 0 && c->out.cap > 0) {
-                buf_free(&c->out);
-            }
+            outq_trim(&c->out);
         }
         return;
     case CONN_CLOSING:
-        if (now >= c->close_deadline_ms) {
+        if (conn_due(now, c->close_deadline_ms)) {
             conn_abort(c);
         }
         return;

@@ -1,8 +1,9 @@
 /*
  * conn: one client TCP connection, from accept through the HTTP request to
- * the WebSocket session and the close. The worker owns every conn on its
- * list; a conn is freed only in its uv_close callback, so a conn closed
- * inside one of its own callbacks stays valid until that call chain ends.
+ * the WebSocket session and the close. The net wing owns every conn on its
+ * list; a conn's memory goes back only after its uv_close callback and its
+ * last conn_unref(), so a conn closed inside one of its own callbacks stays
+ * valid until that call chain ends.
  */
 #ifndef CHATD_CONN_H
 #define CHATD_CONN_H
@@ -12,11 +13,13 @@
 #include <uv.h>
 #include <wslay/wslay.h>
 
-#include "../common/buf.h"
+#include "../../common/buf.h"
 #include "http.h"
-#include "session.h"
+#include "outq.h"
+#include "wsframe.h"
 
-typedef struct worker_s worker_t;
+typedef struct net_s net_t;
+typedef struct conn_write_s conn_write_t;
 
 typedef enum {
     CONN_HTTP = 0,      /* reading the request */
@@ -27,12 +30,12 @@ typedef enum {
 
 typedef struct conn_s {
     uv_tcp_t tcp;               /* first: the handle's address is the conn's */
-    worker_t *w;
-    struct conn_s *prev, *next; /* the worker's list of conns */
-    struct conn_s *dirty_next;  /* the worker's list of conns with output */
+    net_t *net;
+    struct conn_s *prev, *next; /* net's list of conns */
+    struct conn_s *dirty_next;  /* net's list of conns with output */
     uint8_t state;
     uint8_t dirty;
-    uint8_t writing;            /* a uv_write of wbuf is in flight */
+    uint8_t writing;            /* a uv_write of pinned frames is in flight */
     uint8_t shut_after_write;   /* close the socket once output is written */
     uint8_t lingering;          /* FIN sent; reading and dropping until EOF */
     uint8_t fail_fast;          /* drop TCP once the close frame is out (RFC 6455 7.1.7) */
@@ -44,25 +47,49 @@ typedef struct conn_s {
     uint8_t hdr_len;
     uint8_t msg_open;           /* a fragmented message is being received */
     uint64_t payload_left;      /* bytes of the current frame's payload to come */
-    const uint8_t *in;          /* bytes wslay is reading, during ws_feed */
-    size_t in_len;
-    buf_t out;                  /* bytes waiting to be written */
-    buf_t wbuf;                 /* bytes of the write in flight */
-    uv_write_t wreq;
-    uv_shutdown_t sreq;
-    uint64_t created_ms;
-    uint64_t last_seen_ms;      /* last byte from the peer */
-    uint64_t last_io_ms;        /* last byte either way (frees idle wslay state) */
-    uint64_t next_ping_ms;
-    uint64_t close_deadline_ms;
+    outq_t *out;                /* frames waiting to be written; NULL when none */
+    conn_write_t *wreq;         /* only while a write waits for the socket */
+    uv_shutdown_t *sreq;        /* only while lingering */
+    /* The loop's clock in milliseconds, cut to 32 bits: only ever
+     * compared as differences, so they survive its wrap every 49 days. */
+    uint32_t created_ms;
+    uint32_t last_seen_ms;      /* last byte from the peer */
+    uint32_t last_io_ms;        /* last byte either way (frees idle wslay state) */
+    uint32_t next_ping_ms;
+    uint32_t close_deadline_ms;
     uint32_t peer_ip;           /* IPv4 in network order, 0 for others and
                                  * when not counted in the per-IP limit */
-    session_t sess;
 } conn_t;
 
 /* Accepts one connection from the listener into a new conn. Returns 0 or
  * a negative libuv error. */
-int conn_accept(worker_t *w, uv_stream_t *listener);
+int conn_accept(net_t *n, uv_stream_t *listener);
+
+/* Frees the conn memory blocks of n (every conn closed and released), and
+ * the request parsers kept for reuse. */
+void conn_free_pool(net_t *n);
+void conn_free_http_cache(net_t *n);
+
+/* 1 while the connection is upgraded and its session live. */
+static inline int conn_open(const conn_t *c)
+{
+    return c->state == CONN_WS;
+}
+
+/*
+ * Queues a reference to a text frame built once for many receivers (the
+ * caller keeps its own reference). Closes c with 1013 when its outgoing
+ * queue would exceed the configured bound. Returns 0, or -1 when the frame
+ * was not queued (c is closing or closed).
+ */
+int conn_send_frame(conn_t *c, wsframe_t *f);
+
+/* Frames and queues one text message; as conn_send_frame(). */
+int conn_send_text(conn_t *c, const char *data, size_t len);
+
+/* Queues bytes as they are (an HTTP answer, wslay's output) after what is
+ * queued. Returns 0 or -1 (out of memory: the conn is aborted). */
+int conn_send_raw(conn_t *c, const void *bytes, size_t len);
 
 /* Keeps c's memory alive across an asynchronous call; the callback checks
  * c->state before using it and then calls conn_unref(). */
@@ -72,7 +99,7 @@ void conn_unref(conn_t *c);
 /* Queues output for the next flush. */
 void conn_mark_dirty(conn_t *c);
 
-/* Writes whatever is queued; called by the worker before each poll. */
+/* Writes whatever is queued; net_flush() calls it before each poll. */
 void conn_flush(conn_t *c);
 
 /* Sends an HTTP response, then closes. */
@@ -91,7 +118,7 @@ void conn_abort(conn_t *c);
 /* Bytes queued for the client and not yet written. */
 size_t conn_pending_bytes(const conn_t *c);
 
-/* The worker's once-a-second housekeeping for this conn (timeouts, pings). */
+/* The once-a-second housekeeping for this conn (timeouts, pings). */
 void conn_tick(conn_t *c, uint64_t now_ms);
 
 #endif

@@ -1,8 +1,8 @@
 #include "web.h"
 #include "conn.h"
 #include "http.h"
-#include "../common/buf.h"
-#include "../common/log.h"
+#include "../../common/buf.h"
+#include "../../common/log.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -369,10 +369,13 @@ static void web_reply(conn_t *c, const web_file_t *f, const char *cache)
         hn = http_response_head(head, sizeof(head), 200, f->type, extra, f->len);
     }
     int head_only = c->http != NULL && c->http->method == HTTP_HEAD;
-    if (hn < 0 || buf_append(&c->out, head, (size_t)hn) != 0 ||
-        (!head_only && buf_append(&c->out, f->body, f->len) != 0)) {
+    if (hn < 0) {
         conn_abort(c);
         return;
+    }
+    if (conn_send_raw(c, head, (size_t)hn) != 0 ||
+        (!head_only && conn_send_raw(c, f->body, f->len) != 0)) {
+        return;     /* aborted */
     }
     conn_close(c, 0, NULL);
 }

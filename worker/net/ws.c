@@ -1,8 +1,8 @@
 #include "ws.h"
 #include "conn.h"
-#include "worker.h"
-#include "../common/log.h"
-#include "../proto/proto.h"
+#include "net.h"
+#include "../../common/log.h"
+#include "../../proto/proto.h"
 
 #include <string.h>
 
@@ -10,16 +10,16 @@ static ssize_t ws_on_recv(wslay_event_context_ptr ctx, uint8_t *buf, size_t len,
                           int flags, void *user_data)
 {
     (void)flags;
-    conn_t *c = user_data;
-    if (c->in_len == 0) {
+    net_t *n = ((conn_t *)user_data)->net;
+    if (n->in_len == 0) {
         wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
         return -1;
     }
-    size_t n = len < c->in_len ? len : c->in_len;
-    memcpy(buf, c->in, n);
-    c->in += n;
-    c->in_len -= n;
-    return (ssize_t)n;
+    size_t k = len < n->in_len ? len : n->in_len;
+    memcpy(buf, n->in, k);
+    n->in += k;
+    n->in_len -= k;
+    return (ssize_t)k;
 }
 
 static ssize_t ws_on_send(wslay_event_context_ptr ctx, const uint8_t *data, size_t len,
@@ -27,9 +27,11 @@ static ssize_t ws_on_send(wslay_event_context_ptr ctx, const uint8_t *data, size
 {
     (void)flags;
     conn_t *c = user_data;
-    /* Everything wslay frames goes to c->out at once, so wslay never holds
-     * half a frame and the conn alone decides when bytes hit the socket. */
-    if (buf_append(&c->out, data, len) != 0) {
+    /* wslay frames only control frames here (pong, ping, close); they join
+     * the conn's queue at once, behind what is already queued, so wslay
+     * never holds half a frame and the conn alone decides when bytes hit
+     * the socket. */
+    if (conn_send_raw(c, data, len) != 0) {
         wslay_event_set_error(ctx, WSLAY_ERR_CALLBACK_FAILURE);
         return -1;
     }
@@ -63,7 +65,7 @@ static void ws_on_msg(wslay_event_context_ptr ctx, const struct wslay_event_on_m
             conn_close(c, WSLAY_CODE_INVALID_FRAME_PAYLOAD_DATA, "invalid UTF-8");
             return;
         }
-        session_on_text(c, (const char *)arg->msg, arg->msg_length);
+        c->net->h->text(c->net->ud, c, (const char *)arg->msg, arg->msg_length);
         return;
     case WSLAY_BINARY_FRAME:
         conn_close(c, WSLAY_CODE_UNSUPPORTED_DATA, "binary frames are not accepted");
@@ -89,7 +91,7 @@ int ws_start(conn_t *c)
         c->ws = NULL;
         return -1;
     }
-    wslay_event_config_set_max_recv_msg_length(c->ws, (uint64_t)c->w->cfg->max_message);
+    wslay_event_config_set_max_recv_msg_length(c->ws, (uint64_t)c->net->cfg->max_message);
     return 0;
 }
 
@@ -111,7 +113,7 @@ void ws_release_if_idle(conn_t *c)
         !c->msg_open && !wslay_event_want_write(c->ws) &&
         wslay_event_get_queued_msg_count(c->ws) == 0) {
         ws_stop(c);
-        c->w->idle_released++;
+        c->net->idle_released++;
     }
 }
 
@@ -174,7 +176,7 @@ static size_t ws_scan(conn_t *c, const uint8_t *data, size_t len, uint16_t *code
         c->payload_left = plen;
         if (opcode == WSLAY_BINARY_FRAME) {
             *code = WSLAY_CODE_UNSUPPORTED_DATA;
-        } else if (plen > (uint64_t)c->w->cfg->max_message) {
+        } else if (plen > (uint64_t)c->net->cfg->max_message) {
             *code = WSLAY_CODE_MESSAGE_TOO_BIG;
         }
         if (*code != 0) {
@@ -198,15 +200,20 @@ void ws_feed(conn_t *c, const uint8_t *data, size_t len)
         return;
     }
     c->last_io_ms = c->last_seen_ms;
-    c->in = data;
-    c->in_len = len;
-    if (wslay_event_recv(c->ws) != 0) {
+    net_t *n = c->net;
+    /* Saved and restored: a handler may, in principle, feed another conn. */
+    const uint8_t *saved_in = n->in;
+    size_t saved_len = n->in_len;
+    n->in = data;
+    n->in_len = len;
+    int rc = wslay_event_recv(c->ws);
+    n->in = saved_in;
+    n->in_len = saved_len;
+    if (rc != 0) {
         /* Only our own callbacks fail wslay_event_recv: out of memory. */
         conn_abort(c);
         return;
     }
-    c->in = NULL;
-    c->in_len = 0;
     if (code != 0 && c->state == CONN_WS) {
         conn_close(c, code, code == WSLAY_CODE_UNSUPPORTED_DATA ? "binary frames are not accepted"
                                                                  : "message too big");
@@ -225,20 +232,25 @@ size_t ws_queued_bytes(const conn_t *c)
     return c->ws != NULL ? wslay_event_get_queued_msg_length(c->ws) : 0;
 }
 
-int ws_send_text(conn_t *c, const char *data, size_t len)
+int ws_send_frame(conn_t *c, wsframe_t *f)
 {
-    if (c->state != CONN_WS || ws_ensure(c) != 0) {
+    if (c->state != CONN_WS) {
         return -1;
     }
-    c->last_io_ms = uv_now(&c->w->loop);
-    if (conn_pending_bytes(c) + len > (size_t)c->w->cfg->outbound_limit) {
-        log_debug("event=slow_consumer session=%s pending=%zu", c->sess.id, conn_pending_bytes(c));
-        worker_count_error(c->w, PROTO_E_COUNT);
+    net_t *n = c->net;
+    c->last_io_ms = (uint32_t)uv_now(n->loop);
+    if (conn_pending_bytes(c) + f->len > (size_t)n->cfg->outbound_limit) {
+        log_debug("event=slow_consumer pending=%zu", conn_pending_bytes(c));
+        metrics_count_error(n->metrics, PROTO_E_COUNT);   /* the slow_consumer slot */
         conn_close(c, 1013, "outgoing queue full: reconnect with since");
         return -1;
     }
-    struct wslay_event_msg msg = { WSLAY_TEXT_FRAME, (const uint8_t *)data, len };
-    if (wslay_event_queue_msg(c->ws, &msg) != 0) {
+    /* Data frames bypass wslay's queue (a malloc and a copy per message
+     * and receiver): wslay only ever queues control frames, which are
+     * drained into the conn's queue as soon as they are made, so the
+     * order of everything sent is the order of the calls. */
+    if (outq_push(&c->out, wsframe_ref(f)) != 0) {
+        wsframe_unref(f);
         conn_abort(c);
         return -1;
     }

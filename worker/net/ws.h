@@ -10,6 +10,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "wsframe.h"
+
 typedef struct conn_s conn_t;
 
 /* Creates the wslay context of c. Returns 0 or -1. */
@@ -25,15 +27,16 @@ void ws_stop(conn_t *c);
  */
 void ws_release_if_idle(conn_t *c);
 
-/* Processes bytes read from the socket. */
+/* Processes bytes read from the socket. Complete text messages go up
+ * through the net handlers' text(). */
 void ws_feed(conn_t *c, const uint8_t *data, size_t len);
 
 /*
- * Queues one text message. Closes c with 1013 when its outgoing queue
- * would exceed the configured bound. Returns 0, or -1 when the message
+ * Queues a reference to a text frame. Closes c with 1013 when its outgoing
+ * queue would exceed the configured bound. Returns 0, or -1 when the frame
  * was not queued.
  */
-int ws_send_text(conn_t *c, const char *data, size_t len);
+int ws_send_frame(conn_t *c, wsframe_t *f);
 
 /* Queues a ping frame. */
 void ws_ping(conn_t *c);
@@ -41,7 +44,7 @@ void ws_ping(conn_t *c);
 /* Queues a close frame with code and reason. */
 void ws_close(conn_t *c, uint16_t code, const char *reason);
 
-/* Moves wslay's queued frames into c->out. */
+/* Moves wslay's queued control frames into c's output queue. */
 void ws_drain(conn_t *c);
 
 /* Bytes wslay holds that are not yet in c->out. */

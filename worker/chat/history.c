@@ -1,0 +1,140 @@
+#include "history.h"
+#include "room.h"
+#include "../data/archive.h"
+#include "../data/store.h"
+#include "../../common/log.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/*
+ * Answers history from payload texts, newest first (the Redis log's, then
+ * the archive's). One more than the limit was asked for, to tell whether
+ * older messages exist; the answer lists them ascending.
+ */
+static void history_answer(conn_t *c, const char *id, const char *room,
+                                char *const *texts, size_t n, size_t limit)
+{
+    int more = n > limit;
+    if (n > limit) {
+        n = limit;
+    }
+    cJSON *root = cJSON_CreateObject();
+    cJSON *p = NULL, *msgs = NULL;
+    int ok = root != NULL && cJSON_AddStringToObject(root, "type", "history") != NULL &&
+             (id == NULL || cJSON_AddStringToObject(root, "id", id) != NULL) &&
+             (p = cJSON_AddObjectToObject(root, "payload")) != NULL &&
+             cJSON_AddStringToObject(p, "room", room) != NULL &&
+             (msgs = cJSON_AddArrayToObject(p, "messages")) != NULL &&
+             cJSON_AddBoolToObject(p, "more", more) != NULL;
+    for (size_t i = n; ok && i-- > 0;) {
+        /* Stored payloads are JSON the server wrote: spliced in raw. */
+        cJSON *item = cJSON_CreateRaw(texts[i]);
+        ok = item != NULL && cJSON_AddItemToArray(msgs, item);
+    }
+    char *json = ok ? cJSON_PrintUnformatted(root) : NULL;
+    cJSON_Delete(root);
+    if (json == NULL) {
+        session_send_error(c, id, PROTO_E_INTERNAL, "out of memory");
+    } else {
+        session_send_json(c, json);
+    }
+}
+
+static void history_on_archive(void *arg, char **found, int nfound)
+{
+    room_call_t *call = arg;
+    conn_t *c = call->conn;
+    const char *id = call->has_id ? call->id : NULL;
+    if (c->state == CONN_WS) {
+        if (nfound < 0 && call->ntexts == 0) {
+            session_send_error(c, id, PROTO_E_UNAVAILABLE, "history unavailable, retry");
+        } else if (nfound < 0) {
+            /* What Redis had, and "more" so the client pages on (and
+             * retries the archive) from there. */
+            history_answer(c, id, call->room->name, call->texts, call->ntexts,
+                                call->ntexts > 0 ? call->ntexts - 1 : 0);
+        } else {
+            size_t total = call->ntexts + (size_t)nfound;
+            char **all = calloc(total + 1, sizeof(*all));
+            if (all == NULL) {
+                session_send_error(c, id, PROTO_E_INTERNAL, "out of memory");
+            } else {
+                memcpy(all, call->texts, call->ntexts * sizeof(*all));
+                memcpy(all + call->ntexts, found, (size_t)nfound * sizeof(*all));
+                history_answer(c, id, call->room->name, all, total, (size_t)call->upto);
+                free(all);
+            }
+        }
+    }
+    room_call_free(call);
+}
+
+static void history_on_log(void *arg, redisReply *reply)
+{
+    room_call_t *call = arg;
+    chat_t *ch = call->room->chat;
+    conn_t *c = call->conn;
+    const char *id = call->has_id ? call->id : NULL;
+    if (c->state != CONN_WS) {
+        room_call_free(call);
+        return;
+    }
+    if (reply == NULL || reply->type != REDIS_REPLY_ARRAY) {
+        session_send_error(c, id, PROTO_E_UNAVAILABLE, "history unavailable, retry");
+        room_call_free(call);
+        return;
+    }
+    call->texts = calloc(reply->elements + 1, sizeof(char *));
+    if (call->texts == NULL) {
+        session_send_error(c, id, PROTO_E_INTERNAL, "out of memory");
+        room_call_free(call);
+        return;
+    }
+    int64_t oldest = call->before;
+    for (size_t i = 0; i < reply->elements; i++) {
+        int64_t seq;
+        const char *payload;
+        size_t len;
+        if (store_entry(reply->element[i], &seq, &payload, &len) != 0 ||
+            (call->texts[call->ntexts] = strndup(payload, len)) == NULL) {
+            continue;
+        }
+        call->ntexts++;
+        oldest = seq;
+    }
+    size_t want = (size_t)call->upto + 1;
+    /* The recent log ran out before the page did: older messages live in
+     * the archive, below the oldest the log still has. */
+    if (ch->archive != NULL && call->ntexts < want && (oldest < 0 || oldest > 1) &&
+        archive_find(ch->archive, call->room->name, oldest, (int)(want - call->ntexts),
+                     history_on_archive, call) == 0) {
+        return;
+    }
+    history_answer(c, id, call->room->name, call->texts, call->ntexts, (size_t)call->upto);
+    room_call_free(call);
+}
+
+void history_request(conn_t *c, const proto_req_t *req)
+{
+    const char *id = req->has_id ? req->id : NULL;
+    room_call_t *call = room_request_call(c, req);
+    if (call == NULL) {
+        return;
+    }
+    call->upto = req->limit;
+    int64_t before = req->has_before ? req->before : -1;
+    call->before = before;
+    if (before == 0 || store_history(chat_of(c)->bus, req->room, before, req->limit + 1, history_on_log, call) != 0) {
+        if (before == 0) {
+            /* Nothing precedes seq 1: answer without asking the store. */
+            redisReply empty = { .type = REDIS_REPLY_ARRAY };
+            history_on_log(call, &empty);
+            return;
+        }
+        room_call_free(call);
+        session_send_error(c, id, PROTO_E_UNAVAILABLE, "history unavailable, retry");
+    }
+}

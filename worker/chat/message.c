@@ -1,0 +1,102 @@
+#include "message.h"
+#include "room.h"
+#include "../data/archive.h"
+#include "../data/store.h"
+#include "../../common/log.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void message_on_sent(void *arg, redisReply *reply);
+
+static int message_store(chat_t *ch, room_call_t *call)
+{
+    conn_t *c = call->conn;
+    return store_send(ch->bus, call->room->name, session_of(c)->auth.user, call->has_id ? call->id : NULL,
+                      call->tail, message_on_sent, call);
+}
+
+static void message_failed(room_call_t *call, const char *why)
+{
+    conn_t *c = call->conn;
+    if (c->state == CONN_WS) {
+        session_send_error(c, call->has_id ? call->id : NULL, PROTO_E_UNAVAILABLE, why);
+    }
+    room_call_free(call);
+}
+
+static void message_on_seeded(void *arg, redisReply *reply)
+{
+    room_call_t *call = arg;
+    chat_t *ch = call->room->chat;
+    if (reply == NULL || reply->type == REDIS_REPLY_ERROR || call->conn->state != CONN_WS ||
+        message_store(ch, call) != 0) {
+        message_failed(call, "storage unavailable, retry");
+    }
+}
+
+/* The archive's highest seq for a room whose Redis counter is missing:
+ * the counter continues from there rather than from 1. */
+static void message_on_archive_max(void *arg, int64_t seq)
+{
+    room_call_t *call = arg;
+    chat_t *ch = call->room->chat;
+    if (seq < 0 || call->conn->state != CONN_WS ||
+        store_seed_seq(ch->bus, call->room->name, seq, message_on_seeded, call) != 0) {
+        message_failed(call, "archive unavailable, retry");
+    }
+}
+
+static void message_on_sent(void *arg, redisReply *reply)
+{
+    room_call_t *call = arg;
+    chat_t *ch = call->room->chat;
+    conn_t *c = call->conn;
+    const char *id = call->has_id ? call->id : NULL;
+    if (reply != NULL && reply->type == REDIS_REPLY_ARRAY && reply->elements == 3 &&
+        reply->element[0]->type == REDIS_REPLY_INTEGER) {
+        if (reply->element[0]->integer < 0) {
+            if (!call->seeded && c->state == CONN_WS && ch->archive != NULL) {
+                call->seeded = 1;
+                if (archive_max_seq(ch->archive, call->room->name, message_on_archive_max, call) == 0) {
+                    return;
+                }
+            }
+            message_failed(call, "archive unavailable, retry");
+            return;
+        }
+        int dup = reply->element[2]->integer != 0;
+        if (!dup) {
+            metrics_add(&ch->metrics->messages_received, 1);
+        }
+        if (c->state == CONN_WS) {
+            session_send_json(c, proto_encode_ack(id, call->room->name, reply->element[0]->integer,
+                                                  reply->element[1]->integer, dup));
+        }
+        room_call_free(call);
+        return;
+    }
+    message_failed(call, "message not confirmed durable; resend with the same id");
+}
+
+void message_chat(conn_t *c, const proto_req_t *req)
+{
+    chat_t *ch = chat_of(c);
+    const char *id = req->has_id ? req->id : NULL;
+    room_call_t *call = room_request_call(c, req);
+    if (call == NULL) {
+        return;
+    }
+    call->tail = proto_encode_chat_tail(session_of(c)->auth.user, req->content, req->attachments, id);
+    if (call->tail == NULL) {
+        room_call_free(call);
+        session_send_error(c, id, PROTO_E_INTERNAL, "out of memory");
+        return;
+    }
+    if (message_store(ch, call) != 0) {
+        room_call_free(call);
+        session_send_error(c, id, PROTO_E_UNAVAILABLE, "storage unavailable, retry");
+    }
+}
