@@ -41,6 +41,7 @@ static const opt_t config_opts[] = {
     OPT_I("recovery-window", recovery_window, 1, 10000000, "messages kept per room for recovery (default 1000)"),
     OPT_I("dedup-window", dedup_window, 1, 365 * 86400, "seconds a chat id is remembered (default 86400)"),
     OPT_I("outbound-limit", outbound_limit, 4096, 1 << 30, "bytes queued to one client before 1013 (default 4 MiB)"),
+    OPT_I("write-delay", write_delay, 0, 100, "ms output may wait to be coalesced into fewer writes (default 0)"),
     OPT_I("member-events", member_events, 0, 10000000, "room size up to which member events are sent (default 1000)"),
     OPT_I("max-rooms", max_rooms, 1, 100000, "rooms one connection may join (default 100)"),
     OPT_I("max-conns-per-ip", max_conns_per_ip, 0, 10000000, "connections per client address per worker, 0 = unlimited"),

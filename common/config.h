@@ -30,6 +30,7 @@ typedef struct config_s {
     int recovery_window;        /* messages kept per room for since */
     int dedup_window;           /* seconds */
     int outbound_limit;         /* bytes queued to one client */
+    int write_delay;            /* ms output may wait to leave in a bigger write; 0 = each loop iteration */
     int member_events;          /* room size up to which member events go */
     int max_rooms;              /* rooms one connection may join */
     int max_conns_per_ip;       /* 0 = unlimited */

@@ -30,6 +30,8 @@ typedef struct worker_s {
     uv_tcp_t listener;
     uv_timer_t tick;
     uv_prepare_t flusher;
+    uv_timer_t flush_timer;     /* wakes the loop when a delayed flush is due */
+    uint64_t last_flush_ms;
     uv_signal_t sig_term, sig_int, sig_quit, sig_usr1;
     int stopping;               /* 1 graceful, 2 now */
     uint64_t stop_deadline_ms;
@@ -62,6 +64,7 @@ static void worker_finish(worker_t *w)
     worker_close_handle((uv_handle_t *)&w->listener);
     worker_close_handle((uv_handle_t *)&w->tick);
     worker_close_handle((uv_handle_t *)&w->flusher);
+    worker_close_handle((uv_handle_t *)&w->flush_timer);
     worker_close_handle((uv_handle_t *)&w->sig_term);
     worker_close_handle((uv_handle_t *)&w->sig_int);
     worker_close_handle((uv_handle_t *)&w->sig_quit);
@@ -143,10 +146,29 @@ static void worker_on_tick(uv_timer_t *t)
     chat_tick(&w->chat);
 }
 
+static void worker_on_flush_due(uv_timer_t *t)
+{
+    /* Nothing to do here: the loop's next prepare phase flushes. */
+    (void)t;
+}
+
 static void worker_on_prepare(uv_prepare_t *p)
 {
     worker_t *w = p->data;
-    net_flush(&w->net);
+    uint64_t delay = (uint64_t)w->cfg->write_delay;
+    if (delay == 0 || w->net.dirty == NULL) {
+        net_flush(&w->net);
+        return;
+    }
+    /* With --write-delay, output made during the next few iterations joins
+     * what is queued, so each connection gets fewer, larger writes. */
+    uint64_t now = uv_now(&w->loop);
+    if (now - w->last_flush_ms >= delay) {
+        net_flush(&w->net);
+        w->last_flush_ms = now;
+    } else if (!uv_is_active((uv_handle_t *)&w->flush_timer)) {
+        uv_timer_start(&w->flush_timer, worker_on_flush_due, w->last_flush_ms + delay - now, 0);
+    }
 }
 
 static void worker_on_connection(uv_stream_t *listener, int status)
@@ -256,6 +278,7 @@ int worker_run(const config_t *cfg, int slot, int listen_fd, int ready_fd,
         (rc = uv_timer_start(&w->tick, worker_on_tick, 1000, 1000)) != 0 ||
         (rc = uv_prepare_init(&w->loop, &w->flusher)) != 0 ||
         (rc = uv_prepare_start(&w->flusher, worker_on_prepare)) != 0 ||
+        (rc = uv_timer_init(&w->loop, &w->flush_timer)) != 0 ||
         (rc = worker_start_signal(w, &w->sig_term, SIGTERM)) != 0 ||
         (rc = worker_start_signal(w, &w->sig_int, SIGINT)) != 0 ||
         (rc = worker_start_signal(w, &w->sig_quit, SIGQUIT)) != 0 ||

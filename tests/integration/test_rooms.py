@@ -1061,3 +1061,52 @@ async def test_unsubscribe_after_last_member_leaves():
     await until(lambda: chan not in pubsub_channels(), 3,
                 f"{chan} to disappear from PUBSUB CHANNELS after every member left")
     print(f"    unsubscribed {time.monotonic() - t0:.2f}s after the last leave")
+
+
+# --------------------------------------------------------------------------
+# The send path: a broadcast framed once and shared, coalesced writes
+
+
+@itest(60)
+async def test_burst_to_many_members_arrives_whole_and_in_order():
+    """Frames queued by reference and written many per writev: a burst to
+    many members on two workers arrives complete, in seq order, once."""
+    room = R("burst")
+    members = [await connect(SRV, f"burst{i}") for i in range(12)]
+    for m in members:
+        await m.join(room)
+    sender = await connect(SRV_B, "burstsender")
+    await sender.join(room)
+    ids = [f"b{i}" for i in range(300)]
+    # Sizes across the 7-bit and 16-bit frame length classes.
+    sizes = [1, 125, 126, 4000, 70000 // 8]
+    acks = await send_many(sender, room, ids, content=lambda i: "x" * sizes[i % len(sizes)])
+    last = acks[-1]["seq"]
+    for m in members:
+        await m.wait_seq(room, last, 20)
+        got = [p for p in m.chats(room)]
+        assert [p["seq"] for p in got] == list(range(acks[0]["seq"], last + 1)), m.user
+        assert [len(p["content"]) for p in got] == [sizes[i % len(sizes)] for i in range(300)], m.user
+
+
+@itest(60)
+async def test_write_delay_coalesces_without_loss_or_reorder():
+    """--write-delay holds output up to that many ms so it leaves in fewer
+    writes: everything still arrives, in order, and no later than the delay
+    allows."""
+    srv = extra("wdelay", workers=2, args=FAST + ["--write-delay", "20"])
+    room = R("wdelay")
+    rx = [await connect(srv, f"wd{i}") for i in range(4)]
+    for c in rx:
+        await c.join(room)
+    tx = await connect(srv, "wdsender")
+    await tx.join(room)
+    acks = await send_many(tx, room, [f"w{i}" for i in range(200)])
+    for c in rx:
+        await c.wait_seq(room, acks[-1]["seq"], 10)
+        assert [p["seq"] for p in c.chats(room)] == [a["seq"] for a in acks], c.user
+    # One message alone: the delay holds it at most ~20 ms, not forever.
+    t0 = time.monotonic()
+    a = await tx.chat(room, "alone", id="alone")
+    await rx[0].wait_seq(room, a["seq"], 5)
+    assert time.monotonic() - t0 < 1.0

@@ -1,6 +1,13 @@
 #include "redisuv.h"
 
 #include <stdlib.h>
+#include <sys/ioctl.h>
+
+/* How many times one wakeup reads (hiredis reads 16 KiB at a time): a
+ * burst of pub/sub messages is taken in large batches, so each client
+ * gets more frames per writev, yet one busy connection cannot starve the
+ * loop. */
+#define REDISUV_READS_PER_WAKEUP 32
 
 typedef struct {
     redisAsyncContext *context;     /* NULL once hiredis has cleaned up */
@@ -18,8 +25,14 @@ static void redisuv_on_poll(uv_poll_t *handle, int status, int events)
     if (p->context != NULL && (events & UV_WRITABLE)) {
         redisAsyncHandleWrite(p->context);
     }
-    if (p->context != NULL && (events & UV_READABLE)) {
+    for (int i = 0; i < REDISUV_READS_PER_WAKEUP && p->context != NULL && (events & UV_READABLE); i++) {
         redisAsyncHandleRead(p->context);
+        /* Read again only while the kernel holds more; the context may
+         * have gone during the callbacks the read ran. */
+        int avail = 0;
+        if (p->context == NULL || ioctl(p->context->c.fd, FIONREAD, &avail) == -1 || avail <= 0) {
+            break;
+        }
     }
 }
 
