@@ -1110,3 +1110,28 @@ async def test_write_delay_coalesces_without_loss_or_reorder():
     a = await tx.chat(room, "alone", id="alone")
     await rx[0].wait_seq(room, a["seq"], 5)
     assert time.monotonic() - t0 < 1.0
+
+
+@itest(30)
+async def test_scripts_reloaded_after_script_flush():
+    """Scripts run by EVALSHA; a Redis that forgot them (restart, SCRIPT
+    FLUSH) answers NOSCRIPT and chatd sends the call again as EVAL: the
+    message is stored once and acked, and joins keep working."""
+    room = R("noscript")
+    s = await connect(SRV, "nsender")
+    r = await connect(SRV_B, "nrecv")
+    await s.join(room)
+    await r.join(room)
+    first = await s.chat(room, "before", id="ns1")
+    REDIS.command("SCRIPT", "FLUSH")
+    acks = await send_many(s, room, ["ns2", "ns3", "ns4"])
+    assert [a["seq"] for a in acks] == [first["seq"] + 1, first["seq"] + 2, first["seq"] + 3], acks
+    await r.wait_seq(room, acks[-1]["seq"], 5)
+    assert [p["seq"] for p in r.chats(room)] == list(range(first["seq"], acks[-1]["seq"] + 1))
+    # A resend with the same id after the flush is still a duplicate.
+    again = await s.chat(room, "before", id="ns1")
+    assert again["seq"] == first["seq"] and again.get("duplicate") is True, again
+    REDIS.command("SCRIPT", "FLUSH")
+    late = await connect(SRV, "nlate")
+    j = await late.join(room)
+    assert j["seq"] == acks[-1]["seq"], j

@@ -242,6 +242,7 @@ bus_t *bus_new(const bus_env_t *env, const char *prev_wid)
         return NULL;
     }
     b->env = *env;
+    store_init();
     snprintf(b->prev_wid, sizeof(b->prev_wid), "%s", prev_wid != NULL ? prev_wid : "");
     if (bus_parse_url(b, env->cfg->redis_url) != 0) {
         log_error("event=bad_redis_url url=\"%s\"", env->cfg->redis_url);

@@ -8,6 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <openssl/sha.h>
+
 /* Heartbeat period of a worker in Redis, and how old a heartbeat may get
  * before the worker counts as dead and its presence entries are reaped. */
 #define STORE_HEARTBEAT_MS 2000
@@ -112,23 +114,100 @@ static const char store_reap_lua[] =
     "end\n"
     "return #dead\n";
 
+/*
+ * The scripts run by EVALSHA: Redis then neither receives nor hashes the
+ * script's text on every message. Their SHA-1s are computed once per
+ * process (store_init) and never change after; a Redis that does not know
+ * a script (restarted, or SCRIPT FLUSH) answers NOSCRIPT, and the call is
+ * sent again once as EVAL, which also loads it.
+ */
+enum { STORE_SEND, STORE_MEMBER, STORE_REAP, STORE_NSCRIPTS };
+
+static struct {
+    const char *lua;
+    char sha[41];
+} store_scripts[STORE_NSCRIPTS] = {
+    [STORE_SEND] = { store_send_lua, "" },
+    [STORE_MEMBER] = { store_member_lua, "" },
+    [STORE_REAP] = { store_reap_lua, "" },
+};
+
+void store_init(void)
+{
+    for (int i = 0; i < STORE_NSCRIPTS; i++) {
+        if (store_scripts[i].sha[0] != '\0') {
+            continue;
+        }
+        unsigned char md[SHA_DIGEST_LENGTH];
+        SHA1((const unsigned char *)store_scripts[i].lua, strlen(store_scripts[i].lua), md);
+        for (int k = 0; k < SHA_DIGEST_LENGTH; k++) {
+            snprintf(store_scripts[i].sha + 2 * k, 3, "%02x", md[k]);
+        }
+    }
+}
+
 typedef struct {
-    store_cb_t *cb;
+    store_cb_t *cb;             /* may be NULL */
     void *arg;
+    bus_t *bus;
+    int script;                 /* the script an EVALSHA ran, or -1 */
+    int argc;                   /* the EVALSHA's arguments after the SHA, owned */
+    const char **argv;
+    size_t *lens;
 } store_call_t;
+
+static int store_send_call(store_call_t *call, int argc, const char **argv, const size_t *lens);
+
+/* Sends an EVALSHA call again as EVAL (once). Returns 0 when sent. */
+static int store_resend_eval(store_call_t *call)
+{
+    const char *argv[64];
+    size_t lens[64];
+    if (call->argc + 2 > 64) {
+        return -1;
+    }
+    argv[0] = "EVAL";
+    lens[0] = 4;
+    argv[1] = store_scripts[call->script].lua;
+    lens[1] = strlen(argv[1]);
+    memcpy(argv + 2, call->argv, (size_t)call->argc * sizeof(*argv));
+    memcpy(lens + 2, call->lens, (size_t)call->argc * sizeof(*lens));
+    call->script = -1;
+    return store_send_call(call, call->argc + 2, argv, lens);
+}
+
+static void store_call_free(store_call_t *call)
+{
+    free(call->argv);       /* argv, lens and their bytes are one block */
+    free(call);
+}
 
 static void store_on_reply(redisAsyncContext *ac, void *reply, void *privdata)
 {
     (void)ac;
     store_call_t *call = privdata;
     redisReply *r = reply;
+    if (r != NULL && r->type == REDIS_REPLY_ERROR && call->script >= 0 &&
+        strncmp(r->str, "NOSCRIPT", 8) == 0) {
+        if (store_resend_eval(call) == 0) {
+            return;
+        }
+        r = NULL;       /* Redis went away meanwhile */
+    }
     /* BUSYGROUP is the expected answer when another worker made the
      * archive's consumer group first. */
     if (r != NULL && r->type == REDIS_REPLY_ERROR && strncmp(r->str, "BUSYGROUP", 9) != 0) {
         log_warn("event=redis_error err=\"%.*s\"", (int)r->len, r->str);
     }
-    call->cb(call->arg, r);
-    free(call);
+    if (call->cb != NULL) {
+        call->cb(call->arg, r);
+    }
+    store_call_free(call);
+}
+
+static int store_send_call(store_call_t *call, int argc, const char **argv, const size_t *lens)
+{
+    return bus_command(call->bus, store_on_reply, call, argc, argv, lens);
 }
 
 int store_call(bus_t *b, store_cb_t *cb, void *arg, int argc,
@@ -137,14 +216,68 @@ int store_call(bus_t *b, store_cb_t *cb, void *arg, int argc,
     if (cb == NULL) {
         return bus_command(b, NULL, NULL, argc, argv, lens);
     }
-    store_call_t *call = malloc(sizeof(*call));
+    store_call_t *call = calloc(1, sizeof(*call));
     if (call == NULL) {
         return -1;
     }
     call->cb = cb;
     call->arg = arg;
-    if (bus_command(b, store_on_reply, call, argc, argv, lens) != 0) {
+    call->bus = b;
+    call->script = -1;
+    if (store_send_call(call, argc, argv, lens) != 0) {
         free(call);
+        return -1;
+    }
+    return 0;
+}
+
+/*
+ * Runs one of store_scripts by EVALSHA; argv is what follows the script
+ * (numkeys, keys, arguments). cb may be NULL. Returns 0 when sent, -1 when
+ * Redis is unavailable (cb not called).
+ */
+static int store_eval(bus_t *b, int script, store_cb_t *cb, void *arg, int argc,
+                      const char **argv, const size_t *lens)
+{
+    if (argc + 2 > 64) {
+        return -1;
+    }
+    size_t bytes = 0;
+    for (int i = 0; i < argc; i++) {
+        bytes += lens[i];
+    }
+    /* The arguments are kept (one block) for a resend as EVAL. */
+    store_call_t *call = calloc(1, sizeof(*call));
+    char *block = malloc((size_t)argc * (sizeof(char *) + sizeof(size_t)) + bytes + 1);
+    if (call == NULL || block == NULL) {
+        free(call);
+        free(block);
+        return -1;
+    }
+    call->cb = cb;
+    call->arg = arg;
+    call->bus = b;
+    call->script = script;
+    call->argc = argc;
+    call->argv = (const char **)block;
+    call->lens = (size_t *)(block + (size_t)argc * sizeof(char *));
+    char *p = block + (size_t)argc * (sizeof(char *) + sizeof(size_t));
+    for (int i = 0; i < argc; i++) {
+        memcpy(p, argv[i], lens[i]);
+        call->argv[i] = p;
+        call->lens[i] = lens[i];
+        p += lens[i];
+    }
+    const char *full[64];
+    size_t flens[64];
+    full[0] = "EVALSHA";
+    flens[0] = 7;
+    full[1] = store_scripts[script].sha;
+    flens[1] = 40;
+    memcpy(full + 2, call->argv, (size_t)argc * sizeof(*full));
+    memcpy(flens + 2, call->lens, (size_t)argc * sizeof(*flens));
+    if (store_send_call(call, argc + 2, full, flens) != 0) {
+        store_call_free(call);
         return -1;
     }
     return 0;
@@ -178,14 +311,14 @@ int store_send(bus_t *b, const char *room, const char *sender, const char *id,
              id != NULL ? id : "");
     char karch[160];
     store_key(karch, sizeof(karch), room, "archived");
-    const char *argv[] = { "EVAL", store_send_lua, "5", kseq, klog, kdedup, "chatd:archive", karch,
+    const char *argv[] = { "5", kseq, klog, kdedup, "chatd:archive", karch,
                            head, tail, win, cap, chan, id != NULL ? "1" : "0",
                            bus_env(b)->cfg->mongo_uri[0] != '\0' ? "1" : "0", room };
-    size_t lens[16];
-    for (int i = 0; i < 16; i++) {
+    size_t lens[14];
+    for (int i = 0; i < 14; i++) {
         lens[i] = strlen(argv[i]);
     }
-    return store_call(b, cb, arg, 16, argv, lens);
+    return store_eval(b, STORE_SEND, cb, arg, 14, argv, lens);
 }
 
 int store_range(bus_t *b, const char *room, int64_t from, int64_t to, long count,
@@ -283,13 +416,13 @@ void store_member(bus_t *b, const char *room, const char *user, int joined)
     if (frame == NULL) {
         return;
     }
-    const char *argv[] = { "EVAL", store_member_lua, "2", ku, kw, user, entry, limit, chan,
+    const char *argv[] = { "2", ku, kw, user, entry, limit, chan,
                            frame, bus_env(b)->wid, joined ? "1" : "0" };
-    size_t lens[12];
-    for (int i = 0; i < 12; i++) {
+    size_t lens[10];
+    for (int i = 0; i < 10; i++) {
         lens[i] = strlen(argv[i]);
     }
-    if (store_call(b, NULL, NULL, 12, argv, lens) != 0) {
+    if (store_eval(b, STORE_MEMBER, NULL, NULL, 10, argv, lens) != 0) {
         /* Redis is down: presence is re-asserted when it returns. */
         log_debug("event=presence_deferred room=%s user=%s", room, user);
     }
@@ -338,12 +471,12 @@ static void store_reap(bus_t *b, const char *wid)
     char dead_after[24], limit[24];
     snprintf(dead_after, sizeof(dead_after), "%d", STORE_DEAD_AFTER_MS);
     snprintf(limit, sizeof(limit), "%d", bus_env(b)->cfg->member_events);
-    const char *argv[] = { "EVAL", store_reap_lua, "0", wid, dead_after, limit };
-    size_t lens[6];
-    for (int i = 0; i < 6; i++) {
+    const char *argv[] = { "0", wid, dead_after, limit };
+    size_t lens[4];
+    for (int i = 0; i < 4; i++) {
         lens[i] = strlen(argv[i]);
     }
-    store_call(b, NULL, NULL, 6, argv, lens);
+    store_eval(b, STORE_REAP, NULL, NULL, 4, argv, lens);
 }
 
 static void store_heartbeat(bus_t *b)

@@ -30,6 +30,9 @@
 /* Reply callbacks. r is NULL when Redis was lost before answering. */
 typedef void store_cb_t(void *arg, redisReply *r);
 
+/* Prepares the scripts' SHA-1s (once per process; bus_new calls it). */
+void store_init(void);
+
 /* Makes the channel name of room into out. Returns its length. */
 size_t store_channel(const char *room, char *out, size_t outlen);
 
