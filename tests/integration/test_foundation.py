@@ -651,6 +651,19 @@ def test_heartbeat_answering_client_stays():
         ws.ping("still-here")
 
 
+def test_heartbeat_pongs_of_an_idle_connection_keep_it_open():
+    """With --heartbeat 3 the connection goes idle between pings (its wslay
+    state is released after 1 s), so its pongs take the path that needs no
+    wslay state: they still count as liveness, an unsolicited pong with a
+    payload is fine too, and the next request works."""
+    srv = extra("heartbeat3", args=["--heartbeat", "3"])
+    with RawWS.open(srv.port, user="idlepong") as ws:
+        ws.send_frame(OP_PONG, b"unsolicited")
+        assert ws.wait_closed(7.5) is None, f"closed although it answered pings (close {ws.close_code})"
+        assert ws.pings_received >= 2, f"only {ws.pings_received} pings in 7.5s with --heartbeat 3"
+        ws.ping("after-idle-pongs")
+
+
 def test_heartbeat_json_ping_counts_as_liveness():
     srv = hb_server()
     with RawWS.open(srv.port, user="jsonlive") as ws:

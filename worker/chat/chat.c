@@ -17,6 +17,7 @@ void chat_init(chat_t *ch, uv_loop_t *loop, const config_t *cfg, metrics_slot_t 
     ch->pid = getpid();
     ch->bus = bus;
     ch->archive = archive;
+    pool_init(&ch->members_pool, sizeof(member_t), 128);
 }
 
 /* ---- what the net wing reports ---- */

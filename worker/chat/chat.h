@@ -20,6 +20,7 @@
 
 #include "../../common/config.h"
 #include "../../common/metrics.h"
+#include "../../common/pool.h"
 #include "../data/archive.h"
 #include "../data/bus.h"
 #include "../net/net.h"
@@ -38,8 +39,7 @@ typedef struct chat_s {
     size_t rooms_cap;
     size_t nrooms;
     uint64_t next_serial;       /* sessions and memberships */
-    struct member_s *member_pool;   /* free member slots */
-    void *member_blocks;        /* the blocks they were carved from */
+    pool_t members_pool;        /* memberships (pool.h: dense, recycled) */
 } chat_t;
 
 /* Prepares ch; bus and archive (may be NULL) stay the caller's. */

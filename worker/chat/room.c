@@ -132,40 +132,6 @@ void room_call_free(room_call_t *call)
     free(call);
 }
 
-#define ROOM_MEMBER_BLOCK 128
-
-/*
- * Memberships come from per-worker blocks, like conns: a member made
- * during a join storm would otherwise land among that moment's handshake
- * and wslay buffers and keep their pages resident once those are freed.
- * A block starts with the link to the next block.
- */
-static member_t *room_member_alloc(chat_t *ch)
-{
-    if (ch->member_pool == NULL) {
-        member_t *b = malloc((ROOM_MEMBER_BLOCK + 1) * sizeof(member_t));
-        if (b == NULL) {
-            return NULL;
-        }
-        *(void **)b = ch->member_blocks;
-        ch->member_blocks = b;
-        for (int i = 1; i <= ROOM_MEMBER_BLOCK; i++) {
-            b[i].conn_next = ch->member_pool;
-            ch->member_pool = &b[i];
-        }
-    }
-    member_t *m = ch->member_pool;
-    ch->member_pool = m->conn_next;
-    memset(m, 0, sizeof(*m));
-    return m;
-}
-
-static void room_member_release(chat_t *ch, member_t *m)
-{
-    m->conn_next = ch->member_pool;
-    ch->member_pool = m;
-}
-
 member_t *room_member_of(conn_t *c, const char *room)
 {
     for (member_t *m = session_of(c)->members; m != NULL; m = m->conn_next) {
@@ -208,7 +174,7 @@ static void room_member_remove(chat_t *ch, member_t *m)
     if (room_user_count(r, session_of(c)->auth.user) == 0) {
         presence_member(ch, r, session_of(c)->auth.user, 0);
     }
-    room_member_release(ch, m);
+    pool_release(&ch->members_pool, m);
 }
 
 void room_join(conn_t *c, const proto_req_t *req)
@@ -238,7 +204,7 @@ void room_join(conn_t *c, const proto_req_t *req)
         session_send_error(c, id, PROTO_E_INTERNAL, "out of memory");
         return;
     }
-    m = room_member_alloc(ch);
+    m = pool_alloc(&ch->members_pool);
     if (m == NULL) {
         session_send_error(c, id, PROTO_E_INTERNAL, "out of memory");
         return;
@@ -248,7 +214,7 @@ void room_join(conn_t *c, const proto_req_t *req)
     size_t idlen = req->has_id ? strlen(req->id) : 0;
     m->join = malloc(sizeof(*m->join) + idlen + 1);
     if (m->join == NULL) {
-        room_member_release(ch, m);
+        pool_release(&ch->members_pool, m);
         session_send_error(c, id, PROTO_E_INTERNAL, "out of memory");
         return;
     }
@@ -417,14 +383,7 @@ void room_free_all(chat_t *ch)
     free(ch->rooms);
     ch->rooms = NULL;
     ch->rooms_cap = 0;
-    void *b = ch->member_blocks;
-    while (b != NULL) {
-        void *next = *(void **)b;
-        free(b);
-        b = next;
-    }
-    ch->member_blocks = NULL;
-    ch->member_pool = NULL;
+    pool_free(&ch->members_pool);
 }
 
 void room_each_local_user(chat_t *ch, void (*fn)(chat_t *ch, const char *room, const char *user))

@@ -25,55 +25,6 @@ struct conn_write_s {
     size_t bytes;
 };
 
-#define CONN_BLOCK 64
-
-/*
- * Conn memory comes from blocks of CONN_BLOCK slots of n->conn_size bytes:
- * thousands of long-lived connections then sit densely on few pages
- * instead of each pinning a page among freed handshake and wslay buffers.
- * A block starts with the link to the next block; slots follow, aligned.
- */
-#define CONN_BLOCK_HEAD 64
-
-static conn_t *conn_alloc(net_t *n)
-{
-    if (n->pool == NULL) {
-        char *b = malloc(CONN_BLOCK_HEAD + CONN_BLOCK * n->conn_size);
-        if (b == NULL) {
-            return NULL;
-        }
-        *(void **)b = n->blocks;
-        n->blocks = b;
-        for (int i = 0; i < CONN_BLOCK; i++) {
-            conn_t *c = (conn_t *)(b + CONN_BLOCK_HEAD + (size_t)i * n->conn_size);
-            c->next = n->pool;
-            n->pool = c;
-        }
-    }
-    conn_t *c = n->pool;
-    n->pool = c->next;
-    memset(c, 0, n->conn_size);
-    return c;
-}
-
-static void conn_release(net_t *n, conn_t *c)
-{
-    c->next = n->pool;
-    n->pool = c;
-}
-
-void conn_free_pool(net_t *n)
-{
-    void *b = n->blocks;
-    while (b != NULL) {
-        void *next = *(void **)b;
-        free(b);
-        b = next;
-    }
-    n->blocks = NULL;
-    n->pool = NULL;
-}
-
 /* How many request parsers a worker keeps for reuse. */
 #define CONN_HTTP_CACHE 64
 
@@ -141,7 +92,7 @@ static void conn_on_close(uv_handle_t *h)
     outq_clear(&c->out);
     c->handle_closed = 1;
     if (c->refs == 0) {
-        conn_release(n, c);
+        pool_release(&n->conns_pool, c);
     }
     n->hooks->freed(n->hooks_ud);
 }
@@ -154,7 +105,7 @@ void conn_ref(conn_t *c)
 void conn_unref(conn_t *c)
 {
     if (--c->refs == 0 && c->handle_closed) {
-        conn_release(c->net, c);
+        pool_release(&c->net->conns_pool, c);
     }
 }
 
@@ -539,14 +490,14 @@ static void conn_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 
 int conn_accept(net_t *n, uv_stream_t *listener)
 {
-    conn_t *c = conn_alloc(n);
+    conn_t *c = pool_alloc(&n->conns_pool);
     if (c == NULL) {
         return UV_ENOMEM;
     }
     c->net = n;
     int rc = uv_tcp_init(n->loop, &c->tcp);
     if (rc != 0) {
-        conn_release(n, c);
+        pool_release(&n->conns_pool, c);
         return rc;
     }
     /* From here the handle exists: every exit goes through uv_close. */

@@ -65,9 +65,7 @@ typedef struct conn_s {
  * a negative libuv error. */
 int conn_accept(net_t *n, uv_stream_t *listener);
 
-/* Frees the conn memory blocks of n (every conn closed and released), and
- * the request parsers kept for reuse. */
-void conn_free_pool(net_t *n);
+/* Frees the request parsers kept for reuse. */
 void conn_free_http_cache(net_t *n);
 
 /* 1 while the connection is upgraded and its session live. */

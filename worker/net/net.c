@@ -22,6 +22,8 @@ void net_init(net_t *n, uv_loop_t *loop, const config_t *cfg, metrics_slot_t *me
         conn_size = sizeof(conn_t);
     }
     n->conn_size = (conn_size + 15) & ~(size_t)15;
+    /* 64 per block: long-lived conns packed densely (pool.h). */
+    pool_init(&n->conns_pool, n->conn_size, 64);
 }
 
 int net_accept(net_t *n, uv_stream_t *listener)
@@ -80,7 +82,7 @@ void net_abort_all(net_t *n)
 
 void net_free(net_t *n)
 {
-    conn_free_pool(n);
+    pool_free(&n->conns_pool);
     conn_free_http_cache(n);
     iplimit_free(&n->per_ip);
 }

@@ -27,6 +27,7 @@
 
 #include "../../common/config.h"
 #include "../../common/metrics.h"
+#include "../../common/pool.h"
 #include "auth.h"
 #include "http.h"
 #include "iplimit.h"
@@ -65,8 +66,7 @@ typedef struct net_s {
     conn_t *conns;              /* every open conn */
     size_t nconns;
     conn_t *dirty;              /* conns with output to flush */
-    conn_t *pool;               /* free conn slots */
-    void *blocks;               /* the blocks they were carved from */
+    pool_t conns_pool;          /* conn memory, conn_size bytes each */
     size_t idle_released;       /* wslay contexts freed since the last trim */
     iplimit_t per_ip;           /* connections per client address */
     http_req_t *http_cache;     /* request parsers kept for reuse */

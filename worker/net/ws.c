@@ -187,11 +187,42 @@ static size_t ws_scan(conn_t *c, const uint8_t *data, size_t len, uint16_t *code
     return len;
 }
 
+/*
+ * Whether data is nothing but whole pongs (client frames: FIN, masked,
+ * payload up to 125 bytes) starting at a frame boundary of a connection
+ * whose wslay state was released. A pong only shows that the peer is alive
+ * (last_seen_ms is already set), so an idle connection answering the
+ * heartbeat does not make wslay's 9 KiB state again for it.
+ */
+static int ws_only_pongs(const conn_t *c, const uint8_t *data, size_t len)
+{
+    if (c->ws != NULL || c->state != CONN_WS || c->hdr_len != 0 || c->payload_left != 0 ||
+        c->msg_open || len == 0) {
+        return 0;
+    }
+    size_t i = 0;
+    while (i < len) {
+        if (len - i < 2 || data[i] != (0x80 | WSLAY_PONG) || (data[i + 1] & 0x80) == 0 ||
+            (data[i + 1] & 0x7f) > 125) {
+            return 0;
+        }
+        size_t flen = 2 + 4 + (size_t)(data[i + 1] & 0x7f);
+        if (len - i < flen) {
+            return 0;
+        }
+        i += flen;
+    }
+    return 1;
+}
+
 void ws_feed(conn_t *c, const uint8_t *data, size_t len)
 {
     uint16_t code = 0;
     if (c->fail_fast) {
         return;     /* the connection failed: what follows is not read */
+    }
+    if (ws_only_pongs(c, data, len)) {
+        return;
     }
     if (c->state == CONN_WS) {
         len = ws_scan(c, data, len, &code);
@@ -260,10 +291,10 @@ int ws_send_frame(conn_t *c, wsframe_t *f)
 
 void ws_ping(conn_t *c)
 {
-    struct wslay_event_msg msg = { WSLAY_PING, NULL, 0 };
-    if (ws_ensure(c) == 0 && wslay_event_queue_msg(c->ws, &msg) == 0) {
-        conn_mark_dirty(c);
-    }
+    /* Framed here rather than by wslay: a heartbeat to an idle connection
+     * must not make its wslay state again. */
+    static const uint8_t ping[2] = { 0x80 | WSLAY_PING, 0 };
+    conn_send_raw(c, ping, sizeof(ping));
 }
 
 void ws_close(conn_t *c, uint16_t code, const char *reason)
