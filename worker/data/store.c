@@ -117,9 +117,11 @@ static const char store_reap_lua[] =
 /*
  * The scripts run by EVALSHA: Redis then neither receives nor hashes the
  * script's text on every message. Their SHA-1s are computed once per
- * process (store_init) and never change after; a Redis that does not know
- * a script (restarted, or SCRIPT FLUSH) answers NOSCRIPT, and the call is
- * sent again once as EVAL, which also loads it.
+ * process (store_init) and never change after, and every new command
+ * connection loads them first (store_on_bus_up). A Redis that forgot them
+ * while connected (SCRIPT FLUSH) answers NOSCRIPT, and the call is sent
+ * again once as EVAL, which also loads it; calls in flight at that moment
+ * may then be stored in another order than sent (never lost or doubled).
  */
 enum { STORE_SEND, STORE_MEMBER, STORE_REAP, STORE_NSCRIPTS };
 
@@ -493,6 +495,17 @@ static void store_heartbeat(bus_t *b)
 
 void store_on_bus_up(bus_t *b)
 {
+    /* The scripts are loaded before anything else runs on this connection:
+     * commands on one connection run in order, so no EVALSHA sent after
+     * this can miss them. Without it, the first chats after a (re)connect
+     * would all answer NOSCRIPT, and their one-by-one EVAL resends could
+     * overtake each other, storing one sender's messages out of the order
+     * it sent them. */
+    for (int i = 0; i < STORE_NSCRIPTS; i++) {
+        const char *argv[] = { "SCRIPT", "LOAD", store_scripts[i].lua };
+        size_t lens[] = { 6, 4, strlen(store_scripts[i].lua) };
+        store_call(b, NULL, NULL, 3, argv, lens);
+    }
     store_heartbeat(b);
     if (bus_prev_wid(b)[0] != '\0') {
         log_info("event=reap_predecessor wid=%s", bus_prev_wid(b));
