@@ -160,22 +160,29 @@ typedef struct {
 
 static int store_send_call(store_call_t *call, int argc, const char **argv, const size_t *lens);
 
+#define STORE_MAX_ARGS 64
+
+/* Sends the call's script as cmd (EVALSHA with the SHA-1, or EVAL with the
+ * text) followed by its kept arguments. Returns 0 when sent. */
+static int store_send_script(store_call_t *call, const char *cmd, const char *script, size_t slen)
+{
+    const char *argv[STORE_MAX_ARGS];
+    size_t lens[STORE_MAX_ARGS];
+    argv[0] = cmd;
+    lens[0] = strlen(cmd);
+    argv[1] = script;
+    lens[1] = slen;
+    memcpy(argv + 2, call->argv, (size_t)call->argc * sizeof(*argv));
+    memcpy(lens + 2, call->lens, (size_t)call->argc * sizeof(*lens));
+    return store_send_call(call, call->argc + 2, argv, lens);
+}
+
 /* Sends an EVALSHA call again as EVAL (once). Returns 0 when sent. */
 static int store_resend_eval(store_call_t *call)
 {
-    const char *argv[64];
-    size_t lens[64];
-    if (call->argc + 2 > 64) {
-        return -1;
-    }
-    argv[0] = "EVAL";
-    lens[0] = 4;
-    argv[1] = store_scripts[call->script].lua;
-    lens[1] = strlen(argv[1]);
-    memcpy(argv + 2, call->argv, (size_t)call->argc * sizeof(*argv));
-    memcpy(lens + 2, call->lens, (size_t)call->argc * sizeof(*lens));
+    const char *lua = store_scripts[call->script].lua;
     call->script = -1;
-    return store_send_call(call, call->argc + 2, argv, lens);
+    return store_send_script(call, "EVAL", lua, strlen(lua));
 }
 
 static void store_call_free(store_call_t *call)
@@ -241,7 +248,7 @@ int store_call(bus_t *b, store_cb_t *cb, void *arg, int argc,
 static int store_eval(bus_t *b, int script, store_cb_t *cb, void *arg, int argc,
                       const char **argv, const size_t *lens)
 {
-    if (argc + 2 > 64) {
+    if (argc + 2 > STORE_MAX_ARGS) {
         return -1;
     }
     size_t bytes = 0;
@@ -270,15 +277,7 @@ static int store_eval(bus_t *b, int script, store_cb_t *cb, void *arg, int argc,
         call->lens[i] = lens[i];
         p += lens[i];
     }
-    const char *full[64];
-    size_t flens[64];
-    full[0] = "EVALSHA";
-    flens[0] = 7;
-    full[1] = store_scripts[script].sha;
-    flens[1] = 40;
-    memcpy(full + 2, call->argv, (size_t)argc * sizeof(*full));
-    memcpy(flens + 2, call->lens, (size_t)argc * sizeof(*flens));
-    if (store_send_call(call, argc + 2, full, flens) != 0) {
+    if (store_send_script(call, "EVALSHA", store_scripts[script].sha, 40) != 0) {
         store_call_free(call);
         return -1;
     }

@@ -68,12 +68,6 @@ int conn_accept(net_t *n, uv_stream_t *listener);
 /* Frees the request parsers kept for reuse. */
 void conn_free_http_cache(net_t *n);
 
-/* 1 while the connection is upgraded and its session live. */
-static inline int conn_open(const conn_t *c)
-{
-    return c->state == CONN_WS;
-}
-
 /*
  * Queues a reference to a text frame built once for many receivers (the
  * caller keeps its own reference). Closes c with 1013 when its outgoing
