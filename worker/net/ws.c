@@ -277,9 +277,14 @@ int ws_send_frame(conn_t *c, wsframe_t *f)
         return -1;
     }
     /* Data frames bypass wslay's queue (a malloc and a copy per message
-     * and receiver): wslay only ever queues control frames, which are
-     * drained into the conn's queue as soon as they are made, so the
-     * order of everything sent is the order of the calls. */
+     * and receiver): wslay only ever queues control frames. Whatever it
+     * queued (a pong to a ping that came in with this request, say) moves
+     * to the conn's queue first, so everything leaves in the order it was
+     * made. Nothing queued costs one check. */
+    ws_drain(c);
+    if (c->state != CONN_WS) {
+        return -1;
+    }
     if (outq_push(&c->out, wsframe_ref(f)) != 0) {
         wsframe_unref(f);
         conn_abort(c);
