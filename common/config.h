@@ -16,6 +16,9 @@ typedef struct config_s {
     char bind[256];
     int workers;
     char redis_url[512];
+    char redis_cluster[1024];   /* seed nodes; "" = one Redis at redis_url */
+    int ack_replicas;           /* replicas holding a message before its ack */
+    int ack_timeout;            /* ms to wait for them */
     char mongo_uri[1024];
     char jwt_secret[512];
     int heartbeat;              /* seconds between server pings */

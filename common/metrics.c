@@ -82,6 +82,66 @@ static uint64_t metrics_sum(const metrics_t *m, size_t off)
 
 #define SUM(field) metrics_sum(m, offsetof(metrics_slot_t, field))
 
+/* Per Redis node, summed over the workers that use it: "up" counts the
+ * workers whose links to the node are up. */
+static int metrics_render_nodes(const metrics_t *m, buf_t *out)
+{
+    static const struct {
+        const char *name;
+        const char *type;
+        size_t off;
+    } series[] = {
+        { "chatd_redis_node_up", "gauge", offsetof(metrics_node_t, up) },
+        { "chatd_redis_node_commands_total", "counter", offsetof(metrics_node_t, commands) },
+        { "chatd_redis_node_errors_total", "counter", offsetof(metrics_node_t, errors) },
+        { "chatd_redis_node_reconnects_total", "counter", offsetof(metrics_node_t, reconnects) },
+        { "chatd_redis_node_redirects_total", "counter", offsetof(metrics_node_t, redirects) },
+    };
+    enum { MAX_ADDRS = 2 * METRICS_REDIS_NODES };
+    char addrs[MAX_ADDRS][sizeof(((metrics_node_t *)0)->addr)];
+    int naddrs = 0;
+    for (int i = 0; i < METRICS_SLOTS; i++) {
+        if (__atomic_load_n(&m->slot[i].pid, __ATOMIC_RELAXED) == 0) {
+            continue;
+        }
+        for (int k = 0; k < METRICS_REDIS_NODES; k++) {
+            char a[sizeof(addrs[0])];
+            memcpy(a, m->slot[i].redis_nodes[k].addr, sizeof(a));
+            a[sizeof(a) - 1] = '\0';
+            if (a[0] == '\0') {
+                continue;
+            }
+            int seen = 0;
+            for (int j = 0; j < naddrs && !seen; j++) {
+                seen = strcmp(addrs[j], a) == 0;
+            }
+            if (!seen && naddrs < MAX_ADDRS) {
+                memcpy(addrs[naddrs++], a, sizeof(a));
+            }
+        }
+    }
+    int rc = 0;
+    for (size_t s = 0; s < sizeof(series) / sizeof(series[0]); s++) {
+        rc |= metrics_printf(out, "# TYPE %s %s\n", series[s].name, series[s].type);
+        for (int j = 0; j < naddrs; j++) {
+            uint64_t total = 0;
+            for (int i = 0; i < METRICS_SLOTS; i++) {
+                if (__atomic_load_n(&m->slot[i].pid, __ATOMIC_RELAXED) == 0) {
+                    continue;
+                }
+                for (int k = 0; k < METRICS_REDIS_NODES; k++) {
+                    const metrics_node_t *nd = &m->slot[i].redis_nodes[k];
+                    if (strncmp(nd->addr, addrs[j], sizeof(nd->addr)) == 0) {
+                        total += metrics_get((const uint64_t *)((const char *)nd + series[s].off));
+                    }
+                }
+            }
+            rc |= metrics_printf(out, "%s{node=\"%s\"} %" PRIu64 "\n", series[s].name, addrs[j], total);
+        }
+    }
+    return rc;
+}
+
 int metrics_render(const metrics_t *m, const char *const *error_names, size_t nerrors, buf_t *out)
 {
     int rc = 0;
@@ -135,5 +195,6 @@ int metrics_render(const metrics_t *m, const char *const *error_names, size_t ne
     }
     rc |= metrics_printf(out, "# TYPE chatd_rooms gauge\nchatd_rooms %" PRIu64 "\n", SUM(rooms));
     rc |= metrics_printf(out, "# TYPE chatd_redis_up gauge\nchatd_redis_up %" PRIu64 "\n", SUM(redis_up));
+    rc |= metrics_render_nodes(m, out);
     return rc == 0 ? 0 : -1;
 }

@@ -16,6 +16,19 @@
 #define METRICS_ERRORS 16
 #define METRICS_LAT_BUCKETS 14
 
+#define METRICS_REDIS_NODES 32
+
+/* One Redis node as one worker sees it. addr is written by the worker when
+ * it starts using the entry ("" when never used). */
+typedef struct metrics_node_s {
+    char addr[64];                  /* "host:port" */
+    uint64_t up;                    /* gauge: both links up */
+    uint64_t commands;
+    uint64_t errors;                /* error replies, redirections aside */
+    uint64_t reconnects;            /* links lost */
+    uint64_t redirects;             /* MOVED and ASK answers */
+} metrics_node_t;
+
 typedef struct metrics_slot_s {
     int32_t pid;                    /* 0 when the slot is unused */
     int32_t generation;
@@ -31,6 +44,7 @@ typedef struct metrics_slot_s {
     uint64_t latency_sum_us;
     uint64_t redis_up;              /* gauge */
     uint64_t rooms;                 /* gauge */
+    metrics_node_t redis_nodes[METRICS_REDIS_NODES];
 } metrics_slot_t;
 
 typedef struct metrics_s {

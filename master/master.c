@@ -661,8 +661,13 @@ int main(int argc, char **argv)
     if (m->cfg.pidfile[0] != '\0' && master_write_pidfile(m->cfg.pidfile) != 0) {
         return 1;
     }
-    log_info("event=start version=%s port=%d workers=%d redis=%s", CHATD_VERSION, m->port,
-             m->nslots, m->cfg.redis_url);
+    if (m->cfg.redis_cluster[0] != '\0') {
+        log_info("event=start version=%s port=%d workers=%d redis_cluster=%s ack_replicas=%d", CHATD_VERSION,
+                 m->port, m->nslots, m->cfg.redis_cluster, m->cfg.ack_replicas);
+    } else {
+        log_info("event=start version=%s port=%d workers=%d redis=%s ack_replicas=%d", CHATD_VERSION, m->port,
+                 m->nslots, m->cfg.redis_url, m->cfg.ack_replicas);
+    }
     if (m->cfg.jwt_secret[0] == '\0') {
         log_warn("event=dev_mode msg=\"no jwt-secret: any ?user= is accepted\"");
     }

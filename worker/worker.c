@@ -202,12 +202,17 @@ static int worker_serve_http(void *ud, conn_t *c, const char *path)
 {
     worker_t *w = ud;
     if (strcmp(path, "/healthz") == 0) {
-        if (bus_healthy(w->bus)) {
-            conn_http_reply(c, 200, "text/plain", "Cache-Control: no-store\r\n", "ok\n", 3);
-        } else {
-            conn_http_reply(c, 503, "text/plain", "Cache-Control: no-store\r\n",
-                            "redis unavailable\n", 18);
+        /* The first line says it all; one line per Redis node follows. */
+        int ok = bus_healthy(w->bus);
+        buf_t body = { 0 };
+        const char *head = ok ? "ok\n" : "redis unavailable\n";
+        if (buf_append(&body, head, strlen(head)) != 0 || bus_describe(w->bus, &body) != 0) {
+            buf_free(&body);
+            conn_http_reply(c, 500, "text/plain", NULL, "internal\n", 9);
+            return 1;
         }
+        conn_http_reply(c, ok ? 200 : 503, "text/plain", "Cache-Control: no-store\r\n", body.data, body.len);
+        buf_free(&body);
         return 1;
     }
     if (strcmp(path, "/metrics") == 0) {

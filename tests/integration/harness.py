@@ -1,6 +1,9 @@
 """
 Integration-test harness for chatd: real redis-server and chatd processes,
 a raw WebSocket client for bad-input tests and small HTTP/RESP helpers.
+RedisCluster runs a real Redis Cluster; make_redis() gives a Redis or, with
+CHATD_IT_REDIS=cluster, a cluster, and the helpers after it (pubsub_*,
+script_flush, store_down/store_up) hide the difference from a test.
 
 Standard library only (the optional `websockets` package is used by tests
 directly). Run with Debian's /usr/bin/python3 (3.11).
@@ -390,13 +393,17 @@ def redis_command(port, *args, host="127.0.0.1", timeout=2.0):
 
 
 class Redis:
-    """A private redis-server on a free loopback port."""
+    """A private redis-server on a free loopback port. extra_args are added
+    to its command line (a cluster node's settings, for instance);
+    appendfsync is the AOF fsync policy ("always" is chatd's promise)."""
 
-    def __init__(self, port=None, name="redis"):
+    def __init__(self, port=None, name="redis", extra_args=(), appendfsync="always"):
         self.port = port or free_port()
         self.dir = tempfile.mkdtemp(prefix=f"{name}-", dir=artifacts_dir())
         self.log_path = os.path.join(self.dir, "redis.log")
         self.proc = None
+        self.extra_args = [str(a) for a in extra_args]
+        self.appendfsync = appendfsync
 
     @property
     def url(self):
@@ -406,9 +413,9 @@ class Redis:
         if self.proc is not None and self.proc.poll() is None:
             return self
         args = [REDIS_SERVER, "--save", "", "--appendonly", "yes",
-                "--appendfsync", "always", "--dir", self.dir,
+                "--appendfsync", self.appendfsync, "--dir", self.dir,
                 "--port", str(self.port), "--bind", "127.0.0.1",
-                "--daemonize", "no", "--logfile", ""]
+                "--daemonize", "no", "--logfile", ""] + self.extra_args
         log = open(self.log_path, "ab")
         try:
             self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log,
@@ -492,6 +499,674 @@ class Redis:
 
 
 # --------------------------------------------------------------------------
+# Redis Cluster
+
+
+def _crc16_table():
+    table = []
+    for i in range(256):
+        c = i << 8
+        for _ in range(8):
+            c = ((c << 1) ^ 0x1021) if c & 0x8000 else (c << 1)
+        table.append(c & 0xFFFF)
+    return table
+
+
+_CRC16 = _crc16_table()
+CLUSTER_SLOTS = 16384
+
+
+def keyslot(key):
+    """The cluster slot of key (str or bytes): CRC16-XMODEM mod 16384 of the
+    key, or of its hash tag, the part between the first '{' and the next
+    '}' when that part is not empty."""
+    if isinstance(key, str):
+        key = key.encode()
+    elif isinstance(key, int):
+        key = str(key).encode()
+    i = key.find(b"{")
+    if i >= 0:
+        j = key.find(b"}", i + 1)
+        if j > i + 1:
+            key = key[i + 1:j]
+    crc = 0
+    for b in key:
+        crc = ((crc << 8) & 0xFFFF) ^ _CRC16[((crc >> 8) ^ b) & 0xFF]
+    return crc % CLUSTER_SLOTS
+
+
+# Commands without a key (or whose keys are not the first argument and that
+# a test would send to one node anyway): sent to any live master.
+_KEYLESS = {
+    "ACL", "ASKING", "AUTH", "BGREWRITEAOF", "BGSAVE", "CLIENT", "CLUSTER", "COMMAND",
+    "CONFIG", "DBSIZE", "DEBUG", "DISCARD", "ECHO", "EXEC", "FAILOVER", "FLUSHALL",
+    "FLUSHDB", "FUNCTION", "HELLO", "INFO", "KEYS", "LASTSAVE", "LATENCY", "LOLWUT",
+    "MODULE", "MONITOR", "MULTI", "PING", "PUBLISH", "PUBSUB", "RANDOMKEY", "READONLY",
+    "READWRITE", "REPLICAOF", "ROLE", "SAVE", "SCAN", "SCRIPT", "SELECT", "SHUTDOWN",
+    "SLAVEOF", "SLOWLOG", "SWAPDB", "TIME", "UNWATCH", "WAIT",
+}
+
+
+def _arg_str(a):
+    return a.decode() if isinstance(a, bytes) else str(a)
+
+
+def command_key(args):
+    """The key that decides where a command goes in a cluster, or None.
+    EVAL/EVALSHA/FCALL: the first key after numkeys; SPUBLISH: the channel;
+    XREAD(GROUP): the first stream; OBJECT/MEMORY/XINFO: the key after the
+    subcommand; commands in _KEYLESS: None; anything else: args[1]."""
+    name = _arg_str(args[0]).upper()
+    if name in ("EVAL", "EVALSHA", "EVAL_RO", "EVALSHA_RO", "FCALL", "FCALL_RO"):
+        return args[3] if len(args) > 3 and int(args[2]) > 0 else None
+    if name in ("XREAD", "XREADGROUP"):
+        up = [_arg_str(a).upper() for a in args]
+        return args[up.index("STREAMS") + 1] if "STREAMS" in up[:-1] else None
+    if name in ("OBJECT", "MEMORY", "XINFO"):
+        return args[2] if len(args) > 2 else None
+    if name in _KEYLESS or len(args) < 2:
+        return None
+    return args[1]
+
+
+def _call(port, args_list, timeout=2.0):
+    """Sends several commands on one fresh connection (ASKING must share the
+    connection of the command it is for); returns the last reply. Errors of
+    earlier commands are raised too."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(b"".join(_resp_encode(a) for a in args_list))
+        r = _Reader(s)
+        for _ in args_list[:-1]:
+            _resp_read(r)
+        return _resp_read(r)
+
+
+def _parse_info(text):
+    if isinstance(text, bytes):
+        text = text.decode()
+    out = {}
+    for line in text.splitlines():
+        k, sep, v = line.partition(":")
+        if sep and not line.startswith("#"):
+            out[k.strip()] = v.strip()
+    return out
+
+
+def parse_cluster_nodes(text):
+    """CLUSTER NODES as a list of dicts: id, host, port, bus_port, flags (a
+    set: myself, master, slave, fail?, fail, handshake, noaddr, nofailover),
+    master_id (None for a master), link, slots (a list of (first, last)
+    ranges; slots being migrated or imported are left out)."""
+    if isinstance(text, bytes):
+        text = text.decode()
+    out = []
+    for line in text.splitlines():
+        f = line.split()
+        if len(f) < 8:
+            continue
+        addr = f[1].split(",")[0]
+        hostport, _, bus = addr.partition("@")
+        host, _, port = hostport.rpartition(":")
+        slots = []
+        for s in f[8:]:
+            if s.startswith("["):
+                continue
+            a, _, b = s.partition("-")
+            slots.append((int(a), int(b or a)))
+        out.append({"id": f[0], "host": host, "port": int(port) if port else 0,
+                    "bus_port": int(bus) if bus else 0, "flags": set(f[2].split(",")),
+                    "master_id": None if f[3] == "-" else f[3], "link": f[7],
+                    "slots": slots})
+    return out
+
+
+class RedisClusterNode(Redis):
+    """One node of a RedisCluster: a Redis with cluster mode on, its own
+    cluster bus port (cluster-port, so no port + 10000 is needed) and
+    nodes.conf in its dir, so that restart() rejoins with the same id."""
+
+    def __init__(self, name="cluster-node", node_timeout_ms=2000, appendfsync="always",
+                 avoid=()):
+        port = free_port()
+        while port in avoid:
+            port = free_port()
+        bus = free_port()
+        while bus == port or bus in avoid:
+            bus = free_port()
+        self.bus_port = bus
+        self.node_id = None             # known after the cluster is made
+        super().__init__(port=port, name=name, appendfsync=appendfsync, extra_args=[
+            "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+            "--cluster-node-timeout", str(node_timeout_ms), "--cluster-port", str(bus),
+            "--cluster-announce-ip", "127.0.0.1",
+            # Redis 7 waits 5 s for more replicas before a diskless full sync.
+            "--repl-diskless-sync-delay", "0"])
+
+    host = "127.0.0.1"
+
+    @property
+    def addr(self):
+        return f"127.0.0.1:{self.port}"
+
+    def info(self, section=None, timeout=2.0):
+        args = ["INFO"] + ([section] if section else [])
+        return _parse_info(self.command(*args, timeout=timeout))
+
+    def cluster_info(self, timeout=2.0):
+        return _parse_info(self.command("CLUSTER", "INFO", timeout=timeout))
+
+    def cluster_nodes(self, timeout=2.0):
+        return parse_cluster_nodes(self.command("CLUSTER", "NODES", timeout=timeout))
+
+    def role(self, timeout=2.0):
+        """'master' or 'slave' by the node's own account."""
+        return _arg_str(self.command("ROLE", timeout=timeout)[0])
+
+    def myid(self):
+        return _arg_str(self.command("CLUSTER", "MYID"))
+
+    def __repr__(self):
+        state = "running" if self.running() else "down"
+        return f"<node {self.port} {(self.node_id or '?')[:8]} {state}>"
+
+
+class RedisCluster:
+    """A Redis Cluster of real redis-server processes on free loopback
+    ports: `masters` masters with `replicas` replicas each.
+
+        rc = RedisCluster(masters=3, replicas=1).start()
+        Chatd(rc, ...)                 # gets --redis-cluster rc.seeds
+        rc.command("GET", "chatd:{room}:seq")      # routed, follows MOVED/ASK
+        m = rc.master_of("chatd:{room}:seq"); m.kill9(); rc.failover_wait(m)
+        rc.migrate_slot(keyslot("chatd:{room}"), other_master)
+
+    nodes: every node (RedisClusterNode, a Redis: port, proc, command,
+    kill9, stop, restart, running, log_text). Roles change (failover), so
+    masters() / replicas() ask the cluster each time."""
+
+    def __init__(self, masters=3, replicas=1, name="cluster", node_timeout_ms=2000,
+                 appendfsync="always"):
+        self.n_masters = masters
+        self.n_replicas = replicas
+        self.name = name
+        self.node_timeout_ms = node_timeout_ms
+        self.appendfsync = appendfsync
+        self.nodes = []
+        self._slot_cache = None         # [port or None] * 16384, for routing
+        self._owned = {}                # node id -> slots, last seen healthy
+        self._created = False
+
+    def _new_node(self, i):
+        return RedisClusterNode(name=f"{self.name}-{i}", node_timeout_ms=self.node_timeout_ms,
+                                appendfsync=self.appendfsync,
+                                avoid={p for n in self.nodes if n is not None
+                                       for p in (n.port, n.bus_port)})
+
+    # -- addresses
+
+    @property
+    def seeds(self):
+        return ",".join(n.addr for n in self.nodes)
+
+    @property
+    def url(self):
+        return self.seeds
+
+    def chatd_args(self):
+        return ["--redis-cluster", self.seeds]
+
+    def node_by_port(self, port):
+        return next((n for n in self.nodes if n.port == port), None)
+
+    def node_by_id(self, node_id):
+        return next((n for n in self.nodes if n.node_id == node_id), None)
+
+    def __repr__(self):
+        return f"<RedisCluster {self.name} {self.seeds}>"
+
+    # -- lifecycle
+
+    def start(self, timeout=30):
+        """Starts the nodes, makes the cluster (slots in equal ranges, MEET,
+        REPLICATE) and waits until every node says cluster_state:ok, all
+        slots are served by running masters and every replica's link to its
+        master is up. After stop() it starts the same nodes again (they
+        rejoin from nodes.conf)."""
+        deadline = time.monotonic() + timeout
+        _register(self)
+        try:
+            if not self.nodes:
+                total = self.n_masters * (1 + self.n_replicas)
+                self.nodes = [None] * total
+                for i in range(total):
+                    for attempt in range(3):        # a free port taken meanwhile
+                        node = self._new_node(i)
+                        self.nodes[i] = node
+                        try:
+                            node.start()
+                            break
+                        except RuntimeError:
+                            node.kill9()
+                            if attempt == 2:
+                                raise
+            else:
+                for n in self.nodes:
+                    if not n.running():
+                        n.restart()
+            if not self._created:
+                self._create(deadline)
+                self._created = True
+            self.wait_ok(max(1.0, deadline - time.monotonic()), replicas_linked=True)
+        except BaseException:
+            self.kill_all()
+            raise
+        return self
+
+    def _create(self, deadline):
+        masters = self.nodes[:self.n_masters]
+        replicas = self.nodes[self.n_masters:]
+        for n in self.nodes:
+            n.node_id = n.myid()
+        for i, n in enumerate(self.nodes):
+            # distinct epochs up front, as redis-cli does: no epoch collisions
+            n.command("CLUSTER", "SET-CONFIG-EPOCH", i + 1)
+        for i, m in enumerate(masters):
+            first = i * CLUSTER_SLOTS // len(masters)
+            last = (i + 1) * CLUSTER_SLOTS // len(masters) - 1
+            m.command("CLUSTER", "ADDSLOTSRANGE", first, last)
+        for n in self.nodes[1:]:
+            self.nodes[0].command("CLUSTER", "MEET", "127.0.0.1", n.port, n.bus_port)
+
+        def all_met():
+            for n in self.nodes:
+                view = n.cluster_nodes()
+                if len(view) != len(self.nodes) or any(
+                        e["flags"] & {"handshake", "noaddr"} for e in view):
+                    return False
+            return True
+        wait_for(all_met, max(1.0, deadline - time.monotonic()), interval=0.05,
+                 what=f"the {len(self.nodes)} cluster nodes to know each other")
+        for j, r in enumerate(replicas):
+            r.command("CLUSTER", "REPLICATE", masters[j % len(masters)].node_id)
+
+    def _live(self):
+        return [n for n in self.nodes if n.running()]
+
+    def stop(self):
+        """Clean shutdown (SIGTERM) of every node."""
+        for n in self.nodes:
+            if n is None:
+                continue
+            try:
+                n.stop()
+            except Exception:       # noqa: BLE001 - stop the others anyway
+                pass
+        self._slot_cache = None
+        _unregister(self)
+
+    def kill_all(self):
+        for n in self.nodes:
+            if n is not None:
+                try:
+                    n.kill9()
+                except Exception:       # noqa: BLE001
+                    pass
+        self._slot_cache = None
+        _unregister(self)
+
+    kill9 = kill_all
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def log_text(self):
+        return "\n".join(f"==> node {n.port} <==\n{n.log_text()}" for n in self.nodes)
+
+    # -- the cluster's view
+
+    def _view(self):
+        """CLUSTER NODES of the first running node that answers."""
+        last = None
+        for n in self._live():
+            try:
+                return n.cluster_nodes()
+            except (OSError, RedisError) as e:
+                last = e
+        raise RedisError(f"no cluster node answers CLUSTER NODES (last error: {last!r})")
+
+    def _role_nodes(self, role):
+        out = []
+        for e in self._view():
+            if role in e["flags"] and not e["flags"] & {"fail", "fail?", "handshake", "noaddr"}:
+                n = self.node_by_port(e["port"])
+                if n is not None and n.running():
+                    out.append(n)
+        return out
+
+    def masters(self):
+        """Running nodes that are masters now (from CLUSTER NODES of a live node)."""
+        return self._role_nodes("master")
+
+    def replicas(self):
+        """Running nodes that are replicas now."""
+        return self._role_nodes("slave")
+
+    def replica_of(self, master_node):
+        """One replica (a running one if there is) of master_node, or None."""
+        mid = master_node.node_id or master_node.myid()
+        found = [self.node_by_port(e["port"]) for e in self._view()
+                 if "slave" in e["flags"] and e["master_id"] == mid]
+        found = [n for n in found if n is not None]
+        running = [n for n in found if n.running()]
+        return (running or found or [None])[0]
+
+    def _slot_map(self, node, timeout=2.0):
+        """[port of the master serving each slot, or None] per node's CLUSTER SLOTS."""
+        m = [None] * CLUSTER_SLOTS
+        for entry in node.command("CLUSTER", "SLOTS", timeout=timeout):
+            first, last, master = entry[0], entry[1], entry[2]
+            port = int(master[1])
+            for s in range(first, last + 1):
+                m[s] = port
+        return m
+
+    def slot_owners(self):
+        """A fresh slot map from the first running node that answers."""
+        last = None
+        for n in self._live():
+            try:
+                return self._slot_map(n)
+            except (OSError, RedisError) as e:
+                last = e
+        raise RedisError(f"no cluster node answers CLUSTER SLOTS (last error: {last!r})")
+
+    def master_of(self, key_or_slot):
+        """The node serving key_or_slot's slot now (an int is a slot)."""
+        slot = key_or_slot if isinstance(key_or_slot, int) else keyslot(key_or_slot)
+        port = self.slot_owners()[slot]
+        return self.node_by_port(port) if port is not None else None
+
+    def slots_of(self, node):
+        """The slots node serves now, in order."""
+        return [s for s, p in enumerate(self.slot_owners()) if p == node.port]
+
+    # -- commands
+
+    def _route(self, slot):
+        if self._slot_cache is None:
+            self._slot_cache = self.slot_owners()
+        return self._slot_cache[slot]
+
+    def command(self, *args, timeout=2.0):
+        """One command, to the master of its key's slot (see command_key);
+        keyless ones to any live master. Follows -MOVED and -ASK (ASKING
+        first) and waits out -TRYAGAIN, up to 5 times."""
+        key = command_key(args)
+        if key is None:
+            return self._keyless(args, timeout)
+        slot = keyslot(key)
+        port = self._route(slot)
+        asking = False
+        refreshed = False
+        for _ in range(6):
+            if port is None:
+                raise RedisError(f"CLUSTERDOWN slot {slot} is not served (by the cached map)")
+            try:
+                if asking:
+                    return _call(port, [["ASKING"], list(args)], timeout)
+                return _call(port, [list(args)], timeout)
+            except RedisError as e:
+                msg = str(e)
+                if msg.startswith(("MOVED ", "ASK ")):
+                    kind, s, addr = msg.split()[:3]
+                    port = int(addr.rpartition(":")[2])
+                    asking = kind == "ASK"
+                    if not asking and self._slot_cache is not None:
+                        self._slot_cache[int(s)] = port
+                    continue
+                if msg.startswith("TRYAGAIN"):
+                    time.sleep(0.05)
+                    continue
+                raise
+            except OSError:
+                # the node is gone: once, ask the cluster who serves it now
+                self._slot_cache = None
+                if refreshed:
+                    raise
+                refreshed = True
+                asking = False
+                new = self._route(slot)
+                if new == port:
+                    raise
+                port = new
+        raise RedisError(f"too many redirections for {_arg_str(args[0])} (slot {slot})")
+
+    def _keyless(self, args, timeout):
+        last = None
+        for m in self.masters() or self._live():
+            try:
+                return m.command(*args, timeout=timeout)
+            except OSError as e:
+                last = e
+        raise last or OSError("no live cluster node")
+
+    def each_master(self, *args, timeout=2.0):
+        """args sent to every live master: the list of replies."""
+        return [m.command(*args, timeout=timeout) for m in self.masters()]
+
+    def each_node(self, *args, timeout=2.0):
+        """args sent to every running node (masters and replicas)."""
+        return [n.command(*args, timeout=timeout) for n in self._live()]
+
+    # -- waiting for the cluster
+
+    def _problem(self, replicas_linked=False):
+        """What keeps the cluster from being ok, or None."""
+        live = self._live()
+        if not live:
+            return "no node is running"
+        maps, roles = {}, {}
+        for n in live:
+            try:
+                state = n.cluster_info().get("cluster_state")
+                if state != "ok":
+                    return f"node {n.port}: cluster_state:{state}"
+                maps[n.port] = self._slot_map(n)
+                roles[n.port] = n.role()
+                if replicas_linked and roles[n.port] == "slave" and \
+                        n.info("replication").get("master_link_status") != "up":
+                    return f"replica {n.port}: link to its master not up"
+            except (OSError, RedisError) as e:
+                return f"node {n.port}: {e!r}"
+        ref_port, ref = next(iter(maps.items()))
+        if None in ref:
+            return f"node {ref_port}: {ref.count(None)} slots not served"
+        for p, m in maps.items():
+            if m != ref:
+                diff = sum(1 for a, b in zip(m, ref) if a != b)
+                return f"nodes {ref_port} and {p} disagree about {diff} slots"
+        for p in set(ref):
+            if p not in roles:
+                return f"slots served by {p}, which is not running"
+            if roles[p] != "master":
+                return f"slots served by {p}, which says it is a {roles[p]}"
+        # every node sees the others' roles as they see themselves
+        for e in live[0].cluster_nodes():
+            n = self.node_by_port(e["port"])
+            if n is None or not n.running() or n.port not in roles:
+                continue
+            seen = "master" if "master" in e["flags"] else "slave"
+            if seen != roles[n.port]:
+                return f"node {live[0].port} sees {n.port} as {seen}, it says {roles[n.port]}"
+        owned = {}
+        for s, p in enumerate(ref):
+            owned.setdefault(self.node_by_port(p).node_id, []).append(s)
+        self._owned = owned
+        self._slot_cache = ref
+        return None
+
+    def wait_ok(self, timeout=30, replicas_linked=False):
+        """Waits until every running node says cluster_state:ok, they agree
+        on who serves each slot, and every slot is served by a running
+        master (with replicas_linked, every replica's master link is up).
+        Returns self."""
+        deadline = time.monotonic() + timeout
+        while True:
+            problem = self._problem(replicas_linked)
+            if problem is None:
+                return self
+            if time.monotonic() >= deadline:
+                raise AssertionError(f"cluster {self.name} not ok after {timeout}s: {problem}")
+            time.sleep(0.05)
+
+    def failover_wait(self, old_master, timeout=30):
+        """After old_master was killed (or stopped): waits until its slots
+        are served by another running master (a promoted replica) and the
+        cluster is ok. Returns the node that took its slots over. Call it
+        before old_master is restarted."""
+        old_id = old_master.node_id
+        old_slots = self._owned.get(old_id, [])
+        deadline = time.monotonic() + timeout
+        while True:
+            problem = self._problem()
+            if problem is None:
+                owners = {self._slot_cache[s] for s in old_slots}
+                if old_master.port not in owners:
+                    if not old_slots:
+                        return None
+                    return self.node_by_port(self._slot_cache[old_slots[0]])
+                problem = f"slots of {old_master.port} still served by it"
+            if time.monotonic() >= deadline:
+                raise AssertionError(f"no failover of {old_master!r} after {timeout}s: {problem}")
+            time.sleep(0.05)
+
+    # -- resharding
+
+    def migrate_slot(self, slot, dst_node, batch=100, timeout_ms=5000):
+        """Moves one slot, with its keys, to dst_node while clients keep
+        working (the manual resharding procedure): SETSLOT IMPORTING on the
+        destination, MIGRATING on the source, MIGRATE the keys in batches
+        (GETKEYSINSLOT), then SETSLOT NODE on the destination, the source
+        and every other master. Returns the number of keys moved."""
+        src = self.master_of(slot)
+        if src is None:
+            raise RedisError(f"slot {slot} is not served")
+        if src is dst_node:
+            return 0
+        src_id, dst_id = src.node_id or src.myid(), dst_node.node_id or dst_node.myid()
+        dst_node.command("CLUSTER", "SETSLOT", slot, "IMPORTING", src_id)
+        src.command("CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id)
+        moved = 0
+        while True:
+            keys = src.command("CLUSTER", "GETKEYSINSLOT", slot, batch)
+            if not keys:
+                break
+            src.command("MIGRATE", "127.0.0.1", dst_node.port, "", 0, timeout_ms, "KEYS", *keys,
+                        timeout=timeout_ms / 1000 + 2)
+            moved += len(keys)
+        others = [m for m in self.masters() if m is not src and m is not dst_node]
+        for n in [dst_node, src] + others:
+            n.command("CLUSTER", "SETSLOT", slot, "NODE", dst_id)
+        self._slot_cache = None
+        for ident in list(self._owned):
+            if slot in self._owned[ident]:
+                self._owned[ident].remove(slot)
+        self._owned.setdefault(dst_id, []).append(slot)
+        return moved
+
+    def reshard(self, count, src_node, dst_node):
+        """Moves count of src_node's slots (its lowest) to dst_node with
+        migrate_slot. Returns the slots moved."""
+        slots = self.slots_of(src_node)[:count]
+        if len(slots) < count:
+            raise RedisError(f"{src_node!r} serves {len(slots)} slots, fewer than {count}")
+        for s in slots:
+            self.migrate_slot(s, dst_node)
+        return slots
+
+
+# --------------------------------------------------------------------------
+# Redis or cluster, as the run asks (CHATD_IT_REDIS=cluster)
+
+
+class Skip(Exception):
+    """raise harness.Skip("why"): run.py reports the test as skipped."""
+
+
+def in_cluster():
+    """True when the integration run is against Redis Cluster."""
+    return os.environ.get("CHATD_IT_REDIS", "").lower() == "cluster"
+
+
+def make_redis(name="redis"):
+    """A started Redis, or RedisCluster when CHATD_IT_REDIS=cluster."""
+    if in_cluster():
+        return RedisCluster(name=name).start()
+    return Redis(name=name).start()
+
+
+def is_cluster(r):
+    return isinstance(r, RedisCluster)
+
+
+def redis_config_line(r):
+    """The chatd config file line that points at r."""
+    return f"redis-cluster = {r.seeds}" if is_cluster(r) else f"redis-url = {r.url}"
+
+
+def pubsub_channels(r, pattern="*"):
+    """Names (str) of the channels with subscribers matching pattern: PUBSUB
+    CHANNELS on a Redis; on a cluster the shard channels (PUBSUB
+    SHARDCHANNELS) of every running node, masters and replicas."""
+    if is_cluster(r):
+        return {_arg_str(x) for reply in r.each_node("PUBSUB", "SHARDCHANNELS", pattern)
+                for x in reply}
+    return {_arg_str(x) for x in r.command("PUBSUB", "CHANNELS", pattern)}
+
+
+def pubsub_numsub(r, channel):
+    """Subscriptions to channel: PUBSUB NUMSUB on a Redis; on a cluster
+    PUBSUB SHARDNUMSUB summed over every running node."""
+    if is_cluster(r):
+        return sum(reply[1] for reply in r.each_node("PUBSUB", "SHARDNUMSUB", channel))
+    return r.command("PUBSUB", "NUMSUB", channel)[1]
+
+
+def script_flush(r):
+    """SCRIPT FLUSH on the Redis, or on every running node of a cluster."""
+    if is_cluster(r):
+        r.each_node("SCRIPT", "FLUSH")
+    else:
+        r.command("SCRIPT", "FLUSH")
+
+
+def store_down(r, kill=False):
+    """Takes the store of record down: the Redis, or every master of a
+    cluster (the replicas stay up; with every master down no replica can win
+    a failover vote). kill: SIGKILL, else a clean stop. Returns the nodes to
+    give to store_up()."""
+    nodes = r.masters() if is_cluster(r) else [r]
+    for n in nodes:
+        if kill:
+            n.kill9()
+        else:
+            n.stop()
+    return nodes
+
+
+def store_up(r, nodes, timeout=30.0):
+    """Restarts what store_down() took down; for a cluster, waits until it
+    is ok again."""
+    for n in nodes:
+        n.restart()
+    if is_cluster(r):
+        r.wait_ok(timeout)
+
+
+# --------------------------------------------------------------------------
 # chatd
 
 
@@ -500,6 +1175,7 @@ class Chatd:
 
     Chatd(redis, workers=2, args=[...]) builds
         --port P --bind 127.0.0.1 --workers N --redis-url <redis.url> args...
+    (with a RedisCluster, redis.chatd_args(): --redis-cluster <seeds>).
     With default_args=False only `args` (and `env`) are given and the port
     is taken from the ready line.
     """
@@ -530,7 +1206,10 @@ class Chatd:
             a += ["--port", str(self.port), "--bind", "127.0.0.1",
                   "--workers", str(self.workers)]
             if self.redis is not None:
-                a += ["--redis-url", self.redis.url]
+                if hasattr(self.redis, "chatd_args"):     # RedisCluster
+                    a += self.redis.chatd_args()
+                else:
+                    a += ["--redis-url", self.redis.url]
         return a + self.extra_args
 
     def start(self, timeout=None):

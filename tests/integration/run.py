@@ -14,10 +14,13 @@ setup_module() / teardown_module() run once around the module's tests.
 After every test the logs of live chatd processes are checked for sanitizer
 reports; after every module (and at exit) every server still running is
 killed. Prints PASS/FAIL per test and ends with "N passed, N failed";
-exits 0 only when nothing failed.
+exits 0 only when nothing failed. A test (or setup_module) that raises
+harness.Skip("why") prints "SKIP name: why" and counts as neither; the
+closing line then ends with ", N skipped".
 
 Environment: CHATD_BIN (server binary), CHATD_IT_TIMEOUT (default per-test
-timeout), CHATD_IT_KEEP=1 (keep the temp dir with logs).
+timeout), CHATD_IT_KEEP=1 (keep the temp dir with logs), CHATD_IT_REDIS=cluster
+(modules that use harness.make_redis() run against a Redis Cluster).
 """
 
 import asyncio
@@ -90,11 +93,21 @@ class Results:
     def __init__(self):
         self.passed = 0
         self.failed = 0
+        self.skipped = 0
         self.failures = []
 
     def ok(self, name, secs):
         self.passed += 1
         out(f"PASS {name} ({secs:.1f}s)")
+
+    def skip(self, name, exc, secs=None):
+        self.skipped += 1
+        t = f" ({secs:.1f}s)" if secs is not None else ""
+        out(f"SKIP {name}: {str(exc).strip() or 'no reason given'}{t}")
+
+    def summary(self):
+        line = f"{self.passed} passed, {self.failed} failed"
+        return line + (f", {self.skipped} skipped" if self.skipped else "")
 
     def fail(self, name, exc, secs=None):
         self.failed += 1
@@ -164,11 +177,14 @@ def run_module(path, only, keyword, results):
     setup = getattr(mod, "setup_module", None)
     teardown = getattr(mod, "teardown_module", None)
     setup_error = None
+    setup_skip = None
     try:
         if setup:
             t0 = time.monotonic()
             try:
                 run_with_timeout(setup, FIXTURE_TIMEOUT)
+            except harness.Skip as e:
+                setup_skip = e
             except BaseException as e:   # noqa: B902
                 if isinstance(e, KeyboardInterrupt):
                     raise
@@ -176,6 +192,9 @@ def run_module(path, only, keyword, results):
                 results.fail(f"{modname}.setup_module", e, time.monotonic() - t0)
         for name, fn in tests:
             full = f"{modname}.{name}"
+            if setup_skip is not None:
+                results.skip(full, setup_skip)
+                continue
             if setup_error is not None:
                 results.failed += 1
                 results.failures.append(full)
@@ -190,6 +209,8 @@ def run_module(path, only, keyword, results):
                     harness.check_sanitizers()
             except KeyboardInterrupt:
                 raise
+            except harness.Skip as e:
+                results.skip(full, e, time.monotonic() - t0)
             except BaseException as e:   # noqa: B902
                 results.fail(full, e, time.monotonic() - t0)
             else:
@@ -226,7 +247,7 @@ def main(argv):
     kept = harness.cleanup_artifacts(keep=results.failed > 0)
     if kept:
         out(f"logs kept in {kept}")
-    out(f"{results.passed} passed, {results.failed} failed")
+    out(results.summary())
     return 0 if results.failed == 0 else 1
 
 

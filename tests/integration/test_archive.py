@@ -15,7 +15,7 @@ import time
 
 import harness
 from chatclient import ChatClient
-from harness import Chatd, Redis, wait_for
+from harness import Chatd, Redis, is_cluster, make_redis, wait_for  # noqa: F401
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CONGO = os.path.join(os.path.dirname(HERE), "congodb")
@@ -71,7 +71,7 @@ class Congo:
 def setup_module():
     global REDIS, MONGO, SRV
     subprocess.run(["bash", os.path.join(CONGO, "setup")], check=True, timeout=300)
-    REDIS = Redis(name="redis-archive").start()
+    REDIS = make_redis("redis-archive")
     MONGO = Congo().start()
     SRV = Chatd(REDIS, workers=2, name="archive",
                 args=["--mongo-uri", MONGO.uri, "--recovery-window", "10",
@@ -275,7 +275,9 @@ async def test_redis_flushed_seq_continues_from_mongo():
         wait_archived(room, acks)
     finally:
         await c.close()
-    REDIS.command("FLUSHALL")
+    # FLUSHALL on every master in a cluster: the room's keys are gone
+    for node in (REDIS.masters() if is_cluster(REDIS) else [REDIS]):
+        node.command("FLUSHALL")
     c = await ChatClient.open(SRV.port, "fred")
     try:
         j = await c.join(room)

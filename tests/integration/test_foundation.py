@@ -691,10 +691,16 @@ def test_healthz_follows_redis():
 
             r = wait_for(lambda: (lambda r: r if r.status == 200 else None)(status()), 5,
                          what="/healthz 200 with Redis up")
-            assert r.body.strip() == b"ok", r
+            # first line the verdict, then one line per Redis node
+            lines = r.body.decode().splitlines()
+            assert lines[0] == "ok", r
+            assert lines[1:] == [f"redis 127.0.0.1:{redis.port} cmd=up sub=up slots=16384"], r
             redis.stop()
             wait_for(lambda: status().status == 503, 10, interval=0.1,
                      what="/healthz 503 after Redis stopped")
+            r = status()
+            assert r.body.decode().splitlines()[0] == "redis unavailable", r
+            assert f"redis 127.0.0.1:{redis.port} cmd=down sub=down" in r.body.decode(), r
             # a real outage: Redis stays down for a second (so chatd's
             # reconnect attempts meet a dead Redis), /healthz 503 throughout
             outage_end = time.monotonic() + 1.0

@@ -3,11 +3,14 @@ Integration tests of chatd's operations features: the master's signals
 (HUP reload, TTIN/TTOU scaling, QUIT graceful stop, USR2 binary upgrade,
 USR1 log reopen, CHLD respawn with backoff), scripts/chatctl and /metrics.
 
-One Redis is started for the module; every test starts its own chatd (the
-tests change the server's process tree, so nothing is shared) and stops it
-afterwards. Every test uses its own room names (suffixed by a per-run tag).
+One Redis is started for the module (a Redis Cluster with
+CHATD_IT_REDIS=cluster, see harness.make_redis); every test starts its own
+chatd (the tests change the server's process tree, so nothing is shared)
+and stops it afterwards. Every test uses its own room names (suffixed by a
+per-run tag).
 
 Run: /usr/bin/python3 tests/integration/run.py test_ops
+     CHATD_IT_REDIS=cluster /usr/bin/python3 tests/integration/run.py test_ops
 """
 
 import asyncio
@@ -21,8 +24,8 @@ import threading
 import time
 
 import harness
-from harness import (Chatd, RawWS, Redis, children_of, http_get, pid_alive, proc_starttime,
-                     timeout, wait_for)
+from harness import (Chatd, RawWS, children_of, http_get, make_redis, pid_alive,
+                     proc_starttime, timeout, wait_for)
 from chatclient import (clients_on_distinct_workers, close_all, connect, itest,
                         track, worker_of_async)
 
@@ -35,7 +38,7 @@ CHATCTL = os.path.join(harness.REPO, "scripts", "chatctl")
 
 def setup_module():
     global REDIS
-    REDIS = Redis(name="redis-ops").start()
+    REDIS = make_redis("redis-ops")
 
 
 def teardown_module():
@@ -486,7 +489,7 @@ def test_hup_rereads_config_and_rejects_bad_file():
     d = os.path.join(harness.artifacts_dir(), f"hupcfg-{os.urandom(3).hex()}")
     os.makedirs(d)
     cfg = os.path.join(d, "chatd.conf")
-    base = f"# ops test config\nredis-url = {REDIS.url}\nrate = 1000\nburst = 1000\n"
+    base = f"# ops test config\n{harness.redis_config_line(REDIS)}\nrate = 1000\nburst = 1000\n"
     write_config(cfg, base + "workers = 2\n")
     port = harness.free_port()
     srv = Chatd(default_args=False, name="hupcfg",

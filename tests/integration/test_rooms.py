@@ -10,7 +10,13 @@ not to matter). Servers with other settings are started on first use on the
 same Redis; tests that crash Redis start their own. Every test uses its own
 room names (suffixed by a per-run tag).
 
+With CHATD_IT_REDIS=cluster every Redis is a 3-master, 3-replica Redis
+Cluster instead (harness.make_redis): pub/sub checks look at the shard
+channels of every node, SCRIPT FLUSH goes to every node, and "Redis goes
+down" means every master goes down (harness.store_down / store_up).
+
 Run: /usr/bin/python3 tests/integration/run.py test_rooms
+     CHATD_IT_REDIS=cluster /usr/bin/python3 tests/integration/run.py test_rooms
 """
 
 import asyncio
@@ -20,7 +26,7 @@ import socket
 import time
 
 import harness
-from harness import Chatd, RawWS, Redis, http_get
+from harness import Chatd, RawWS, http_get, make_redis
 from chatclient import (RESPONSE_TYPES, clients_on_distinct_workers,
                         close_all, connect, itest, track,
                         server_side_row, worker_of_async)
@@ -36,7 +42,7 @@ FAST = ["--rate", "100000", "--burst", "100000"]
 
 def setup_module():
     global REDIS, SRV, SRV_B
-    REDIS = Redis(name="redis-rooms").start()
+    REDIS = make_redis("redis-rooms")
     SRV = Chatd(REDIS, workers=3, args=FAST, name="rooms-a").start()
     SRV_B = Chatd(REDIS, workers=2, args=FAST, name="rooms-b").start()
 
@@ -755,7 +761,7 @@ async def retry_join(c_factory, room, since=None, timeout=15.0):
 
 @itest(60)
 async def test_durability_redis_kill9():
-    rd = Redis(name="redis-dur").start()
+    rd = make_redis("redis-dur")
     srv = Chatd(rd, workers=2, args=FAST, name="dur").start()
     try:
         room = R("t11")
@@ -763,8 +769,9 @@ async def test_durability_redis_kill9():
         await s.join(room)
         ids = [f"d{i}" for i in range(40)]
         acks = await send_many(s, room, ids, content=lambda k: f"durable {k}")
-        rd.kill9()                              # right after the acks
-        rd.restart()
+        # right after the acks: kill -9 of the Redis (of every master of a cluster)
+        down = harness.store_down(rd, kill=True)
+        await asyncio.to_thread(harness.store_up, rd, down)
         await until(lambda: healthz(srv.port), 15, "healthz answering")
         await until(lambda: _all_200(srv.port), 15, "/healthz 200 after Redis came back")
         c, j = await retry_join(lambda: connect(srv, "t11reader"), room, since=0)
@@ -796,7 +803,7 @@ async def _all_200(port):
 
 @itest(90)
 async def test_redis_restart_mid_traffic():
-    rd = Redis(name="redis-restart").start()
+    rd = make_redis("redis-restart")
     srv = Chatd(rd, workers=2, args=FAST, name="restart").start()
     try:
         room = R("t12")
@@ -840,13 +847,13 @@ async def test_redis_restart_mid_traffic():
         await asyncio.sleep(1.0)
         n_before = len(acks)
         assert n_before > 10, f"only {n_before} acks before the outage"
-        rd.stop()
+        down = harness.store_down(rd)          # the Redis, or every master of a cluster
         t_down = time.monotonic()
         await until(lambda: _is_503(srv.port), 8, "/healthz 503 while Redis is down")
         await asyncio.sleep(max(0.0, 3.0 - (time.monotonic() - t_down)))
         assert not task.done(), task
         n_during = len(acks) - n_before
-        rd.restart()
+        await asyncio.to_thread(harness.store_up, rd, down)
         t_up = time.monotonic()
         try:
             await until(lambda: _all_200(srv.port), 15, "/healthz 200 after Redis came back")
@@ -1033,7 +1040,12 @@ async def test_slow_consumer_closed_others_unaffected():
 
 
 def pubsub_channels():
-    return {x.decode() for x in REDIS.command("PUBSUB", "CHANNELS", "chatd:*")}
+    """Channels with subscribers (shard channels on every node of a cluster)."""
+    return harness.pubsub_channels(REDIS, "chatd:*")
+
+
+def pubsub_numsub(chan):
+    return harness.pubsub_numsub(REDIS, chan)
 
 
 @itest(30)
@@ -1050,10 +1062,10 @@ async def test_unsubscribe_after_last_member_leaves():
         await c.join(room)
     await until(lambda: chan in pubsub_channels(), 3, f"{chan} subscribed")
     # numsub counts one subscription per worker with members
-    nsub = REDIS.command("PUBSUB", "NUMSUB", chan)[1]
+    nsub = pubsub_numsub(chan)
     assert nsub == 3, f"PUBSUB NUMSUB {chan} = {nsub}, want 3 (two workers of A, one of B)"
     await c1.leave(room)
-    await until(lambda: REDIS.command("PUBSUB", "NUMSUB", chan)[1] == 2, 3,
+    await until(lambda: pubsub_numsub(chan) == 2, 3,
                 "the worker of the member that left to unsubscribe")
     c2.drop()
     await b.leave(room)
@@ -1123,7 +1135,7 @@ async def test_scripts_reloaded_after_script_flush():
     await s.join(room)
     await r.join(room)
     first = await s.chat(room, "before", id="ns1")
-    REDIS.command("SCRIPT", "FLUSH")
+    harness.script_flush(REDIS)         # every node of a cluster
     acks = await send_many(s, room, ["ns2", "ns3", "ns4"])
     # Calls in flight at the flush may be stored in another order than sent
     # (each is resent as EVAL when its NOSCRIPT comes back): each is stored
@@ -1135,7 +1147,7 @@ async def test_scripts_reloaded_after_script_flush():
     # A resend with the same id after the flush is still a duplicate.
     again = await s.chat(room, "before", id="ns1")
     assert again["seq"] == first["seq"] and again.get("duplicate") is True, again
-    REDIS.command("SCRIPT", "FLUSH")
+    harness.script_flush(REDIS)         # every node of a cluster
     late = await connect(SRV, "nlate")
     j = await late.join(room)
     assert j["seq"] == last, j

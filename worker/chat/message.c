@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static void message_on_sent(void *arg, redisReply *reply);
+static void message_on_sent(void *arg, int status, const store_ack_t *ack);
 
 static int message_store(chat_t *ch, room_call_t *call)
 {
@@ -49,36 +49,42 @@ static void message_on_archive_max(void *arg, int64_t seq)
     }
 }
 
-static void message_on_sent(void *arg, redisReply *reply)
+static void message_on_sent(void *arg, int status, const store_ack_t *ack)
 {
     room_call_t *call = arg;
     chat_t *ch = call->room->chat;
     conn_t *c = call->conn;
     const char *id = call->has_id ? call->id : NULL;
-    if (reply != NULL && reply->type == REDIS_REPLY_ARRAY && reply->elements == 3 &&
-        reply->element[0]->type == REDIS_REPLY_INTEGER) {
-        if (reply->element[0]->integer < 0) {
-            if (!call->seeded && c->state == CONN_WS && ch->archive != NULL) {
-                call->seeded = 1;
-                if (archive_max_seq(ch->archive, call->room->name, message_on_archive_max, call) == 0) {
-                    return;
-                }
-            }
-            message_failed(call, "archive unavailable, retry");
-            return;
-        }
-        int dup = reply->element[2]->integer != 0;
-        if (!dup) {
+    switch (status) {
+    case STORE_OK:
+        if (!ack->duplicate) {
             metrics_add(&ch->metrics->messages_received, 1);
+            archive_note_room(ch->archive, call->room->name);
         }
         if (c->state == CONN_WS) {
-            session_send_json(c, proto_encode_ack(id, call->room->name, reply->element[0]->integer,
-                                                  reply->element[1]->integer, dup));
+            session_send_json(c, proto_encode_ack(id, call->room->name, ack->seq, ack->ts, ack->duplicate));
         }
         room_call_free(call);
         return;
+    case STORE_NO_COUNTER:
+        if (!call->seeded && c->state == CONN_WS && ch->archive != NULL) {
+            call->seeded = 1;
+            if (archive_max_seq(ch->archive, call->room->name, message_on_archive_max, call) == 0) {
+                return;
+            }
+        }
+        message_failed(call, "archive unavailable, retry");
+        return;
+    case STORE_NOT_DURABLE:
+        /* Stored, but not yet on enough replicas: a failover now could
+         * lose it. The resend with the same id answers as a duplicate
+         * once it is durable, or stores it anew if it was lost. */
+        message_failed(call, "message not yet replicated; resend with the same id");
+        return;
+    default:
+        message_failed(call, "message not confirmed durable; resend with the same id");
+        return;
     }
-    message_failed(call, "message not confirmed durable; resend with the same id");
 }
 
 void message_chat(conn_t *c, const proto_req_t *req)

@@ -195,7 +195,9 @@ void room_join(conn_t *c, const proto_req_t *req)
         session_send_error(c, id, PROTO_E_FORBIDDEN, "joined too many rooms");
         return;
     }
-    if (!bus_healthy(ch->bus)) {
+    char chan[PROTO_ROOM_MAX + 16];
+    size_t clen = store_channel(req->room, chan, sizeof(chan));
+    if (!bus_ready(ch->bus, chan, clen)) {
         session_send_error(c, id, PROTO_E_UNAVAILABLE, "storage unavailable, retry");
         return;
     }
@@ -355,6 +357,11 @@ void room_tick(chat_t *ch)
         room_t *next;
         for (room_t *r = ch->rooms[i]; r != NULL; r = next) {
             next = r->hnext;
+            if (r->members != NULL && r->sub == SUB_NONE) {
+                /* Its node's link was down when the room last tried (a
+                 * failover, a slot that moved): try again. */
+                room_subscribe(ch, r);
+            }
             if (r->members != NULL || r->ops != 0 || r->syncing) {
                 continue;
             }

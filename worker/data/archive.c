@@ -1,5 +1,6 @@
 #include "archive.h"
 #include "bus.h"
+#include "hashslot.h"
 #include "store.h"
 #include "../../common/log.h"
 
@@ -17,11 +18,22 @@
 /* A batch left pending this long by a consumer is taken over. */
 #define ARCHIVE_CLAIM_IDLE_MS 10000
 #define ARCHIVE_COLLECTION "messages"
+/* In a cluster: queues read together into one MongoDB batch; slots whose
+ * queue each worker measures per tick (a full pass every 64 s per worker;
+ * the workers start their passes at different slots); and hot queues
+ * measured per tick besides, so the depth gauge follows the busy ones. */
+#define ARCHIVE_SLOTS_PER_READ 16
+#define ARCHIVE_SWEEP_PER_TICK 256
+/* A new worker's first pass is quick (4 s): it is most often the
+ * replacement of one that crashed and left entries behind. */
+#define ARCHIVE_FIRST_SWEEP_PER_TICK 4096
+#define ARCHIVE_HOT_PER_TICK 64
 
 typedef enum { JOB_WRITE, JOB_FIND, JOB_MAXSEQ, JOB_INDEXES } job_kind_t;
 
 typedef struct {
     char *id;                   /* stream entry id */
+    unsigned slot;              /* whose queue it came from (in a cluster) */
     char *room;
     int64_t seq;
     char *payload;
@@ -63,6 +75,18 @@ struct archive_s {
     int read_new;               /* next read takes new entries, not own pending */
     uint64_t next_claim_ms;
     uint64_t retry_at_ms;
+    /* In a cluster, one queue per slot: hot marks those known to hold
+     * entries (from this worker's sends, or found by the sweep). */
+    int cluster;
+    uint8_t hot[HASHSLOT_COUNT / 8];
+    unsigned hot_cursor;
+    unsigned hot_measure_cursor;
+    unsigned sweep_cursor;
+    int first_sweep_left;       /* slots the first, quick pass has still to see */
+    uint32_t *backlog;          /* per slot, as last measured */
+    uint64_t backlog_sum;
+    job_t *gather;              /* the batch the reads in flight fill */
+    int gather_pending;
 };
 
 /* ---------------------------------------------------------------------- */
@@ -391,34 +415,54 @@ static void job_free(job_t *j)
 
 static void archive_pump(archive_t *a);
 
-/* XACK then XDEL the written entries, and advance each room's cursor. */
-static void archive_commit(archive_t *a, job_t *j)
+/* XACK then XDEL the written entries of one queue (entries [from, to)). */
+static void archive_ack(archive_t *a, job_t *j, size_t from, size_t to)
 {
-    bus_t *b = a->bus;
-    size_t argc = 3 + j->n;
+    char qbuf[64];
+    const char *queue = ARCHIVE_STREAM;
+    if (a->cluster) {
+        store_slot_queue(j->entries[from].slot, qbuf, sizeof(qbuf));
+        queue = qbuf;
+    }
+    size_t argc = 3 + (to - from);
     const char **argv = calloc(argc, sizeof(*argv));
     size_t *lens = calloc(argc, sizeof(*lens));
     if (argv != NULL && lens != NULL) {
-        for (size_t i = 0; i < j->n; i++) {
-            argv[3 + i] = j->entries[i].id;
-            lens[3 + i] = strlen(j->entries[i].id);
+        for (size_t i = from; i < to; i++) {
+            argv[3 + i - from] = j->entries[i].id;
+            lens[3 + i - from] = strlen(j->entries[i].id);
         }
         argv[0] = "XACK";
-        argv[1] = ARCHIVE_STREAM;
+        argv[1] = queue;
         argv[2] = ARCHIVE_GROUP;
         for (int i = 0; i < 3; i++) {
             lens[i] = strlen(argv[i]);
         }
-        store_call(b, NULL, NULL, (int)argc, argv, lens);
+        store_call(a->bus, NULL, NULL, (int)argc, argv, lens);
         /* XDEL takes the same ids after the stream name alone. */
         argv[1] = "XDEL";
-        argv[2] = ARCHIVE_STREAM;
+        argv[2] = queue;
         lens[1] = 4;
-        lens[2] = strlen(ARCHIVE_STREAM);
-        store_call(b, NULL, NULL, (int)argc - 1, argv + 1, lens + 1);
+        lens[2] = strlen(queue);
+        store_call(a->bus, NULL, NULL, (int)argc - 1, argv + 1, lens + 1);
     }
     free(argv);
     free(lens);
+}
+
+/* Acknowledges the written entries, queue by queue (a batch holds runs of
+ * entries from one queue each), and advances each room's cursor. */
+static void archive_commit(archive_t *a, job_t *j)
+{
+    bus_t *b = a->bus;
+    for (size_t i = 0; i < j->n;) {
+        size_t k = i + 1;
+        while (k < j->n && j->entries[k].slot == j->entries[i].slot) {
+            k++;
+        }
+        archive_ack(a, j, i, k);
+        i = k;
+    }
     /* Entries of one room arrive in seq order; the last one is the highest. */
     for (size_t i = 0; i < j->n; i++) {
         int last_of_room = j->entries[i].room[0] != '\0';
@@ -450,7 +494,7 @@ static void archive_after_work(uv_work_t *req, int status)
             }
             archive_commit(a, j);
             log_debug("event=archived count=%zu", j->n);
-            if (j->n == ARCHIVE_BATCH) {
+            if (j->n >= ARCHIVE_BATCH || a->cluster) {
                 archive_pump(a);    /* more is waiting */
             }
         } else {
@@ -504,27 +548,18 @@ static int archive_submit(archive_t *a, job_t *j)
     return 0;
 }
 
-/* The XREADGROUP reply: [[stream, [[id, [field, value, ...]], ...]]]. */
-static void archive_on_read(void *arg, redisReply *r)
+/* Appends the entries of one XREADGROUP reply's list (from slot's queue)
+ * to j. Returns how many entries the list held. */
+static size_t archive_collect(job_t *j, const redisReply *list, unsigned slot)
 {
-    archive_t *a = arg;
-    a->busy = 0;
-    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements == 0 ||
-        r->element[0]->type != REDIS_REPLY_ARRAY || r->element[0]->elements < 2) {
-        if (r != NULL && r->type == REDIS_REPLY_ERROR && strstr(r->str, "NOGROUP") != NULL) {
-            a->group_ready = 0;
-        }
-        return;
+    if (list->type != REDIS_REPLY_ARRAY || list->elements == 0) {
+        return 0;
     }
-    const redisReply *list = r->element[0]->element[1];
-    if (list->type != REDIS_REPLY_ARRAY || list->elements == 0 || a->closing) {
-        return;
+    entry_t *grown = realloc(j->entries, (j->n + list->elements) * sizeof(entry_t));
+    if (grown == NULL) {
+        return 0;
     }
-    job_t *j = archive_job(a, JOB_WRITE);
-    if (j == NULL || (j->entries = calloc(list->elements, sizeof(entry_t))) == NULL) {
-        free(j);
-        return;
-    }
+    j->entries = grown;
     for (size_t i = 0; i < list->elements; i++) {
         const redisReply *e = list->element[i];
         const char *room = NULL, *payload = NULL;
@@ -540,6 +575,8 @@ static void archive_on_read(void *arg, redisReply *r)
             }
         }
         entry_t *en = &j->entries[j->n];
+        memset(en, 0, sizeof(*en));
+        en->slot = slot;
         en->id = strdup(e->element[0]->str);
         if (en->id == NULL) {
             continue;
@@ -562,11 +599,202 @@ static void archive_on_read(void *arg, redisReply *r)
             free(en->payload);
         }
     }
+    return list->elements;
+}
+
+/* The XREADGROUP reply: [[stream, [[id, [field, value, ...]], ...]]]. */
+static const redisReply *archive_read_list(const redisReply *r)
+{
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements == 0 ||
+        r->element[0]->type != REDIS_REPLY_ARRAY || r->element[0]->elements < 2) {
+        return NULL;
+    }
+    return r->element[0]->element[1];
+}
+
+static void archive_on_read(void *arg, redisReply *r)
+{
+    archive_t *a = arg;
+    a->busy = 0;
+    const redisReply *list = archive_read_list(r);
+    if (list == NULL) {
+        if (r != NULL && r->type == REDIS_REPLY_ERROR && strstr(r->str, "NOGROUP") != NULL) {
+            a->group_ready = 0;
+        }
+        return;
+    }
+    if (list->type != REDIS_REPLY_ARRAY || list->elements == 0 || a->closing) {
+        return;
+    }
+    job_t *j = archive_job(a, JOB_WRITE);
+    if (j == NULL) {
+        return;
+    }
+    archive_collect(j, list, 0);
     a->busy = 1;
-    if (archive_submit(a, j) != 0) {
+    if (j->n == 0 || archive_submit(a, j) != 0) {
         a->busy = 0;
         job_free(j);
     }
+}
+
+/* ------------------------------------------------ cluster: slot queues */
+
+static int archive_is_hot(const archive_t *a, unsigned slot)
+{
+    return (a->hot[slot / 8] >> (slot % 8)) & 1;
+}
+
+static void archive_set_hot(archive_t *a, unsigned slot, int hot)
+{
+    if (hot) {
+        a->hot[slot / 8] |= (uint8_t)(1u << (slot % 8));
+    } else {
+        a->hot[slot / 8] &= (uint8_t)~(1u << (slot % 8));
+    }
+}
+
+void archive_note_room(archive_t *a, const char *room)
+{
+    if (a == NULL || !a->cluster) {
+        return;
+    }
+    char chan[200];
+    size_t n = store_channel(room, chan, sizeof(chan));
+    archive_set_hot(a, hashslot_of(chan, n), 1);
+}
+
+typedef struct {
+    archive_t *a;
+    unsigned slot;
+    int is_new;                 /* a read of new entries (">"), not own pending */
+} archive_slot_call_t;
+
+static void archive_gather_done(archive_t *a)
+{
+    job_t *j = a->gather;
+    a->gather = NULL;
+    if (j == NULL) {
+        a->busy = 0;
+        return;
+    }
+    if (j->n == 0 || a->closing || archive_submit(a, j) != 0) {
+        a->busy = 0;
+        job_free(j);
+    }
+}
+
+static void archive_on_slot_read(void *arg, redisReply *r)
+{
+    archive_slot_call_t *sc = arg;
+    archive_t *a = sc->a;
+    const redisReply *list = archive_read_list(r);
+    if (list != NULL && a->gather != NULL) {
+        size_t got = archive_collect(a->gather, list, sc->slot);
+        if (got == 0 && sc->is_new) {
+            archive_set_hot(a, sc->slot, 0);
+        }
+    } else if (r != NULL && r->type == REDIS_REPLY_ERROR && strstr(r->str, "NOGROUP") != NULL) {
+        /* A queue made before its group (by hand, or an older chatd). */
+        char q[64];
+        store_slot_queue(sc->slot, q, sizeof(q));
+        const char *argv[] = { "XGROUP", "CREATE", q, ARCHIVE_GROUP, "0", "MKSTREAM" };
+        size_t lens[6];
+        for (int i = 0; i < 6; i++) {
+            lens[i] = strlen(argv[i]);
+        }
+        store_call_key(a->bus, q, NULL, NULL, 6, argv, lens);
+    }
+    free(sc);
+    if (--a->gather_pending == 0) {
+        archive_gather_done(a);
+    }
+}
+
+/* Reads own pending then new entries of up to ARCHIVE_SLOTS_PER_READ hot
+ * queues, pipelined, into one batch. */
+static void archive_pump_cluster(archive_t *a)
+{
+    job_t *j = archive_job(a, JOB_WRITE);
+    if (j == NULL) {
+        return;
+    }
+    a->gather = j;
+    a->gather_pending = 1;      /* held while the reads are sent */
+    a->busy = 1;
+    int picked = 0;
+    for (unsigned step = 0; step < HASHSLOT_COUNT && picked < ARCHIVE_SLOTS_PER_READ; step++) {
+        unsigned slot = (a->hot_cursor + step) % HASHSLOT_COUNT;
+        if (!archive_is_hot(a, slot)) {
+            continue;
+        }
+        char q[64];
+        store_slot_queue(slot, q, sizeof(q));
+        if (!bus_ready(a->bus, q, strlen(q))) {
+            continue;
+        }
+        picked++;
+        a->hot_cursor = (slot + 1) % HASHSLOT_COUNT;
+        for (int is_new = 0; is_new <= 1; is_new++) {
+            archive_slot_call_t *sc = malloc(sizeof(*sc));
+            if (sc == NULL) {
+                continue;
+            }
+            *sc = (archive_slot_call_t){ a, slot, is_new };
+            const char *argv[] = { "XREADGROUP", "GROUP", ARCHIVE_GROUP, a->env->wid, "COUNT", "500",
+                                   "STREAMS", q, is_new ? ">" : "0" };
+            size_t lens[9];
+            for (int i = 0; i < 9; i++) {
+                lens[i] = strlen(argv[i]);
+            }
+            if (store_call_key(a->bus, q, archive_on_slot_read, sc, 9, argv, lens) == 0) {
+                a->gather_pending++;
+            } else {
+                free(sc);
+            }
+        }
+    }
+    if (--a->gather_pending == 0) {
+        archive_gather_done(a);
+    }
+}
+
+typedef struct {
+    archive_t *a;
+    unsigned slot;
+} archive_sweep_call_t;
+
+static void archive_claim(archive_t *a, const char *queue)
+{
+    char idle[24];
+    snprintf(idle, sizeof(idle), "%d", ARCHIVE_CLAIM_IDLE_MS);
+    const char *argv[] = { "XAUTOCLAIM", queue, ARCHIVE_GROUP, a->env->wid, idle, "0-0",
+                           "COUNT", "500", "JUSTID" };
+    size_t lens[9];
+    for (int i = 0; i < 9; i++) {
+        lens[i] = strlen(argv[i]);
+    }
+    store_call(a->bus, NULL, NULL, 9, argv, lens);
+}
+
+static void archive_on_swept(void *arg, redisReply *r)
+{
+    archive_sweep_call_t *sc = arg;
+    archive_t *a = sc->a;
+    if (r != NULL && r->type == REDIS_REPLY_INTEGER && a->backlog != NULL) {
+        uint32_t now = r->integer > 0 ? (uint32_t)r->integer : 0;
+        a->backlog_sum = a->backlog_sum - a->backlog[sc->slot] + now;
+        a->backlog[sc->slot] = now;
+        metrics_set(&a->env->metrics->queue_depth, a->backlog_sum);
+        if (now > 0 && !a->closing) {
+            /* Entries a dead worker was given come to this one. */
+            archive_set_hot(a, sc->slot, 1);
+            char q[64];
+            store_slot_queue(sc->slot, q, sizeof(q));
+            archive_claim(a, q);
+        }
+    }
+    free(sc);
 }
 
 static void archive_on_group(void *arg, redisReply *r)
@@ -592,7 +820,14 @@ static void archive_on_len(void *arg, redisReply *r)
 static void archive_pump(archive_t *a)
 {
     bus_t *b = a->bus;
-    if (a->busy || a->closing || !a->group_ready || !a->indexes_ready || !bus_healthy(b)) {
+    if (a->busy || a->closing || !a->indexes_ready) {
+        return;
+    }
+    if (a->cluster) {
+        archive_pump_cluster(a);
+        return;
+    }
+    if (!a->group_ready || !bus_healthy(b)) {
         return;
     }
     const char *argv[] = { "XREADGROUP", "GROUP", ARCHIVE_GROUP, a->env->wid, "COUNT", "500",
@@ -604,9 +839,86 @@ static void archive_pump(archive_t *a)
         lens[i] = strlen(argv[i]);
     }
     a->busy = 1;
-    if (store_call(b, archive_on_read, a, 9, argv, lens) != 0) {
+    if (store_call_key(b, ARCHIVE_STREAM, archive_on_read, a, 9, argv, lens) != 0) {
         a->busy = 0;
     }
+}
+
+/* Asks for queue's backlog: what its group has not finished, pending
+ * entries plus those not yet read (lag). Entries below the oldest pending
+ * one are all acknowledged; trimming them sweeps up any whose XDEL was
+ * lost with a dying worker. A queue that does not exist has none. */
+static void archive_measure(archive_t *a, const char *queue, store_cb_t *cb, void *arg)
+{
+    const char *argv[] = { "EVAL",
+        "if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end\n"
+        "local ok, pend = pcall(redis.call, 'XPENDING', KEYS[1], ARGV[1])\n"
+        "if not ok then return redis.call('XLEN', KEYS[1]) end\n"
+        "local backlog, last = pend[1], nil\n"
+        "for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do\n"
+        "  local f = {}\n"
+        "  for i = 1, #g, 2 do f[g[i]] = g[i + 1] end\n"
+        "  if f['name'] == ARGV[1] then\n"
+        "    last = f['last-delivered-id']\n"
+        "    if type(f['lag']) == 'number' then backlog = backlog + f['lag']\n"
+        "    else return redis.call('XLEN', KEYS[1]) end\n"
+        "  end\n"
+        "end\n"
+        "local floor = pend[1] > 0 and pend[2] or last\n"
+        "if floor then redis.call('XTRIM', KEYS[1], 'MINID', floor) end\n"
+        "return backlog\n",
+        "1", queue, ARCHIVE_GROUP };
+    size_t lens[5];
+    for (int i = 0; i < 5; i++) {
+        lens[i] = strlen(argv[i]);
+    }
+    if (store_call(a->bus, cb, arg, 5, argv, lens) != 0 && cb == archive_on_swept) {
+        free(arg);
+    }
+}
+
+static void archive_measure_slot(archive_t *a, unsigned slot);
+
+/* A slice of the slot queues: finds queues with a backlog that no live
+ * worker is reading (their writer died) and keeps the depth gauge; then
+ * the hot queues, whose depth changes fastest. */
+static void archive_sweep(archive_t *a)
+{
+    int n = ARCHIVE_SWEEP_PER_TICK;
+    if (a->first_sweep_left > 0) {
+        n = a->first_sweep_left < ARCHIVE_FIRST_SWEEP_PER_TICK ? a->first_sweep_left : ARCHIVE_FIRST_SWEEP_PER_TICK;
+        a->first_sweep_left -= n;
+    }
+    for (int i = 0; i < n; i++) {
+        unsigned slot = a->sweep_cursor;
+        a->sweep_cursor = (a->sweep_cursor + 1) % HASHSLOT_COUNT;
+        archive_measure_slot(a, slot);
+    }
+    int measured = 0;
+    for (unsigned step = 0; step < HASHSLOT_COUNT && measured < ARCHIVE_HOT_PER_TICK; step++) {
+        unsigned slot = (a->hot_measure_cursor + step) % HASHSLOT_COUNT;
+        if (archive_is_hot(a, slot)) {
+            archive_measure_slot(a, slot);
+            measured++;
+            a->hot_measure_cursor = (slot + 1) % HASHSLOT_COUNT;
+        }
+    }
+}
+
+static void archive_measure_slot(archive_t *a, unsigned slot)
+{
+    char q[64];
+    store_slot_queue(slot, q, sizeof(q));
+    if (!bus_ready(a->bus, q, strlen(q))) {
+        return;
+    }
+    archive_sweep_call_t *sc = malloc(sizeof(*sc));
+    if (sc == NULL) {
+        return;
+    }
+    sc->a = a;
+    sc->slot = slot;
+    archive_measure(a, q, archive_on_swept, sc);
 }
 
 void archive_tick(archive_t *a)
@@ -616,6 +928,20 @@ void archive_tick(archive_t *a)
     }
     bus_t *b = a->bus;
     uint64_t now = uv_now(a->env->loop);
+    if (!a->indexes_ready && a->jobs == 0 && (a->cluster || a->group_ready)) {
+        job_t *j = archive_job(a, JOB_INDEXES);
+        if (j != NULL && archive_submit(a, j) != 0) {
+            job_free(j);
+        }
+        return;
+    }
+    if (a->cluster) {
+        archive_sweep(a);
+        if (now >= a->retry_at_ms) {
+            archive_pump(a);
+        }
+        return;
+    }
     if (!bus_healthy(b)) {
         return;
     }
@@ -625,52 +951,13 @@ void archive_tick(archive_t *a)
         for (int i = 0; i < 6; i++) {
             lens[i] = strlen(argv[i]);
         }
-        store_call(b, archive_on_group, a, 6, argv, lens);
-        return;
-    }
-    if (!a->indexes_ready && a->jobs == 0) {
-        job_t *j = archive_job(a, JOB_INDEXES);
-        if (j != NULL && archive_submit(a, j) != 0) {
-            job_free(j);
-        }
+        store_call_key(b, ARCHIVE_STREAM, archive_on_group, a, 6, argv, lens);
         return;
     }
     if (now >= a->next_claim_ms) {
         a->next_claim_ms = now + 5000;
-        char idle[24];
-        snprintf(idle, sizeof(idle), "%d", ARCHIVE_CLAIM_IDLE_MS);
-        const char *argv[] = { "XAUTOCLAIM", ARCHIVE_STREAM, ARCHIVE_GROUP, a->env->wid, idle, "0-0",
-                               "COUNT", "500", "JUSTID" };
-        size_t lens[9];
-        for (int i = 0; i < 9; i++) {
-            lens[i] = strlen(argv[i]);
-        }
-        store_call(b, NULL, NULL, 9, argv, lens);
-        /* The backlog is what the group has not finished: pending entries
-         * plus those not yet read (lag). Entries below the oldest pending
-         * one are all acknowledged; trimming them sweeps up any whose XDEL
-         * was lost with a dying worker. */
-        const char *len_argv[] = { "EVAL",
-            "local pend = redis.call('XPENDING', KEYS[1], ARGV[1])\n"
-            "local backlog, last = pend[1], nil\n"
-            "for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do\n"
-            "  local f = {}\n"
-            "  for i = 1, #g, 2 do f[g[i]] = g[i + 1] end\n"
-            "  if f['name'] == ARGV[1] then\n"
-            "    last = f['last-delivered-id']\n"
-            "    if type(f['lag']) == 'number' then backlog = backlog + f['lag']\n"
-            "    else return redis.call('XLEN', KEYS[1]) end\n"
-            "  end\n"
-            "end\n"
-            "local floor = pend[1] > 0 and pend[2] or last\n"
-            "if floor then redis.call('XTRIM', KEYS[1], 'MINID', floor) end\n"
-            "return backlog\n",
-            "1", ARCHIVE_STREAM, ARCHIVE_GROUP };
-        size_t len_lens[5];
-        for (int i = 0; i < 5; i++) {
-            len_lens[i] = strlen(len_argv[i]);
-        }
-        store_call(b, archive_on_len, a, 5, len_argv, len_lens);
+        archive_claim(a, ARCHIVE_STREAM);
+        archive_measure(a, ARCHIVE_STREAM, archive_on_len, a);
     }
     if (now >= a->retry_at_ms) {
         archive_pump(a);
@@ -746,6 +1033,18 @@ archive_t *archive_new(bus_t *b)
     }
     a->bus = b;
     a->env = env;
+    a->cluster = bus_is_cluster(b);
+    if (a->cluster) {
+        a->backlog = calloc(HASHSLOT_COUNT, sizeof(*a->backlog));
+        if (a->backlog == NULL) {
+            free(a);
+            return NULL;
+        }
+        /* Workers start their sweeps apart, so together they pass every
+         * queue sooner. */
+        a->sweep_cursor = (unsigned)(env->slot * 2731) % HASHSLOT_COUNT;
+        a->first_sweep_left = HASHSLOT_COUNT;
+    }
     mongoc_log_set_handler(archive_on_mongoc_log, NULL);
     mongoc_init();
     bson_error_t err;
@@ -778,6 +1077,7 @@ fail:
     if (a->uri != NULL) {
         mongoc_uri_destroy(a->uri);
     }
+    free(a->backlog);
     free(a);
     mongoc_cleanup();
     return NULL;
@@ -797,6 +1097,7 @@ void archive_free(archive_t *a)
     }
     mongoc_client_pool_destroy(a->pool);
     mongoc_uri_destroy(a->uri);
+    free(a->backlog);
     free(a);
     mongoc_cleanup();
 }

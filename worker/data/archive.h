@@ -1,8 +1,10 @@
 /*
  * archive: the MongoDB copy of every accepted message, for history beyond
  * what Redis keeps. The send script appends each message to the Redis
- * stream chatd:archive, the durable queue; every worker of every host
- * reads it through the consumer group "archivers", writes batches to
+ * stream chatd:archive, the durable queue (in a Redis Cluster one queue per
+ * hash slot, store_slot_queue(), as a script may only touch its room's
+ * slot); every worker of every host reads it through the consumer group
+ * "archivers", writes batches to
  * MongoDB with unordered bulk inserts (the _id is derived from room and seq,
  * so a retry only meets its own documents: duplicate keys count as stored),
  * and only then acknowledges and deletes the entries and advances the
@@ -36,8 +38,14 @@ void archive_close(archive_t *a);
 /* Frees the archive after the loop has run out. */
 void archive_free(archive_t *a);
 
-/* Once a second: read the queue, claim abandoned batches, measure backlog. */
+/* Once a second: read the queue, claim abandoned batches, measure backlog.
+ * In a cluster each worker reads the queues of the slots it sent to
+ * (archive_note_room) and sweeps every slot's queue in turn, so the
+ * entries of a worker that died are found by the others. */
 void archive_tick(archive_t *a);
+
+/* A message of room was just queued: read its slot's queue soon. */
+void archive_note_room(archive_t *a, const char *room);
 
 /* Messages older than seq before (before < 0: the newest), newest first,
  * at most limit; cb gets an array of payload JSON texts, or n < 0 when

@@ -1,5 +1,6 @@
 #include "store.h"
 #include "bus.h"
+#include "hashslot.h"
 #include "../../common/log.h"
 #include "../../proto/proto.h"
 
@@ -10,25 +11,32 @@
 
 #include <openssl/sha.h>
 
-/* Heartbeat period of a worker in Redis, and how old a heartbeat may get
- * before the worker counts as dead and its presence entries are reaped. */
-#define STORE_HEARTBEAT_MS 2000
+/* A worker's heartbeat goes to Redis every tick (1 s); this is how old it
+ * may get before the worker counts as dead and its entries are reaped. */
 #define STORE_DEAD_AFTER_MS 15000
 #define STORE_REAP_EVERY_MS 5000
+#define STORE_WORKERS_KEY "chatd:workers"
+#define STORE_ARCHIVE_QUEUE "chatd:archive"
 
 /*
- * KEYS: seq, log, dedup, archive stream, archived cursor.
+ * KEYS: seq, log, dedup, archive queue, archived cursor.
  * ARGV: payload head ('{"room":"R","seq":'), tail, dedup window (s), log
- * cap, channel, "1" when the message has an id, "1" when archiving, room.
+ * cap, channel, "1" when the message has an id, "1" when archiving, room,
+ * publish verb, "1" when the ack waits for replicas.
  * The dedup entry is checked first so a resend never takes a new seq.
  * With the archive, a room whose counter is missing (a new room, or Redis
  * lost its data) answers {-1}: the worker seeds the counter from MongoDB's
  * highest seq and sends again. The recent log is then trimmed only below
  * what MongoDB has stored, and never below the recovery window.
+ * When the ack waits for replicas nothing is published here: the commit
+ * script does that once the replicas hold the message. A resend then
+ * rewrites its dedup entry, so that the WAIT that follows covers the
+ * original write too.
  */
 static const char store_send_lua[] =
     "local d = ARGV[6] == '1' and redis.call('GET', KEYS[3])\n"
     "if d then\n"
+    "  if ARGV[10] == '1' then redis.call('SET', KEYS[3], d, 'KEEPTTL') end\n"
     "  local s, t = string.match(d, '^(%d+):(%d+)$')\n"
     "  return {tonumber(s), tonumber(t), 1}\n"
     "end\n"
@@ -41,7 +49,9 @@ static const char store_send_lua[] =
     "local p = ARGV[1] .. seq .. ',\"ts\":' .. string.format('%d', ms) .. ',' .. ARGV[2]\n"
     "if archive then\n"
     "  redis.call('XADD', KEYS[2], seq .. '-1', 'm', p)\n"
+    "  local fresh = redis.call('EXISTS', KEYS[4]) == 0\n"
     "  redis.call('XADD', KEYS[4], '*', 'r', ARGV[8], 'm', p)\n"
+    "  if fresh then redis.pcall('XGROUP', 'CREATE', KEYS[4], 'archivers', '0') end\n"
     "  local done = tonumber(redis.call('GET', KEYS[5]) or '0')\n"
     "  local keep = math.min(done + 1, seq - tonumber(ARGV[4]) + 1)\n"
     "  if keep > 1 then redis.call('XTRIM', KEYS[2], 'MINID', '~', keep .. '-0') end\n"
@@ -51,91 +61,210 @@ static const char store_send_lua[] =
     "if ARGV[6] == '1' then\n"
     "  redis.call('SET', KEYS[3], seq .. ':' .. string.format('%d', ms), 'EX', ARGV[3])\n"
     "end\n"
-    "redis.call('PUBLISH', ARGV[5], 'C' .. seq .. ' ' .. us .. ' ' .. p)\n"
+    "if ARGV[10] ~= '1' then\n"
+    "  redis.call(ARGV[9], ARGV[5], 'C' .. seq .. ' ' .. us .. ' ' .. p)\n"
+    "end\n"
     "return {seq, ms, 0}\n";
 
-/* KEYS: users hash, worker set. ARGV: user, "room\nuser", member-events,
- * channel, frame, wid, joined (1/0). SADD/SREM make it idempotent, so it
- * also serves to re-assert presence after an outage. */
+/*
+ * After WAIT confirmed that the replicas hold every write up to seq:
+ * KEYS durable mark, log. ARGV seq, channel, publish verb. Raises the
+ * room's durable mark, below which readers may see messages, and
+ * publishes the message when it raised it. A commit that finds the mark
+ * already higher publishes nothing: the later message that raised it was
+ * published, and its receivers fetch the ones before it from the log.
+ */
+static const char store_commit_lua[] =
+    "local s = tonumber(ARGV[1])\n"
+    "local d = tonumber(redis.call('GET', KEYS[1]) or '0')\n"
+    "if s <= d then return d end\n"
+    "redis.call('SET', KEYS[1], s)\n"
+    "local e = redis.call('XRANGE', KEYS[2], s .. '-1', s .. '-1')\n"
+    "if e[1] then\n"
+    "  local tm = redis.call('TIME')\n"
+    "  local us = tm[1] .. string.format('%06d', tonumber(tm[2]))\n"
+    "  redis.call(ARGV[3], ARGV[2], 'C' .. s .. ' ' .. us .. ' ' .. e[1][2][2])\n"
+    "end\n"
+    "return s\n";
+
+/*
+ * A read of a room whose acks wait for replicas: only what is below the
+ * durable mark may be seen. KEYS durable mark, seq, log. ARGV 'f' (XRANGE
+ * from ARGV[2] to ARGV[3], -1 = newest), 'r' (XREVRANGE below ARGV[2],
+ * -1 = newest) or 'l' (no entries); ARGV[4] count. Returns {durable, seq
+ * or -1 when the room has no counter, entries}.
+ */
+static const char store_read_lua[] =
+    "local d = tonumber(redis.call('GET', KEYS[1]) or '0')\n"
+    "local top = tonumber(redis.call('GET', KEYS[2]) or '-1')\n"
+    "local r = {}\n"
+    "if ARGV[1] == 'f' then\n"
+    "  local to = tonumber(ARGV[3])\n"
+    "  if to < 0 or to > d then to = d end\n"
+    "  if to >= tonumber(ARGV[2]) then\n"
+    "    r = redis.call('XRANGE', KEYS[3], ARGV[2] .. '-0', to .. '-1', 'COUNT', ARGV[4])\n"
+    "  end\n"
+    "elseif ARGV[1] == 'r' then\n"
+    "  local up = tonumber(ARGV[2]) - 1\n"
+    "  if up < 0 or up > d then up = d end\n"
+    "  if up >= 1 then\n"
+    "    r = redis.call('XREVRANGE', KEYS[3], up .. '-1', '-', 'COUNT', ARGV[4])\n"
+    "  end\n"
+    "end\n"
+    "return {d, top, r}\n";
+
+/* A write with no effect (the durable mark set to itself), so that a WAIT
+ * after it covers every write before it on this node. KEYS durable mark,
+ * seq. Returns the room's seq. */
+static const char store_touch_lua[] =
+    "redis.call('SET', KEYS[1], redis.call('GET', KEYS[1]) or '0')\n"
+    "return tonumber(redis.call('GET', KEYS[2]) or '0')\n";
+
+/*
+ * Presence. Per room R: chatd:{R}:u counts, per user, the workers that
+ * hold a connection of that user in R; chatd:{R}:h:W lists the users
+ * worker W holds there. Per worker W: chatd:w:{W} lists the rooms W has
+ * entries in (its own slot), and the zset chatd:workers holds every
+ * worker's last heartbeat. Every script touches the keys of one room only,
+ * so each runs on the one node that owns the room's slot.
+ *
+ * KEYS: users hash, this worker's holder set. ARGV: user, member-events,
+ * channel, frame, joined (1/0), publish verb. SADD/SREM make it
+ * idempotent, so it also serves to re-assert presence after an outage.
+ * A leave answers how many users the worker still holds in the room.
+ */
 static const char store_member_lua[] =
-    "local tm = redis.call('TIME')\n"
-    "local now = tonumber(tm[1]) * 1000\n"
-    "local limit = tonumber(ARGV[3])\n"
-    "if ARGV[7] == '1' then\n"
-    "  if redis.call('SADD', KEYS[2], ARGV[2]) == 0 then return 0 end\n"
-    "  redis.call('ZADD', 'chatd:workers', now, ARGV[6])\n"
+    "local limit = tonumber(ARGV[2])\n"
+    "if ARGV[5] == '1' then\n"
+    "  if redis.call('SADD', KEYS[2], ARGV[1]) == 0 then return 0 end\n"
     "  local n = redis.call('HINCRBY', KEYS[1], ARGV[1], 1)\n"
     "  if n == 1 and redis.call('HLEN', KEYS[1]) <= limit then\n"
-    "    redis.call('PUBLISH', ARGV[4], 'X' .. ARGV[1] .. '\\n' .. ARGV[5])\n"
+    "    redis.call(ARGV[6], ARGV[3], 'X' .. ARGV[1] .. '\\n' .. ARGV[4])\n"
     "  end\n"
-    "  return n\n"
+    "  return 1\n"
     "end\n"
-    "if redis.call('SREM', KEYS[2], ARGV[2]) == 0 then return 0 end\n"
+    "if redis.call('SREM', KEYS[2], ARGV[1]) == 0 then return redis.call('SCARD', KEYS[2]) end\n"
     "local n = redis.call('HINCRBY', KEYS[1], ARGV[1], -1)\n"
     "if n <= 0 then\n"
     "  redis.call('HDEL', KEYS[1], ARGV[1])\n"
     "  if redis.call('HLEN', KEYS[1]) + 1 <= limit then\n"
-    "    redis.call('PUBLISH', ARGV[4], 'X' .. ARGV[1] .. '\\n' .. ARGV[5])\n"
+    "    redis.call(ARGV[6], ARGV[3], 'X' .. ARGV[1] .. '\\n' .. ARGV[4])\n"
     "  end\n"
     "end\n"
-    "return n\n";
+    "return redis.call('SCARD', KEYS[2])\n";
 
-/* ARGV: a wid to reap ("" = every worker silent for ARGV[2] ms), the
- * dead-after time, member-events. Decrements what each dead worker held
+/* KEYS: users hash, a dead worker's holder set in that room. ARGV: room,
+ * member-events, channel, publish verb. Takes back what the worker held
  * and announces the users who are gone. */
-static const char store_reap_lua[] =
-    "local tm = redis.call('TIME')\n"
-    "local now = tonumber(tm[1]) * 1000\n"
-    "local dead\n"
-    "if ARGV[1] ~= '' then dead = {ARGV[1]} else\n"
-    "  dead = redis.call('ZRANGEBYSCORE', 'chatd:workers', '-inf', now - tonumber(ARGV[2]), 'LIMIT', 0, 10)\n"
-    "end\n"
-    "local limit = tonumber(ARGV[3])\n"
-    "for _, wid in ipairs(dead) do\n"
-    "  local set = 'chatd:w:' .. wid\n"
-    "  for _, e in ipairs(redis.call('SMEMBERS', set)) do\n"
-    "    local nl = string.find(e, '\\n', 1, true)\n"
-    "    if nl then\n"
-    "      local room = string.sub(e, 1, nl - 1)\n"
-    "      local user = string.sub(e, nl + 1)\n"
-    "      local h = 'chatd:{' .. room .. '}:u'\n"
-    "      local n = redis.call('HINCRBY', h, user, -1)\n"
-    "      if n <= 0 then\n"
-    "        redis.call('HDEL', h, user)\n"
-    "        if redis.call('HLEN', h) + 1 <= limit then\n"
-    "          local f = cjson.encode({type = 'member', payload = {room = room, user = user, event = 'leave'}})\n"
-    "          redis.call('PUBLISH', 'chatd:{' .. room .. '}', 'X' .. user .. '\\n' .. f)\n"
-    "        end\n"
-    "      end\n"
+static const char store_reap_room_lua[] =
+    "local limit = tonumber(ARGV[2])\n"
+    "local users = redis.call('SMEMBERS', KEYS[2])\n"
+    "for _, user in ipairs(users) do\n"
+    "  local n = redis.call('HINCRBY', KEYS[1], user, -1)\n"
+    "  if n <= 0 then\n"
+    "    redis.call('HDEL', KEYS[1], user)\n"
+    "    if redis.call('HLEN', KEYS[1]) + 1 <= limit then\n"
+    "      local f = cjson.encode({type = 'member', payload = {room = ARGV[1], user = user, event = 'leave'}})\n"
+    "      redis.call(ARGV[4], ARGV[3], 'X' .. user .. '\\n' .. f)\n"
     "    end\n"
     "  end\n"
-    "  redis.call('DEL', set)\n"
-    "  redis.call('ZREM', 'chatd:workers', wid)\n"
     "end\n"
-    "return #dead\n";
+    "redis.call('DEL', KEYS[2])\n"
+    "return #users\n";
+
+/* KEYS: the worker registry. ARGV: dead-after (ms). Up to 10 workers whose
+ * heartbeat is older, by Redis's clock. */
+static const char store_dead_lua[] =
+    "local tm = redis.call('TIME')\n"
+    "local now = tonumber(tm[1]) * 1000\n"
+    "return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[1]), 'LIMIT', 0, 10)\n";
+
+/* KEYS: the worker registry. ARGV: wid. */
+static const char store_heartbeat_lua[] =
+    "local t = redis.call('TIME')\n"
+    "redis.call('ZADD', KEYS[1], tonumber(t[1]) * 1000, ARGV[1])\n";
 
 /*
  * The scripts run by EVALSHA: Redis then neither receives nor hashes the
  * script's text on every message. Their SHA-1s are computed once per
  * process (store_init) and never change after, and every new command
- * connection loads them first (store_on_bus_up). A Redis that forgot them
+ * connection loads them first (store_on_node_up). A Redis that forgot them
  * while connected (SCRIPT FLUSH) answers NOSCRIPT, and the call is sent
  * again once as EVAL, which also loads it; calls in flight at that moment
  * may then be stored in another order than sent (never lost or doubled).
  */
-enum { STORE_SEND, STORE_MEMBER, STORE_REAP, STORE_NSCRIPTS };
+enum {
+    STORE_SEND, STORE_COMMIT, STORE_READ, STORE_TOUCH, STORE_MEMBER, STORE_REAP_ROOM,
+    STORE_DEAD, STORE_HEARTBEAT, STORE_NSCRIPTS
+};
 
 static struct {
     const char *lua;
     char sha[41];
 } store_scripts[STORE_NSCRIPTS] = {
     [STORE_SEND] = { store_send_lua, "" },
+    [STORE_COMMIT] = { store_commit_lua, "" },
+    [STORE_READ] = { store_read_lua, "" },
+    [STORE_TOUCH] = { store_touch_lua, "" },
     [STORE_MEMBER] = { store_member_lua, "" },
-    [STORE_REAP] = { store_reap_lua, "" },
+    [STORE_REAP_ROOM] = { store_reap_room_lua, "" },
+    [STORE_DEAD] = { store_dead_lua, "" },
+    [STORE_HEARTBEAT] = { store_heartbeat_lua, "" },
 };
+
+/*
+ * In a cluster the archive queue is split by slot: the send script may
+ * only touch keys of the room's slot. store_slot_tags[s] is a short text
+ * that hashes to slot s; the queue of slot s is "chatd:aq:{<tag>}". Found
+ * once per process by counting in base 36 until every slot has one
+ * (about 170,000 tries), and never changed after.
+ */
+static char store_slot_tags[HASHSLOT_COUNT][8];
+
+static void store_init_tags(void)
+{
+    if (store_slot_tags[0][0] != '\0') {
+        return;
+    }
+    static const char digits[] = "0123456789abcdefghijklmnopqrstuvwxyz";
+    size_t found = 0;
+    for (unsigned long i = 0; found < HASHSLOT_COUNT; i++) {
+        char t[8];
+        size_t n = 0;
+        unsigned long v = i;
+        do {
+            t[n++] = digits[v % 36];
+            v /= 36;
+        } while (v != 0 && n < sizeof(t) - 1);
+        unsigned slot = hashslot_of(t, n);
+        if (store_slot_tags[slot][0] == '\0') {
+            memcpy(store_slot_tags[slot], t, n);
+            store_slot_tags[slot][n] = '\0';
+            found++;
+        }
+    }
+}
+
+size_t store_slot_queue(unsigned slot, char *out, size_t outlen)
+{
+    int n = snprintf(out, outlen, "chatd:aq:{%s}", store_slot_tags[slot & (HASHSLOT_COUNT - 1)]);
+    return n < 0 ? 0 : (size_t)n;
+}
+
+size_t store_queue_key(const bus_t *b, const char *room, char *out, size_t outlen)
+{
+    if (!bus_is_cluster(b)) {
+        int n = snprintf(out, outlen, "%s", STORE_ARCHIVE_QUEUE);
+        return n < 0 ? 0 : (size_t)n;
+    }
+    char chan[200];
+    size_t len = store_channel(room, chan, sizeof(chan));
+    return store_slot_queue(hashslot_of(chan, len), out, outlen);
+}
 
 void store_init(void)
 {
+    store_init_tags();
     for (int i = 0; i < STORE_NSCRIPTS; i++) {
         if (store_scripts[i].sha[0] != '\0') {
             continue;
@@ -148,19 +277,25 @@ void store_init(void)
     }
 }
 
+/* One command on its way. The raw callback (rcb) sees the connection the
+ * reply came on, which a WAIT must follow; cb sees the reply only. */
+typedef void store_raw_cb_t(redisAsyncContext *ac, void *arg, redisReply *r);
+
 typedef struct {
     store_cb_t *cb;             /* may be NULL */
+    store_raw_cb_t *rcb;        /* used instead of cb when set */
     void *arg;
     bus_t *bus;
     int script;                 /* the script an EVALSHA ran, or -1 */
     int argc;                   /* the EVALSHA's arguments after the SHA, owned */
     const char **argv;
     size_t *lens;
+    const char *key;            /* the routing key given by the caller, while sending */
 } store_call_t;
 
-static int store_send_call(store_call_t *call, int argc, const char **argv, const size_t *lens);
-
 #define STORE_MAX_ARGS 64
+
+static int store_send_call(store_call_t *call, int argc, const char **argv, const size_t *lens);
 
 /* Sends the call's script as cmd (EVALSHA with the SHA-1, or EVAL with the
  * text) followed by its kept arguments. Returns 0 when sent. */
@@ -193,7 +328,6 @@ static void store_call_free(store_call_t *call)
 
 static void store_on_reply(redisAsyncContext *ac, void *reply, void *privdata)
 {
-    (void)ac;
     store_call_t *call = privdata;
     redisReply *r = reply;
     if (r != NULL && r->type == REDIS_REPLY_ERROR && call->script >= 0 &&
@@ -208,22 +342,38 @@ static void store_on_reply(redisAsyncContext *ac, void *reply, void *privdata)
     if (r != NULL && r->type == REDIS_REPLY_ERROR && strncmp(r->str, "BUSYGROUP", 9) != 0) {
         log_warn("event=redis_error err=\"%.*s\"", (int)r->len, r->str);
     }
-    if (call->cb != NULL) {
+    if (call->rcb != NULL) {
+        call->rcb(ac, call->arg, r);
+    } else if (call->cb != NULL) {
         call->cb(call->arg, r);
     }
     store_call_free(call);
 }
 
+/* A call is routed by its key: the first key of a script (after numkeys),
+ * argv[1] of a plain command, unless the caller named one. */
 static int store_send_call(store_call_t *call, int argc, const char **argv, const size_t *lens)
 {
-    return bus_command(call->bus, store_on_reply, call, argc, argv, lens);
+    if (call->key != NULL) {
+        return bus_command(call->bus, call->key, strlen(call->key), store_on_reply, call, argc, argv, lens);
+    }
+    int is_script = lens[0] >= 4 && (strncmp(argv[0], "EVAL", 4) == 0);
+    int k = is_script ? 3 : 1;
+    if (argc <= k) {
+        return -1;
+    }
+    return bus_command(call->bus, argv[k], lens[k], store_on_reply, call, argc, argv, lens);
 }
 
-int store_call(bus_t *b, store_cb_t *cb, void *arg, int argc,
-                      const char **argv, const size_t *lens)
+int store_call_key(bus_t *b, const char *key, store_cb_t *cb, void *arg, int argc,
+                   const char **argv, const size_t *lens)
 {
+    if (argc < 2) {
+        return -1;
+    }
     if (cb == NULL) {
-        return bus_command(b, NULL, NULL, argc, argv, lens);
+        const char *k = key != NULL ? key : argv[1];
+        return bus_command(b, k, key != NULL ? strlen(key) : lens[1], NULL, NULL, argc, argv, lens);
     }
     store_call_t *call = calloc(1, sizeof(*call));
     if (call == NULL) {
@@ -233,22 +383,32 @@ int store_call(bus_t *b, store_cb_t *cb, void *arg, int argc,
     call->arg = arg;
     call->bus = b;
     call->script = -1;
-    if (store_send_call(call, argc, argv, lens) != 0) {
+    call->key = key;    /* only used while sending, below */
+    int rc = store_send_call(call, argc, argv, lens);
+    call->key = NULL;
+    if (rc != 0) {
         free(call);
         return -1;
     }
     return 0;
 }
 
+int store_call(bus_t *b, store_cb_t *cb, void *arg, int argc,
+               const char **argv, const size_t *lens)
+{
+    return store_call_key(b, NULL, cb, arg, argc, argv, lens);
+}
+
 /*
  * Runs one of store_scripts by EVALSHA; argv is what follows the script
- * (numkeys, keys, arguments). cb may be NULL. Returns 0 when sent, -1 when
- * Redis is unavailable (cb not called).
+ * (numkeys, keys, arguments), and the first key routes it. cb or rcb may
+ * be given (or neither). Returns 0 when sent, -1 when Redis is unavailable
+ * (no callback runs).
  */
-static int store_eval(bus_t *b, int script, store_cb_t *cb, void *arg, int argc,
-                      const char **argv, const size_t *lens)
+static int store_eval_raw(bus_t *b, int script, store_cb_t *cb, store_raw_cb_t *rcb, void *arg,
+                          int argc, const char **argv, const size_t *lens)
 {
-    if (argc + 2 > STORE_MAX_ARGS) {
+    if (argc + 2 > STORE_MAX_ARGS || argc < 2) {
         return -1;
     }
     size_t bytes = 0;
@@ -264,6 +424,7 @@ static int store_eval(bus_t *b, int script, store_cb_t *cb, void *arg, int argc,
         return -1;
     }
     call->cb = cb;
+    call->rcb = rcb;
     call->arg = arg;
     call->bus = b;
     call->script = script;
@@ -284,6 +445,20 @@ static int store_eval(bus_t *b, int script, store_cb_t *cb, void *arg, int argc,
     return 0;
 }
 
+/* Runs a script whose arguments are all NUL-terminated strings. */
+static int store_evalv(bus_t *b, int script, store_cb_t *cb, store_raw_cb_t *rcb, void *arg,
+                       int argc, const char **argv)
+{
+    size_t lens[STORE_MAX_ARGS];
+    if (argc > STORE_MAX_ARGS) {
+        return -1;
+    }
+    for (int i = 0; i < argc; i++) {
+        lens[i] = strlen(argv[i]);
+    }
+    return store_eval_raw(b, script, cb, rcb, arg, argc, argv, lens);
+}
+
 size_t store_channel(const char *room, char *out, size_t outlen)
 {
     int n = snprintf(out, outlen, "chatd:{%s}", room);
@@ -295,8 +470,79 @@ static void store_key(char *out, size_t outlen, const char *room, const char *su
     snprintf(out, outlen, "chatd:{%s}:%s", room, suffix);
 }
 
+static int store_waits(const bus_t *b)
+{
+    return bus_env(b)->cfg->ack_replicas > 0;
+}
+
+/* ------------------------------------------------------------ send */
+
+typedef struct {
+    bus_t *bus;
+    store_send_cb_t *cb;
+    void *arg;
+    store_ack_t ack;
+    char room[];
+} store_send_t;
+
+static void store_commit(bus_t *b, const char *room, int64_t seq)
+{
+    char kd[160], klog[160], chan[160], v[24];
+    store_key(kd, sizeof(kd), room, "durable");
+    store_key(klog, sizeof(klog), room, "log");
+    store_channel(room, chan, sizeof(chan));
+    snprintf(v, sizeof(v), "%" PRId64, seq);
+    const char *argv[] = { "2", kd, klog, v, chan, bus_publish_verb(b) };
+    /* Fire and forget: a commit lost with its node is redone by the next
+     * reader that finds the mark behind (store_heal). */
+    store_evalv(b, STORE_COMMIT, NULL, NULL, NULL, 6, argv);
+}
+
+static void store_send_done(store_send_t *st, int status)
+{
+    st->cb(st->arg, status, &st->ack);
+    free(st);
+}
+
+static void store_on_durable(void *arg, int ok)
+{
+    store_send_t *st = arg;
+    if (!ok) {
+        store_send_done(st, STORE_NOT_DURABLE);
+        return;
+    }
+    store_commit(st->bus, st->room, st->ack.seq);
+    store_send_done(st, STORE_OK);
+}
+
+static void store_on_sent(redisAsyncContext *ac, void *arg, redisReply *r)
+{
+    store_send_t *st = arg;
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements != 3 ||
+        r->element[0]->type != REDIS_REPLY_INTEGER || r->element[1]->type != REDIS_REPLY_INTEGER ||
+        r->element[2]->type != REDIS_REPLY_INTEGER) {
+        store_send_done(st, STORE_UNAVAILABLE);
+        return;
+    }
+    st->ack.seq = r->element[0]->integer;
+    st->ack.ts = r->element[1]->integer;
+    st->ack.duplicate = r->element[2]->integer != 0;
+    if (st->ack.seq < 0) {
+        store_send_done(st, STORE_NO_COUNTER);
+        return;
+    }
+    if (!store_waits(st->bus)) {
+        store_send_done(st, STORE_OK);
+        return;
+    }
+    const config_t *cfg = bus_env(st->bus)->cfg;
+    if (bus_wait(st->bus, ac, cfg->ack_replicas, cfg->ack_timeout, store_on_durable, st) != 0) {
+        store_send_done(st, STORE_NOT_DURABLE);
+    }
+}
+
 int store_send(bus_t *b, const char *room, const char *sender, const char *id,
-               const char *tail, store_cb_t *cb, void *arg)
+               const char *tail, store_send_cb_t *cb, void *arg)
 {
     char kseq[160], klog[160], chan[160], head[200], win[24], cap[24];
     store_key(kseq, sizeof(kseq), room, "seq");
@@ -310,21 +556,173 @@ int store_send(bus_t *b, const char *room, const char *sender, const char *id,
     char kdedup[400];
     snprintf(kdedup, sizeof(kdedup), "chatd:{%s}:d:%zu:%s:%s", room, strlen(sender), sender,
              id != NULL ? id : "");
-    char karch[160];
+    char karch[160], kqueue[200];
     store_key(karch, sizeof(karch), room, "archived");
-    const char *argv[] = { "5", kseq, klog, kdedup, "chatd:archive", karch,
-                           head, tail, win, cap, chan, id != NULL ? "1" : "0",
-                           bus_env(b)->cfg->mongo_uri[0] != '\0' ? "1" : "0", room };
-    size_t lens[14];
-    for (int i = 0; i < 14; i++) {
-        lens[i] = strlen(argv[i]);
+    store_queue_key(b, room, kqueue, sizeof(kqueue));
+    size_t rlen = strlen(room);
+    store_send_t *st = malloc(sizeof(*st) + rlen + 1);
+    if (st == NULL) {
+        return -1;
     }
-    return store_eval(b, STORE_SEND, cb, arg, 14, argv, lens);
+    st->bus = b;
+    st->cb = cb;
+    st->arg = arg;
+    memset(&st->ack, 0, sizeof(st->ack));
+    memcpy(st->room, room, rlen + 1);
+    const char *argv[] = { "5", kseq, klog, kdedup, kqueue, karch,
+                           head, tail, win, cap, chan, id != NULL ? "1" : "0",
+                           bus_env(b)->cfg->mongo_uri[0] != '\0' ? "1" : "0", room,
+                           bus_publish_verb(b), store_waits(b) ? "1" : "0" };
+    if (store_evalv(b, STORE_SEND, NULL, store_on_sent, st, 16, argv) != 0) {
+        free(st);
+        return -1;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------ reads */
+
+/*
+ * With --ack-replicas, reads go through the read script and see only what
+ * is below the room's durable mark. When the room's counter is above the
+ * mark (a commit was lost with its node, or a sender's wait timed out and
+ * the replicas caught up later) and the read wants what is above, the
+ * mark is healed first: a no-op write, a WAIT after it (which covers every
+ * message before it), then a commit up to the counter.
+ */
+enum { STORE_READ_FWD, STORE_READ_REV, STORE_READ_LAST };
+
+typedef struct {
+    bus_t *bus;
+    store_cb_t *cb;
+    void *arg;
+    int kind;
+    int healed;
+    int64_t a, z;
+    long count;
+    int64_t top;
+    char room[];
+} store_read_t;
+
+static int store_read_send(store_read_t *rd);
+
+static void store_read_done(store_read_t *rd, redisReply *r)
+{
+    rd->cb(rd->arg, r);
+    free(rd);
+}
+
+static void store_on_healed(void *arg, int ok)
+{
+    store_read_t *rd = arg;
+    if (!ok) {
+        store_read_done(rd, NULL);
+        return;
+    }
+    store_commit(rd->bus, rd->room, rd->top);
+    /* The commit goes first on the same link, so the read sees its mark. */
+    if (store_read_send(rd) != 0) {
+        store_read_done(rd, NULL);
+    }
+}
+
+static void store_on_touched(redisAsyncContext *ac, void *arg, redisReply *r)
+{
+    store_read_t *rd = arg;
+    const config_t *cfg = bus_env(rd->bus)->cfg;
+    if (r == NULL || r->type != REDIS_REPLY_INTEGER) {
+        store_read_done(rd, NULL);
+        return;
+    }
+    rd->top = r->integer;
+    if (bus_wait(rd->bus, ac, cfg->ack_replicas, cfg->ack_timeout, store_on_healed, rd) != 0) {
+        store_read_done(rd, NULL);
+    }
+}
+
+static void store_on_read(void *arg, redisReply *r)
+{
+    store_read_t *rd = arg;
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements != 3 ||
+        r->element[0]->type != REDIS_REPLY_INTEGER || r->element[1]->type != REDIS_REPLY_INTEGER ||
+        r->element[2]->type != REDIS_REPLY_ARRAY) {
+        store_read_done(rd, NULL);
+        return;
+    }
+    int64_t durable = r->element[0]->integer, top = r->element[1]->integer;
+    int wants_above = rd->kind == STORE_READ_LAST ||
+                      (rd->kind == STORE_READ_FWD && (rd->z < 0 || rd->z > durable)) ||
+                      (rd->kind == STORE_READ_REV && (rd->a < 0 || rd->a - 1 > durable));
+    if (top > durable && wants_above && !rd->healed) {
+        rd->healed = 1;
+        char kd[160], kseq[160];
+        store_key(kd, sizeof(kd), rd->room, "durable");
+        store_key(kseq, sizeof(kseq), rd->room, "seq");
+        const char *argv[] = { "2", kd, kseq };
+        if (store_evalv(rd->bus, STORE_TOUCH, NULL, store_on_touched, rd, 3, argv) != 0) {
+            store_read_done(rd, NULL);
+        }
+        return;
+    }
+    if (rd->kind != STORE_READ_LAST) {
+        store_read_done(rd, r->element[2]);
+        return;
+    }
+    /* Shaped as GET's answer: nil for a room without a counter. */
+    char text[24];
+    redisReply last = { .type = REDIS_REPLY_NIL };
+    if (top >= 0) {
+        int n = snprintf(text, sizeof(text), "%" PRId64, durable < top ? durable : top);
+        last.type = REDIS_REPLY_STRING;
+        last.str = text;
+        last.len = (size_t)n;
+    }
+    store_read_done(rd, &last);
+}
+
+static int store_read_send(store_read_t *rd)
+{
+    char kd[160], kseq[160], klog[160], a[24], z[24], n[24];
+    store_key(kd, sizeof(kd), rd->room, "durable");
+    store_key(kseq, sizeof(kseq), rd->room, "seq");
+    store_key(klog, sizeof(klog), rd->room, "log");
+    snprintf(a, sizeof(a), "%" PRId64, rd->a);
+    snprintf(z, sizeof(z), "%" PRId64, rd->z);
+    snprintf(n, sizeof(n), "%ld", rd->count);
+    const char *mode = rd->kind == STORE_READ_FWD ? "f" : rd->kind == STORE_READ_REV ? "r" : "l";
+    const char *argv[] = { "3", kd, kseq, klog, mode, a, z, n };
+    return store_evalv(rd->bus, STORE_READ, store_on_read, NULL, rd, 8, argv);
+}
+
+static int store_read(bus_t *b, int kind, const char *room, int64_t a, int64_t z, long count,
+                      store_cb_t *cb, void *arg)
+{
+    size_t rlen = strlen(room);
+    store_read_t *rd = calloc(1, sizeof(*rd) + rlen + 1);
+    if (rd == NULL) {
+        return -1;
+    }
+    rd->bus = b;
+    rd->cb = cb;
+    rd->arg = arg;
+    rd->kind = kind;
+    rd->a = a;
+    rd->z = z;
+    rd->count = count;
+    memcpy(rd->room, room, rlen + 1);
+    if (store_read_send(rd) != 0) {
+        free(rd);
+        return -1;
+    }
+    return 0;
 }
 
 int store_range(bus_t *b, const char *room, int64_t from, int64_t to, long count,
                 store_cb_t *cb, void *arg)
 {
+    if (store_waits(b)) {
+        return store_read(b, STORE_READ_FWD, room, from, to, count, cb, arg);
+    }
     char klog[160], a[32], z[32], n[24];
     store_key(klog, sizeof(klog), room, "log");
     snprintf(a, sizeof(a), "%" PRId64 "-0", from);
@@ -345,6 +743,9 @@ int store_range(bus_t *b, const char *room, int64_t from, int64_t to, long count
 int store_history(bus_t *b, const char *room, int64_t before, long count,
                   store_cb_t *cb, void *arg)
 {
+    if (store_waits(b)) {
+        return store_read(b, STORE_READ_REV, room, before, -1, count, cb, arg);
+    }
     char klog[160], a[32], n[24];
     store_key(klog, sizeof(klog), room, "log");
     if (before < 0) {
@@ -360,6 +761,18 @@ int store_history(bus_t *b, const char *room, int64_t before, long count,
         lens[i] = strlen(argv[i]);
     }
     return store_call(b, cb, arg, 6, argv, lens);
+}
+
+int store_last_seq(bus_t *b, const char *room, store_cb_t *cb, void *arg)
+{
+    if (store_waits(b)) {
+        return store_read(b, STORE_READ_LAST, room, 0, 0, 0, cb, arg);
+    }
+    char kseq[160];
+    store_key(kseq, sizeof(kseq), room, "seq");
+    const char *argv[] = { "GET", kseq };
+    size_t lens[] = { 3, strlen(kseq) };
+    return store_call(b, cb, arg, 2, argv, lens);
 }
 
 int store_seed_seq(bus_t *b, const char *room, int64_t seq, store_cb_t *cb, void *arg)
@@ -384,16 +797,7 @@ void store_set_archived(bus_t *b, const char *room, int64_t seq)
     for (int i = 0; i < 5; i++) {
         lens[i] = strlen(argv[i]);
     }
-    store_call(b, NULL, NULL, 5, argv, lens);
-}
-
-int store_last_seq(bus_t *b, const char *room, store_cb_t *cb, void *arg)
-{
-    char kseq[160];
-    store_key(kseq, sizeof(kseq), room, "seq");
-    const char *argv[] = { "GET", kseq };
-    size_t lens[] = { 3, strlen(kseq) };
-    return store_call(b, cb, arg, 2, argv, lens);
+    bus_command(b, karch, lens[3], NULL, NULL, 5, argv, lens);
 }
 
 int store_presence(bus_t *b, const char *room, store_cb_t *cb, void *arg)
@@ -405,27 +809,76 @@ int store_presence(bus_t *b, const char *room, store_cb_t *cb, void *arg)
     return store_call(b, cb, arg, 2, argv, lens);
 }
 
+/* ---------------------------------------------------------- presence */
+
+static void store_holder_key(const bus_t *b, const char *room, char *out, size_t outlen)
+{
+    snprintf(out, outlen, "chatd:{%s}:h:%s", room, bus_env(b)->wid);
+}
+
+static void store_index_key(const char *wid, char *out, size_t outlen)
+{
+    snprintf(out, outlen, "chatd:w:{%s}", wid);
+}
+
+/* The room goes into a worker's index before any entry is made there, so
+ * a reaper that finds the worker dead finds the entry too; it leaves the
+ * index only after a leave confirmed that the worker holds nobody there.
+ * A join racing that removal adds the room again from its reply. */
+static void store_index(bus_t *b, const char *room, int add)
+{
+    char kw[200];
+    store_index_key(bus_env(b)->wid, kw, sizeof(kw));
+    const char *argv[] = { add ? "SADD" : "SREM", kw, room };
+    size_t lens[] = { 4, strlen(kw), strlen(room) };
+    bus_command(b, kw, lens[1], NULL, NULL, 3, argv, lens);
+}
+
+typedef struct {
+    bus_t *bus;
+    int joined;
+    char room[];
+} store_member_t;
+
+static void store_on_member(void *arg, redisReply *r)
+{
+    store_member_t *sm = arg;
+    if (r != NULL && r->type == REDIS_REPLY_INTEGER) {
+        if (sm->joined) {
+            store_index(sm->bus, sm->room, 1);
+        } else if (r->integer == 0) {
+            store_index(sm->bus, sm->room, 0);
+        }
+    }
+    free(sm);
+}
+
 void store_member(bus_t *b, const char *room, const char *user, int joined)
 {
-    char ku[160], kw[200], chan[160], entry[256], limit[24];
+    char ku[160], kh[320], chan[160], limit[24];
     store_key(ku, sizeof(ku), room, "u");
-    snprintf(kw, sizeof(kw), "chatd:w:%s", bus_env(b)->wid);
+    store_holder_key(b, room, kh, sizeof(kh));
     store_channel(room, chan, sizeof(chan));
-    snprintf(entry, sizeof(entry), "%s\n%s", room, user);
     snprintf(limit, sizeof(limit), "%d", bus_env(b)->cfg->member_events);
+    size_t rlen = strlen(room);
+    store_member_t *sm = malloc(sizeof(*sm) + rlen + 1);
     char *frame = proto_encode_member(room, user, joined);
-    if (frame == NULL) {
+    if (sm == NULL || frame == NULL) {
+        free(sm);
+        free(frame);
         return;
     }
-    const char *argv[] = { "2", ku, kw, user, entry, limit, chan,
-                           frame, bus_env(b)->wid, joined ? "1" : "0" };
-    size_t lens[10];
-    for (int i = 0; i < 10; i++) {
-        lens[i] = strlen(argv[i]);
+    sm->bus = b;
+    sm->joined = joined;
+    memcpy(sm->room, room, rlen + 1);
+    if (joined) {
+        store_index(b, room, 1);
     }
-    if (store_eval(b, STORE_MEMBER, NULL, NULL, 10, argv, lens) != 0) {
+    const char *argv[] = { "2", ku, kh, user, limit, chan, frame, joined ? "1" : "0", bus_publish_verb(b) };
+    if (store_evalv(b, STORE_MEMBER, store_on_member, NULL, sm, 9, argv) != 0) {
         /* Redis is down: presence is re-asserted when it returns. */
         log_debug("event=presence_deferred room=%s user=%s", room, user);
+        free(sm);
     }
     free(frame);
 }
@@ -441,9 +894,10 @@ void store_typing(bus_t *b, const char *room, const char *user, int active)
     buf_t msg = { 0 };
     if (buf_append(&msg, "X", 1) == 0 && buf_append(&msg, user, strlen(user)) == 0 &&
         buf_append(&msg, "\n", 1) == 0 && buf_append(&msg, frame, strlen(frame)) == 0) {
-        const char *argv[] = { "PUBLISH", chan, msg.data };
-        size_t lens[] = { 7, strlen(chan), msg.len };
-        store_call(b, NULL, NULL, 3, argv, lens);
+        const char *verb = bus_publish_verb(b);
+        const char *argv[] = { verb, chan, msg.data };
+        size_t lens[] = { strlen(verb), strlen(chan), msg.len };
+        bus_command(b, chan, lens[1], NULL, NULL, 3, argv, lens);
     }
     buf_free(&msg);
     free(frame);
@@ -467,32 +921,122 @@ int store_entry(const redisReply *e, int64_t *seq, const char **payload, size_t 
     return 0;
 }
 
+/* ----------------------------------------------------------- reaping */
+
+/*
+ * A dead worker's entries are taken back room by room: its index lists
+ * the rooms, one script per room undoes what it held there, and only
+ * when every room answered are its index and registry entry dropped. A
+ * reaper that dies halfway leaves both, and the next one starts over;
+ * every step is idempotent.
+ */
+typedef struct {
+    bus_t *bus;
+    int pending;
+    int failed;
+    char wid[128];
+} store_reap_t;
+
+static void store_reap_finish(store_reap_t *rp)
+{
+    if (!rp->failed) {
+        char kw[200];
+        store_index_key(rp->wid, kw, sizeof(kw));
+        const char *del[] = { "DEL", kw };
+        size_t dlen[] = { 3, strlen(kw) };
+        bus_command(rp->bus, kw, dlen[1], NULL, NULL, 2, del, dlen);
+        const char *zrem[] = { "ZREM", STORE_WORKERS_KEY, rp->wid };
+        size_t zlen[] = { 4, strlen(STORE_WORKERS_KEY), strlen(rp->wid) };
+        bus_command(rp->bus, STORE_WORKERS_KEY, zlen[1], NULL, NULL, 3, zrem, zlen);
+        log_info("event=reaped wid=%s", rp->wid);
+    }
+    free(rp);
+}
+
+static void store_on_room_reaped(void *arg, redisReply *r)
+{
+    store_reap_t *rp = arg;
+    if (r == NULL || r->type != REDIS_REPLY_INTEGER) {
+        rp->failed = 1;
+    }
+    if (--rp->pending == 0) {
+        store_reap_finish(rp);
+    }
+}
+
+static void store_on_index(void *arg, redisReply *r)
+{
+    store_reap_t *rp = arg;
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY) {
+        free(rp);
+        return;
+    }
+    char limit[24];
+    snprintf(limit, sizeof(limit), "%d", bus_env(rp->bus)->cfg->member_events);
+    rp->pending = 1;    /* held until every room's script is sent */
+    for (size_t i = 0; i < r->elements; i++) {
+        const redisReply *e = r->element[i];
+        if (e->type != REDIS_REPLY_STRING || e->len == 0 || e->len > 128) {
+            continue;
+        }
+        char room[160], ku[200], kh[360], chan[200];
+        snprintf(room, sizeof(room), "%.*s", (int)e->len, e->str);
+        store_key(ku, sizeof(ku), room, "u");
+        snprintf(kh, sizeof(kh), "chatd:{%s}:h:%s", room, rp->wid);
+        store_channel(room, chan, sizeof(chan));
+        const char *argv[] = { "2", ku, kh, room, limit, chan, bus_publish_verb(rp->bus) };
+        if (store_evalv(rp->bus, STORE_REAP_ROOM, store_on_room_reaped, NULL, rp, 7, argv) == 0) {
+            rp->pending++;
+        } else {
+            rp->failed = 1;
+        }
+    }
+    if (--rp->pending == 0) {
+        store_reap_finish(rp);
+    }
+}
+
 static void store_reap(bus_t *b, const char *wid)
 {
-    char dead_after[24], limit[24];
-    snprintf(dead_after, sizeof(dead_after), "%d", STORE_DEAD_AFTER_MS);
-    snprintf(limit, sizeof(limit), "%d", bus_env(b)->cfg->member_events);
-    const char *argv[] = { "0", wid, dead_after, limit };
-    size_t lens[4];
-    for (int i = 0; i < 4; i++) {
-        lens[i] = strlen(argv[i]);
+    store_reap_t *rp = calloc(1, sizeof(*rp));
+    if (rp == NULL) {
+        return;
     }
-    store_eval(b, STORE_REAP, NULL, NULL, 4, argv, lens);
+    rp->bus = b;
+    snprintf(rp->wid, sizeof(rp->wid), "%s", wid);
+    char kw[200];
+    store_index_key(wid, kw, sizeof(kw));
+    const char *argv[] = { "SMEMBERS", kw };
+    size_t lens[] = { 8, strlen(kw) };
+    if (store_call(b, store_on_index, rp, 2, argv, lens) != 0) {
+        free(rp);
+    }
+}
+
+static void store_on_dead(void *arg, redisReply *r)
+{
+    bus_t *b = arg;
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY) {
+        return;
+    }
+    for (size_t i = 0; i < r->elements; i++) {
+        const redisReply *e = r->element[i];
+        if (e->type == REDIS_REPLY_STRING && e->len < 128) {
+            char wid[128];
+            snprintf(wid, sizeof(wid), "%.*s", (int)e->len, e->str);
+            log_info("event=reap_dead_worker wid=%s", wid);
+            store_reap(b, wid);
+        }
+    }
 }
 
 static void store_heartbeat(bus_t *b)
 {
-    const char *argv[] = { "EVAL",
-        "local t = redis.call('TIME') redis.call('ZADD', 'chatd:workers', tonumber(t[1]) * 1000, ARGV[1])",
-        "0", bus_env(b)->wid };
-    size_t lens[4];
-    for (int i = 0; i < 4; i++) {
-        lens[i] = strlen(argv[i]);
-    }
-    store_call(b, NULL, NULL, 4, argv, lens);
+    const char *argv[] = { "1", STORE_WORKERS_KEY, bus_env(b)->wid };
+    store_evalv(b, STORE_HEARTBEAT, NULL, NULL, NULL, 3, argv);
 }
 
-void store_on_bus_up(bus_t *b)
+void store_on_node_up(bus_t *b, redisAsyncContext *ac)
 {
     /* The scripts are loaded before anything else runs on this connection:
      * commands on one connection run in order, so no EVALSHA sent after
@@ -503,31 +1047,28 @@ void store_on_bus_up(bus_t *b)
     for (int i = 0; i < STORE_NSCRIPTS; i++) {
         const char *argv[] = { "SCRIPT", "LOAD", store_scripts[i].lua };
         size_t lens[] = { 6, 4, strlen(store_scripts[i].lua) };
-        store_call(b, NULL, NULL, 3, argv, lens);
-    }
-    store_heartbeat(b);
-    if (bus_prev_wid(b)[0] != '\0') {
-        log_info("event=reap_predecessor wid=%s", bus_prev_wid(b));
-        store_reap(b, bus_prev_wid(b));
-        bus_forget_prev_wid(b);
+        bus_command_node(b, ac, NULL, NULL, 3, argv, lens);
     }
 }
 
 void store_tick(bus_t *b)
 {
-    static const int ticks_per_heartbeat = STORE_HEARTBEAT_MS / 1000;
     static const int ticks_per_reap = STORE_REAP_EVERY_MS / 1000;
+    if (!bus_ready(b, STORE_WORKERS_KEY, strlen(STORE_WORKERS_KEY))) {
+        return;
+    }
+    if (bus_prev_wid(b)[0] != '\0') {
+        log_info("event=reap_predecessor wid=%s", bus_prev_wid(b));
+        store_reap(b, bus_prev_wid(b));
+        bus_forget_prev_wid(b);
+    }
+    store_heartbeat(b);
     /* Derived from the loop clock, so the tick keeps no counter. */
     uint64_t sec = uv_now(bus_env(b)->loop) / 1000;
-    if (sec % (uint64_t)ticks_per_heartbeat == 0) {
-        store_heartbeat(b);
-    }
     if (sec % (uint64_t)ticks_per_reap == (uint64_t)bus_env(b)->slot % (uint64_t)ticks_per_reap) {
-        store_reap(b, "");
+        char dead_after[24];
+        snprintf(dead_after, sizeof(dead_after), "%d", STORE_DEAD_AFTER_MS);
+        const char *argv[] = { "1", STORE_WORKERS_KEY, dead_after };
+        store_evalv(b, STORE_DEAD, store_on_dead, NULL, b, 3, argv);
     }
-}
-
-void store_retire(bus_t *b)
-{
-    store_reap(b, bus_env(b)->wid);
 }

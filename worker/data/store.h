@@ -1,21 +1,26 @@
 /*
  * store: the room data kept in Redis, behind one interface so that the
  * archive can slot in beside it. Per room R (the braces keep a room's keys
- * in one Redis Cluster slot):
- *   chatd:{R}:seq   the last seq given out (INCR)
- *   chatd:{R}:log   stream of the recent messages, entry id "<seq>-1",
- *                   field m = the chat payload JSON; capped near
- *                   recovery-window entries (never below)
- *   chatd:{R}:d:... dedup entries "<seq>:<ts>" with the dedup window as TTL
- *   chatd:{R}:u     hash user -> how many workers hold a connection of it
+ * in one Redis Cluster slot, so every script runs on one node):
+ *   chatd:{R}:seq       the last seq given out (INCR)
+ *   chatd:{R}:log       stream of the recent messages, entry id "<seq>-1",
+ *                       field m = the chat payload JSON; capped near
+ *                       recovery-window entries (never below)
+ *   chatd:{R}:d:...     dedup entries "<seq>:<ts>" with the dedup window as TTL
+ *   chatd:{R}:durable   with --ack-replicas: the highest seq the replicas
+ *                       are known to hold; readers see nothing above it
+ *   chatd:{R}:u         hash user -> how many workers hold a connection of it
+ *   chatd:{R}:h:W       the users worker W holds in R
  *   chatd:{R}:archived  the highest seq MongoDB has (with the archive)
- *   chatd:archive   stream of messages on their way to MongoDB (archive.h)
- *   chatd:{R}       the pub/sub channel
- * and per worker W: chatd:w:W (set of "room\nuser" it holds) and the
- * zset chatd:workers (W -> last heartbeat, ms), so that the entries of a
- * worker that died are reaped by the others.
+ *   chatd:{R}           the pub/sub channel (sharded in a cluster)
+ * the archive queue (store_queue_key), and per worker W: chatd:w:{W} (the
+ * rooms it has entries in) and the zset chatd:workers (W -> last
+ * heartbeat, ms), so that the entries of a worker that died are reaped by
+ * the others.
  * Every write that acks a message happens in one Lua script: seq, log,
- * dedup entry and publish are one atomic step.
+ * dedup entry and publish are one atomic step. With --ack-replicas N the
+ * ack waits until N replicas hold that step (WAIT), and only then is the
+ * message published and let below the durable mark.
  */
 #ifndef CHATD_STORE_H
 #define CHATD_STORE_H
@@ -30,6 +35,20 @@
 /* Reply callbacks. r is NULL when Redis was lost before answering. */
 typedef void store_cb_t(void *arg, redisReply *r);
 
+/* What store_send reports. */
+enum {
+    STORE_OK = 0,
+    STORE_UNAVAILABLE,          /* Redis lost or erred: not known to be stored */
+    STORE_NOT_DURABLE,          /* stored, but the replicas did not confirm in time */
+    STORE_NO_COUNTER            /* the room has no counter: seed it from the archive */
+};
+typedef struct store_ack_s {
+    int64_t seq;
+    int64_t ts;                 /* ms */
+    int duplicate;              /* an earlier send with this id was stored */
+} store_ack_t;
+typedef void store_send_cb_t(void *arg, int status, const store_ack_t *ack);
+
 /* Prepares the scripts' SHA-1s (once per process; bus_new calls it). */
 void store_init(void);
 
@@ -37,12 +56,22 @@ void store_init(void);
 size_t store_channel(const char *room, char *out, size_t outlen);
 
 /*
- * Accepts a chat message: dedup check, seq, log append, publish. The reply
- * is an array {seq, ts, duplicate}. tail is proto_encode_chat_tail()'s
- * text. Returns 0 when sent, -1 when Redis is unavailable (cb not called).
+ * Accepts a chat message: dedup check, seq, log append, publish (after the
+ * replicas confirmed, with --ack-replicas). tail is
+ * proto_encode_chat_tail()'s text. Returns 0 when sent (cb runs once with
+ * a status above; ack is filled when it is STORE_OK or STORE_NOT_DURABLE),
+ * -1 when Redis is unavailable (cb not called).
  */
 int store_send(bus_t *b, const char *room, const char *sender, const char *id,
-               const char *tail, store_cb_t *cb, void *arg);
+               const char *tail, store_send_cb_t *cb, void *arg);
+
+/* The archive queue the send script appends room's messages to: one
+ * stream for one Redis, one per slot in a cluster (a key in the room's
+ * slot). */
+size_t store_queue_key(const bus_t *b, const char *room, char *out, size_t outlen);
+
+/* The cluster archive queue of one hash slot. */
+size_t store_slot_queue(unsigned slot, char *out, size_t outlen);
 
 /* Log entries with from <= seq <= to (to < 0: up to the newest), at most
  * count; an XRANGE reply. */
@@ -54,10 +83,15 @@ int store_range(bus_t *b, const char *room, int64_t from, int64_t to, long count
 int store_history(bus_t *b, const char *room, int64_t before, long count,
                   store_cb_t *cb, void *arg);
 
-/* Sends any command on the command connection; cb (may be NULL) gets the
- * reply. Returns 0, or -1 when Redis is unavailable (cb not called). */
+/* Sends any command (argv[1] is its key, which routes it); cb (may be
+ * NULL) gets the reply. Returns 0, or -1 when Redis is unavailable (cb not
+ * called). */
 int store_call(bus_t *b, store_cb_t *cb, void *arg, int argc, const char **argv,
                const size_t *lens);
+
+/* The same, routed by key (for commands whose key is not argv[1]). */
+int store_call_key(bus_t *b, const char *key, store_cb_t *cb, void *arg, int argc, const char **argv,
+                   const size_t *lens);
 
 /* Sets the room's counter to seq unless it exists (SET NX). */
 int store_seed_seq(bus_t *b, const char *room, int64_t seq, store_cb_t *cb, void *arg);
@@ -65,7 +99,8 @@ int store_seed_seq(bus_t *b, const char *room, int64_t seq, store_cb_t *cb, void
 /* Raises the room's archived cursor to seq (never lowers it). */
 void store_set_archived(bus_t *b, const char *room, int64_t seq);
 
-/* The room's last seq (GET; nil for a new room). */
+/* The room's last seq, shaped as GET's reply (nil for a new room); with
+ * --ack-replicas the last durable one. */
 int store_last_seq(bus_t *b, const char *room, store_cb_t *cb, void *arg);
 
 /* The users present in room (an array of names). */
@@ -82,12 +117,9 @@ void store_typing(bus_t *b, const char *room, const char *user, int active);
 /* Parses one stream entry: its seq and payload. Returns 0 or -1. */
 int store_entry(const redisReply *e, int64_t *seq, const char **payload, size_t *len);
 
-/* Called by the bus when the command connection comes up (heartbeat,
- * reaping a dead predecessor), and once a second. */
-void store_on_bus_up(bus_t *b);
+/* Called by the bus when a node's command link ac comes up (loads the
+ * scripts there), and once a second (heartbeat, reaping). */
+void store_on_node_up(bus_t *b, redisAsyncContext *ac);
 void store_tick(bus_t *b);
-
-/* Removes this worker's presence entries at a graceful exit. */
-void store_retire(bus_t *b);
 
 #endif
