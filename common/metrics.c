@@ -82,8 +82,8 @@ static uint64_t metrics_sum(const metrics_t *m, size_t off)
 
 #define SUM(field) metrics_sum(m, offsetof(metrics_slot_t, field))
 
-/* Per Redis node, summed over the workers that use it: "up" counts the
- * workers whose links to the node are up. */
+/* Per Redis node, summed over the workers: "serving" counts the workers
+ * that use the node as a master, "up" those whose links to it are up. */
 static int metrics_render_nodes(const metrics_t *m, buf_t *out)
 {
     static const struct {
@@ -91,6 +91,7 @@ static int metrics_render_nodes(const metrics_t *m, buf_t *out)
         const char *type;
         size_t off;
     } series[] = {
+        { "chatd_redis_node_serving", "gauge", offsetof(metrics_node_t, serving) },
         { "chatd_redis_node_up", "gauge", offsetof(metrics_node_t, up) },
         { "chatd_redis_node_commands_total", "counter", offsetof(metrics_node_t, commands) },
         { "chatd_redis_node_errors_total", "counter", offsetof(metrics_node_t, errors) },

@@ -22,6 +22,7 @@
  * it starts using the entry ("" when never used). */
 typedef struct metrics_node_s {
     char addr[64];                  /* "host:port" */
+    uint64_t serving;               /* gauge: the node serves slots (a master in use) */
     uint64_t up;                    /* gauge: both links up */
     uint64_t commands;
     uint64_t errors;                /* error replies, redirections aside */

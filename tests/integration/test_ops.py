@@ -1071,6 +1071,21 @@ def test_chatctl_status_finds_port_without_port_option():
         assert sorted(conns) == srv.worker_pids(), f"workers {conns}, /proc {srv.worker_pids()}"
         assert total == 0 and not any(conns.values()), f"idle server: {conns} total {total}"
 
+        # one line per Redis node the server uses (each master of a
+        # cluster), saying how many workers have it up
+        want_nodes = sorted(f"127.0.0.1:{n.port}" for n in
+                            (REDIS.masters() if harness.is_cluster(REDIS) else [REDIS]))
+
+        def redis_lines():
+            r = chatctl("status", pidfile=srv.pidfile, timeout=20)
+            return {m.group(1): (int(m.group(2)), int(m.group(3))) for m in re.finditer(
+                r"^redis node=(\S+) up=(\d+)/(\d+) commands=\d+ errors=\d+ reconnects=\d+ redirects=\d+$",
+                r.stdout, re.M)}
+        nodes = wait_for(lambda: (lambda n: n if sorted(n) == want_nodes and
+                                  all(v == (2, 2) for v in n.values()) else None)(redis_lines()), 10,
+                         what=f"chatctl status to list Redis nodes {want_nodes}, each up in both workers")
+        assert len(nodes) == len(want_nodes), nodes
+
         # the counts are the server's: one session shows up
         ws = RawWS.open(srv.port, user="ctlport")
         assert ws.welcome["type"] == "welcome", ws.welcome

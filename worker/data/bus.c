@@ -183,6 +183,7 @@ static void bus_update_health(bus_t *b)
     metrics_set(&b->env.metrics->slot[b->env.slot].redis_up, (uint64_t)bus_healthy(b));
     for (int i = 0; i < b->nnodes; i++) {
         bus_node_t *n = &b->nodes[i];
+        metrics_set(&bus_node_metrics(n)->serving, (uint64_t)(n->used && n->serving));
         metrics_set(&bus_node_metrics(n)->up, (uint64_t)(n->used && n->cmd_up && n->sub_up));
     }
 }
@@ -582,6 +583,7 @@ static void bus_on_slots(redisAsyncContext *ac, void *reply, void *privdata)
                 }
                 metrics_node_t *m = bus_node_metrics(n);
                 metrics_set(&m->up, 0);
+                metrics_set(&m->serving, 0);
             }
         }
     }
