@@ -45,7 +45,7 @@
 #endif
 
 #define LOAD_MAX_PROCS 64
-#define LOAD_MAX_ROOMS 4096
+#define LOAD_MAX_ROOMS 65536
 #define LOAD_MAX_STEPS 32
 #define LOAD_SUB_BITS 5
 #define LOAD_BUCKETS ((40 - LOAD_SUB_BITS + 1) << LOAD_SUB_BITS)

@@ -874,9 +874,15 @@ class RedisCluster:
         return m
 
     def slot_owners(self):
-        """A fresh slot map from the first running node that answers."""
+        """A fresh slot map from the first running node that answers, a
+        master first: a slot's new owner is set on the masters directly and
+        reaches the replicas only by gossip."""
         last = None
-        for n in self._live():
+        try:
+            first = self.masters()
+        except (OSError, RedisError):
+            first = []
+        for n in first + [n for n in self._live() if n not in first]:
             try:
                 return self._slot_map(n)
             except (OSError, RedisError) as e:

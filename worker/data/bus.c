@@ -170,8 +170,14 @@ static bus_node_t *bus_node_get(bus_t *b, const char *host, size_t hlen, int por
         if (i >= b->nnodes) {
             b->nnodes = i + 1;
         }
+        /* A reused entry is a new series: its counters start again. */
         metrics_node_t *m = bus_node_metrics(c);
-        snprintf(m->addr, sizeof(m->addr), "%s:%d", c->host, port);
+        char addr[sizeof(m->addr)];
+        snprintf(addr, sizeof(addr), "%s:%d", c->host, port);
+        if (strcmp(addr, m->addr) != 0) {
+            memset(m, 0, sizeof(*m));
+            memcpy(m->addr, addr, sizeof(addr));
+        }
         return c;
     }
     log_error("event=redis_too_many_nodes max=%d", BUS_MAX_NODES);
@@ -271,7 +277,7 @@ static redisAsyncContext *bus_dial(bus_node_t *n)
         return NULL;
     }
     ac->data = n;
-    if (redisuv_attach(ac, b->env.loop) != REDIS_OK) {
+    if (redisuv_attach(ac, b->env.loop, b->env.cfg->redis_coalesce) != REDIS_OK) {
         redisAsyncFree(ac);
         return NULL;
     }

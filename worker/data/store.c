@@ -131,7 +131,8 @@ static const char store_touch_lua[] =
  * KEYS: users hash, this worker's holder set. ARGV: user, member-events,
  * channel, frame, joined (1/0), publish verb. SADD/SREM make it
  * idempotent, so it also serves to re-assert presence after an outage.
- * A leave answers how many users the worker still holds in the room.
+ * Both answer how many users the worker holds in the room now (a join
+ * that is already held answers 0).
  */
 static const char store_member_lua[] =
     "local limit = tonumber(ARGV[2])\n"
@@ -141,7 +142,7 @@ static const char store_member_lua[] =
     "  if n == 1 and redis.call('HLEN', KEYS[1]) <= limit then\n"
     "    redis.call(ARGV[6], ARGV[3], 'X' .. ARGV[1] .. '\\n' .. ARGV[4])\n"
     "  end\n"
-    "  return 1\n"
+    "  return redis.call('SCARD', KEYS[2])\n"
     "end\n"
     "if redis.call('SREM', KEYS[2], ARGV[1]) == 0 then return redis.call('SCARD', KEYS[2]) end\n"
     "local n = redis.call('HINCRBY', KEYS[1], ARGV[1], -1)\n"
@@ -824,7 +825,8 @@ static void store_index_key(const char *wid, char *out, size_t outlen)
 /* The room goes into a worker's index before any entry is made there, so
  * a reaper that finds the worker dead finds the entry too; it leaves the
  * index only after a leave confirmed that the worker holds nobody there.
- * A join racing that removal adds the room again from its reply. */
+ * A join that made the worker's first entry in the room (the only kind a
+ * removal can race) adds the room again from its reply. */
 static void store_index(bus_t *b, const char *room, int add)
 {
     char kw[200];
@@ -844,9 +846,9 @@ static void store_on_member(void *arg, redisReply *r)
 {
     store_member_t *sm = arg;
     if (r != NULL && r->type == REDIS_REPLY_INTEGER) {
-        if (sm->joined) {
+        if (sm->joined && r->integer == 1) {
             store_index(sm->bus, sm->room, 1);
-        } else if (r->integer == 0) {
+        } else if (!sm->joined && r->integer == 0) {
             store_index(sm->bus, sm->room, 0);
         }
     }
