@@ -256,7 +256,7 @@ static void bus_on_connect(const redisAsyncContext *ac, int status)
     }
     bus_update_health(b);
     store_on_node_up(b, n->cmd);
-    if (b->cluster && !b->map_known) {
+    if (b->cluster && (!b->map_known || !bus_healthy(b))) {
         bus_refresh_map(b);
     }
     if (n->serving) {
@@ -596,6 +596,21 @@ static void bus_on_slots(redisAsyncContext *ac, void *reply, void *privdata)
     bus_update_health(b);
 }
 
+static int bus_parse_seeds(bus_t *b, const char *list);
+
+static void bus_dial_seeds(bus_t *b)
+{
+    if (bus_parse_seeds(b, b->env.cfg->redis_cluster) != 0) {
+        return;
+    }
+    for (int i = 0; i < b->nnodes; i++) {
+        bus_node_t *n = &b->nodes[i];
+        if (n->used && n->cmd == NULL && n->retry_at_ms == 0) {
+            bus_node_connect(n);
+        }
+    }
+}
+
 static void bus_refresh_map(bus_t *b)
 {
     if (b->map_pending || b->closing) {
@@ -614,6 +629,10 @@ static void bus_refresh_map(bus_t *b)
         }
     }
     if (pick == NULL) {
+        /* Every node we know is down (a one-master cluster whose master
+         * died, say): ask the seeds again, which may name the replica that
+         * took over. */
+        bus_dial_seeds(b);
         return;
     }
     if (redisAsyncCommand(pick->cmd, bus_on_slots, NULL, "CLUSTER SLOTS") == REDIS_OK) {
