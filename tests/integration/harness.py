@@ -639,6 +639,9 @@ class RedisClusterNode(Redis):
             "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
             "--cluster-node-timeout", str(node_timeout_ms), "--cluster-port", str(bus),
             "--cluster-announce-ip", "127.0.0.1",
+            # While one master fails over, the other shards keep serving (by
+            # default the whole cluster refuses commands).
+            "--cluster-require-full-coverage", "no",
             # Redis 7 waits 5 s for more replicas before a diskless full sync.
             "--repl-diskless-sync-delay", "0"])
 

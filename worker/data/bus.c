@@ -47,6 +47,12 @@ typedef struct bus_node_s {
     int port;
     redisAsyncContext *cmd;
     int cmd_up;
+    /* With --ack-replicas, sends go on a link of their own: their WAIT
+     * holds up every command behind it on its link (for up to the ack
+     * timeout when a shard has lost its replicas), and reads, presence and
+     * pings should not wait for that. */
+    redisAsyncContext *dur;
+    int dur_up;
     pubsub_t *sub;
     int sub_up;
     uint64_t retry_at_ms;       /* when to redial; 0 when nothing is scheduled */
@@ -54,8 +60,7 @@ typedef struct bus_node_s {
     uint64_t backoff_ms;
     uint64_t ping_sent_ms;      /* 0 when no health ping is outstanding */
     uint64_t last_ok_ms;
-    bus_waiter_t *waiters;      /* WAIT callers of this iteration, newest first */
-    int nwaiters;
+    bus_waiter_t *waiters[2];   /* WAIT callers of this iteration per link (cmd, dur), newest first */
 } bus_node_t;
 
 /* A cluster command, kept for a resend after MOVED, ASK or TRYAGAIN. */
@@ -68,6 +73,7 @@ struct bus_req_s {
     int redirects;
     int tries;
     int ask_node;               /* node to send to after ASKING, or -1 */
+    int durable;                /* goes on the node's durable link */
     bus_req_t *next;            /* in the TRYAGAIN list */
     int argc;
     const char **argv;          /* argv, lens and the bytes follow the struct */
@@ -79,6 +85,7 @@ struct bus_s {
     const bus_handlers_t *h;
     void *ud;
     int cluster;
+    int durable;                /* --ack-replicas: nodes have a durable link */
     int closing;
     bus_node_t nodes[BUS_MAX_NODES];
     int nnodes;                 /* slots of nodes[] ever used */
@@ -157,7 +164,7 @@ static bus_node_t *bus_node_get(bus_t *b, const char *host, size_t hlen, int por
     }
     for (int i = 0; i < BUS_MAX_NODES; i++) {
         bus_node_t *c = &b->nodes[i];
-        if (c->used || c->cmd != NULL || c->sub != NULL) {
+        if (c->used || c->cmd != NULL || c->dur != NULL || c->sub != NULL) {
             continue;
         }
         memset(c, 0, sizeof(*c));
@@ -184,13 +191,15 @@ static bus_node_t *bus_node_get(bus_t *b, const char *host, size_t hlen, int por
     return NULL;
 }
 
+static int bus_node_up(const bus_node_t *n);
+
 static void bus_update_health(bus_t *b)
 {
     metrics_set(&b->env.metrics->slot[b->env.slot].redis_up, (uint64_t)bus_healthy(b));
     for (int i = 0; i < b->nnodes; i++) {
         bus_node_t *n = &b->nodes[i];
         metrics_set(&bus_node_metrics(n)->serving, (uint64_t)(n->used && n->serving));
-        metrics_set(&bus_node_metrics(n)->up, (uint64_t)(n->used && n->cmd_up && n->sub_up));
+        metrics_set(&bus_node_metrics(n)->up, (uint64_t)(n->used && bus_node_up(n)));
     }
 }
 
@@ -199,11 +208,10 @@ static void bus_node_connect(bus_node_t *n);
 static void bus_refresh_soon(bus_t *b);
 static void bus_refresh_map(bus_t *b);
 
-static void bus_fail_waiters(bus_node_t *n)
+static void bus_fail_waiters(bus_node_t *n, int link)
 {
-    bus_waiter_t *w = n->waiters;
-    n->waiters = NULL;
-    n->nwaiters = 0;
+    bus_waiter_t *w = n->waiters[link];
+    n->waiters[link] = NULL;
     while (w != NULL) {
         bus_waiter_t *next = w->next;
         w->cb(w->arg, 0);
@@ -212,16 +220,27 @@ static void bus_fail_waiters(bus_node_t *n)
     }
 }
 
+static int bus_node_up(const bus_node_t *n)
+{
+    return n->cmd_up && n->sub_up && (n->dur_up || !n->bus->durable);
+}
+
 static void bus_on_disconnect(const redisAsyncContext *ac, int status)
 {
     bus_node_t *n = ac->data;
     bus_t *b = n->bus;
-    n->cmd = NULL;
-    n->cmd_up = 0;
-    n->ping_sent_ms = 0;
-    bus_fail_waiters(n);
+    int dur = ac == n->dur;
+    if (dur) {
+        n->dur = NULL;
+        n->dur_up = 0;
+    } else {
+        n->cmd = NULL;
+        n->cmd_up = 0;
+        n->ping_sent_ms = 0;
+    }
+    bus_fail_waiters(n, dur);
     if (!b->closing && n->used) {
-        log_warn("event=redis_down conn=cmd node=%s:%d err=\"%s\"", n->host, n->port,
+        log_warn("event=redis_down conn=%s node=%s:%d err=\"%s\"", dur ? "dur" : "cmd", n->host, n->port,
                  status == REDIS_OK ? "closed" : (ac->errstr[0] ? ac->errstr : "error"));
         metrics_add(&bus_node_metrics(n)->reconnects, 1);
         bus_schedule_retry(n);
@@ -236,11 +255,17 @@ static void bus_on_connect(const redisAsyncContext *ac, int status)
 {
     bus_node_t *n = ac->data;
     bus_t *b = n->bus;
+    int dur = ac == n->dur;
     if (status != REDIS_OK) {
         /* hiredis frees the context after this callback. */
-        n->cmd = NULL;
+        if (dur) {
+            n->dur = NULL;
+        } else {
+            n->cmd = NULL;
+        }
         if (!b->closing && n->used) {
-            log_debug("event=redis_connect_failed conn=cmd node=%s:%d err=\"%s\"", n->host, n->port, ac->errstr);
+            log_debug("event=redis_connect_failed conn=%s node=%s:%d err=\"%s\"", dur ? "dur" : "cmd",
+                      n->host, n->port, ac->errstr);
             bus_schedule_retry(n);
             if (b->cluster) {
                 bus_refresh_soon(b);
@@ -248,10 +273,19 @@ static void bus_on_connect(const redisAsyncContext *ac, int status)
         }
         return;
     }
-    log_info("event=redis_up conn=cmd host=%s port=%d", n->host, n->port);
+    log_info("event=redis_up conn=%s host=%s port=%d", dur ? "dur" : "cmd", n->host, n->port);
+    if (dur) {
+        n->dur_up = 1;
+        store_on_node_up(b, n->dur);
+        if (bus_node_up(n)) {
+            n->backoff_ms = 0;
+        }
+        bus_update_health(b);
+        return;
+    }
     n->cmd_up = 1;
     n->last_ok_ms = uv_now(b->env.loop);
-    if (n->sub_up || !n->serving) {
+    if (bus_node_up(n) || !n->serving) {
         n->backoff_ms = 0;
     }
     bus_update_health(b);
@@ -305,7 +339,7 @@ static void bus_on_sub_up(void *ud)
     bus_t *b = n->bus;
     log_info("event=redis_up conn=sub host=%s port=%d", n->host, n->port);
     n->sub_up = 1;
-    if (n->cmd_up) {
+    if (bus_node_up(n)) {
         n->backoff_ms = 0;
     }
     bus_update_health(b);
@@ -441,12 +475,15 @@ static void bus_node_connect(bus_node_t *n)
     if (n->cmd == NULL) {
         n->cmd = bus_dial(n);
     }
+    if (b->durable && n->serving && n->dur == NULL) {
+        n->dur = bus_dial(n);
+    }
     if (n->serving && n->sub == NULL) {
         n->sub = pubsub_connect(b->env.loop, n->host, n->port, b->password, b->cluster,
                                 &bus_pubsub_handlers, n);
         n->dial_ms = uv_now(b->env.loop);
     }
-    if (n->cmd == NULL || (n->serving && n->sub == NULL)) {
+    if (n->cmd == NULL || (n->serving && (n->sub == NULL || (b->durable && n->dur == NULL)))) {
         bus_schedule_retry(n);
     }
 }
@@ -585,6 +622,11 @@ static void bus_on_slots(redisAsyncContext *ac, void *reply, void *privdata)
                 if (n->cmd != NULL) {
                     redisAsyncContext *c = n->cmd;
                     n->cmd_up = 0;
+                    redisAsyncDisconnect(c);
+                }
+                if (n->dur != NULL) {
+                    redisAsyncContext *c = n->dur;
+                    n->dur_up = 0;
                     redisAsyncDisconnect(c);
                 }
                 metrics_node_t *m = bus_node_metrics(n);
@@ -751,6 +793,7 @@ bus_t *bus_new(const bus_env_t *env, const char *prev_wid)
     store_init();
     snprintf(b->prev_wid, sizeof(b->prev_wid), "%s", prev_wid != NULL ? prev_wid : "");
     b->cluster = env->cfg->redis_cluster[0] != '\0';
+    b->durable = env->cfg->ack_replicas > 0;
     if (b->cluster) {
         /* The password of a redis:// URL, if one is given, is the cluster's. */
         const char *url = env->cfg->redis_url;
@@ -804,10 +847,14 @@ void bus_close(bus_t *b)
     uv_close((uv_handle_t *)&b->retry_timer, NULL);
     for (int i = 0; i < b->nnodes; i++) {
         bus_node_t *n = &b->nodes[i];
-        bus_fail_waiters(n);
+        bus_fail_waiters(n, 0);
+        bus_fail_waiters(n, 1);
         /* A graceful disconnect lets queued writes (presence leaves) go out. */
         if (n->cmd != NULL) {
             redisAsyncDisconnect(n->cmd);
+        }
+        if (n->dur != NULL) {
+            redisAsyncDisconnect(n->dur);
         }
         if (n->sub != NULL) {
             pubsub_close(n->sub);
@@ -837,7 +884,7 @@ int bus_healthy(const bus_t *b)
     for (int i = 0; i < b->nnodes; i++) {
         const bus_node_t *n = &b->nodes[i];
         if (n->used && n->serving) {
-            if (!n->cmd_up || !n->sub_up) {
+            if (!bus_node_up(n)) {
                 return 0;
             }
             any = 1;
@@ -874,7 +921,7 @@ int bus_ready(const bus_t *b, const char *key, size_t len)
         return 0;
     }
     const bus_node_t *n = bus_node_of_key(b, key, len);
-    return n != NULL && n->cmd_up && n->sub_up;
+    return n != NULL && bus_node_up(n);
 }
 
 int bus_describe(const bus_t *b, buf_t *out)
@@ -889,8 +936,9 @@ int bus_describe(const bus_t *b, buf_t *out)
         for (size_t s = 0; s < HASHSLOT_COUNT; s++) {
             slots += b->slots[s] == (uint8_t)(i + 1);
         }
-        int len = snprintf(line, sizeof(line), "redis %s:%d cmd=%s sub=%s slots=%u\n", n->host, n->port,
-                           n->cmd_up ? "up" : "down", n->sub_up ? "up" : "down", slots);
+        int len = snprintf(line, sizeof(line), "redis %s:%d cmd=%s sub=%s%s slots=%u\n", n->host, n->port,
+                           n->cmd_up ? "up" : "down", n->sub_up ? "up" : "down",
+                           !b->durable ? "" : n->dur_up ? " dur=up" : " dur=down", slots);
         if (len < 0 || buf_append(out, line, (size_t)len) != 0) {
             return -1;
         }
@@ -923,6 +971,13 @@ static void bus_node_tick(bus_node_t *n, uint64_t now)
             redisAsyncFree(ac);
             bus_schedule_retry(n);
         }
+        if (n->dur != NULL && !n->dur_up) {
+            log_warn("event=redis_connect_timeout conn=dur node=%s:%d", n->host, n->port);
+            redisAsyncContext *ac = n->dur;
+            n->dur = NULL;
+            redisAsyncFree(ac);
+            bus_schedule_retry(n);
+        }
         if (n->sub != NULL && !n->sub_up) {
             log_warn("event=redis_connect_timeout conn=sub node=%s:%d", n->host, n->port);
             pubsub_t *ps = n->sub;
@@ -935,7 +990,11 @@ static void bus_node_tick(bus_node_t *n, uint64_t now)
         if (n->ping_sent_ms != 0 && now - n->ping_sent_ms > BUS_STALL_MS) {
             log_warn("event=redis_stalled node=%s:%d waited_ms=%" PRIu64, n->host, n->port, now - n->ping_sent_ms);
             /* Freeing fails every pending callback with NULL, which answers
-             * the waiting clients "unavailable", then redials. */
+             * the waiting clients "unavailable", then redials. The durable
+             * link goes too: it is the same stuck Redis. */
+            if (n->dur != NULL) {
+                redisAsyncFree(n->dur);
+            }
             redisAsyncFree(n->cmd);
             return;
         }
@@ -971,17 +1030,23 @@ void bus_tick(bus_t *b)
 
 /* -------------------------------------------------------- commands */
 
-static int bus_send_on(bus_node_t *n, bus_cb_t *cb, void *privdata, int argc, const char **argv,
-                       const size_t *lens)
+static int bus_send_link(bus_node_t *n, int durable, bus_cb_t *cb, void *privdata, int argc,
+                         const char **argv, const size_t *lens)
 {
-    if (n == NULL || !n->cmd_up) {
+    if (n == NULL || !(durable ? n->dur_up : n->cmd_up)) {
         return -1;
     }
-    if (redisAsyncCommandArgv(n->cmd, cb, privdata, argc, argv, lens) != REDIS_OK) {
+    if (redisAsyncCommandArgv(durable ? n->dur : n->cmd, cb, privdata, argc, argv, lens) != REDIS_OK) {
         return -1;
     }
     metrics_add(&bus_node_metrics(n)->commands, 1);
     return 0;
+}
+
+static int bus_send_on(bus_node_t *n, bus_cb_t *cb, void *privdata, int argc, const char **argv,
+                       const size_t *lens)
+{
+    return bus_send_link(n, 0, cb, privdata, argc, argv, lens);
 }
 
 static void bus_on_req_reply(redisAsyncContext *ac, void *reply, void *privdata);
@@ -995,12 +1060,13 @@ static int bus_req_send(bus_req_t *req)
         req->ask_node = -1;
         const char *asking[] = { "ASKING" };
         size_t alen[] = { 6 };
-        if (bus_send_on(n, NULL, NULL, 1, asking, alen) != 0) {
+        if (bus_send_link(n, req->durable, NULL, NULL, 1, asking, alen) != 0) {
             return -1;
         }
-        return bus_send_on(n, bus_on_req_reply, req, req->argc, req->argv, req->lens);
+        return bus_send_link(n, req->durable, bus_on_req_reply, req, req->argc, req->argv, req->lens);
     }
-    return bus_send_on(bus_node_of_slot(b, req->slot), bus_on_req_reply, req, req->argc, req->argv, req->lens);
+    return bus_send_link(bus_node_of_slot(b, req->slot), req->durable, bus_on_req_reply, req, req->argc,
+                         req->argv, req->lens);
 }
 
 static void bus_req_finish(bus_req_t *req, redisAsyncContext *ac, void *reply)
@@ -1078,17 +1144,18 @@ static void bus_on_req_reply(redisAsyncContext *ac, void *reply, void *privdata)
     bus_req_finish(req, ac, reply);
 }
 
-int bus_command(bus_t *b, const char *key, size_t keylen, bus_cb_t *cb, void *privdata,
-                int argc, const char **argv, const size_t *argvlen)
+static int bus_command_link(bus_t *b, int durable, const char *key, size_t keylen, bus_cb_t *cb,
+                            void *privdata, int argc, const char **argv, const size_t *argvlen)
 {
     if (b == NULL || b->closing) {
         return -1;
     }
+    durable = durable && b->durable;
     if (!b->cluster) {
-        return bus_send_on(&b->nodes[0], cb, privdata, argc, argv, argvlen);
+        return bus_send_link(&b->nodes[0], durable, cb, privdata, argc, argv, argvlen);
     }
     bus_node_t *n = bus_node_of_key(b, key, keylen);
-    if (n == NULL || !n->cmd_up) {
+    if (n == NULL || !(durable ? n->dur_up : n->cmd_up)) {
         return -1;
     }
     size_t bytes = 0;
@@ -1107,6 +1174,7 @@ int bus_command(bus_t *b, const char *key, size_t keylen, bus_cb_t *cb, void *pr
     req->redirects = 0;
     req->tries = 0;
     req->ask_node = -1;
+    req->durable = durable;
     req->next = NULL;
     req->argc = argc;
     req->argv = (const char **)(req + 1);
@@ -1118,11 +1186,23 @@ int bus_command(bus_t *b, const char *key, size_t keylen, bus_cb_t *cb, void *pr
         req->lens[i] = argvlen[i];
         p += argvlen[i];
     }
-    if (bus_send_on(n, bus_on_req_reply, req, argc, req->argv, req->lens) != 0) {
+    if (bus_send_link(n, durable, bus_on_req_reply, req, argc, req->argv, req->lens) != 0) {
         free(req);
         return -1;
     }
     return 0;
+}
+
+int bus_command(bus_t *b, const char *key, size_t keylen, bus_cb_t *cb, void *privdata,
+                int argc, const char **argv, const size_t *argvlen)
+{
+    return bus_command_link(b, 0, key, keylen, cb, privdata, argc, argv, argvlen);
+}
+
+int bus_command_durable(bus_t *b, const char *key, size_t keylen, bus_cb_t *cb, void *privdata,
+                        int argc, const char **argv, const size_t *argvlen)
+{
+    return bus_command_link(b, 1, key, keylen, cb, privdata, argc, argv, argvlen);
 }
 
 int bus_command_node(bus_t *b, redisAsyncContext *ac, bus_cb_t *cb, void *privdata,
@@ -1132,7 +1212,8 @@ int bus_command_node(bus_t *b, redisAsyncContext *ac, bus_cb_t *cb, void *privda
         return 0;
     }
     if (ac != NULL) {
-        return bus_send_on(ac->data, cb, privdata, argc, argv, argvlen) == 0 ? 1 : 0;
+        bus_node_t *n = ac->data;
+        return bus_send_link(n, ac == n->dur, cb, privdata, argc, argv, argvlen) == 0 ? 1 : 0;
     }
     int sent = 0;
     for (int i = 0; i < b->nnodes; i++) {
@@ -1171,24 +1252,24 @@ static void bus_on_wait_check(uv_check_t *check)
 {
     bus_t *b = check->data;
     uv_check_stop(check);
-    for (int i = 0; i < b->nnodes; i++) {
-        bus_node_t *n = &b->nodes[i];
-        if (n->waiters == NULL) {
+    for (int i = 0; i < 2 * b->nnodes; i++) {
+        bus_node_t *n = &b->nodes[i / 2];
+        int link = i % 2;
+        if (n->waiters[link] == NULL) {
             continue;
         }
         /* Reverse into arrival order; the WAIT asks for the most anyone
          * asked for, and gives everyone the same answer. */
         bus_waiter_t *list = NULL;
         int need = 0, timeout = 0;
-        for (bus_waiter_t *w = n->waiters, *next; w != NULL; w = next) {
+        for (bus_waiter_t *w = n->waiters[link], *next; w != NULL; w = next) {
             next = w->next;
             w->next = list;
             list = w;
             need = w->n > need ? w->n : need;
             timeout = w->timeout_ms > timeout ? w->timeout_ms : timeout;
         }
-        n->waiters = NULL;
-        n->nwaiters = 0;
+        n->waiters[link] = NULL;
         bus_wait_batch_t *batch = malloc(sizeof(*batch));
         char sn[16], st[16];
         snprintf(sn, sizeof(sn), "%d", need);
@@ -1198,12 +1279,11 @@ static void bus_on_wait_check(uv_check_t *check)
         if (batch != NULL) {
             batch->waiters = list;
             batch->n = need;
-            if (bus_send_on(n, bus_on_wait_reply, batch, 3, argv, lens) == 0) {
+            if (bus_send_link(n, link, bus_on_wait_reply, batch, 3, argv, lens) == 0) {
                 continue;
             }
             free(batch);
         }
-        n->waiters = NULL;
         for (bus_waiter_t *w = list, *next; w != NULL; w = next) {
             next = w->next;
             w->cb(w->arg, 0);
@@ -1218,6 +1298,7 @@ int bus_wait(bus_t *b, redisAsyncContext *ac, int n, int timeout_ms, bus_wait_cb
         return -1;
     }
     bus_node_t *node = ac->data;
+    int link = ac == node->dur;
     bus_waiter_t *w = malloc(sizeof(*w));
     if (w == NULL) {
         return -1;
@@ -1226,9 +1307,8 @@ int bus_wait(bus_t *b, redisAsyncContext *ac, int n, int timeout_ms, bus_wait_cb
     w->arg = arg;
     w->n = n;
     w->timeout_ms = timeout_ms;
-    w->next = node->waiters;
-    node->waiters = w;
-    node->nwaiters++;
+    w->next = node->waiters[link];
+    node->waiters[link] = w;
     if (!uv_is_active((uv_handle_t *)&b->wait_check)) {
         uv_check_start(&b->wait_check, bus_on_wait_check);
     }

@@ -4,8 +4,9 @@
  * is one node; against Redis Cluster (--redis-cluster) there is one node
  * per master, found from the seeds with CLUSTER SLOTS. Each node has a
  * command connection ("cmd", hiredis async) and a subscriber connection
- * ("sub", pubsub.h); each is closed, connecting or up, and a lost one is
- * redialled with backoff.
+ * ("sub", pubsub.h), and with --ack-replicas a durable link ("dur") that
+ * carries the sends and their WAITs; each is closed, connecting or up, and
+ * a lost one is redialled with backoff.
  *
  * Commands are routed by the hash slot of the key they name. In a cluster
  * a command answered MOVED is sent again where the slot now lives (and the
@@ -102,6 +103,11 @@ void bus_tick(bus_t *b);
  */
 int bus_command(bus_t *b, const char *key, size_t keylen, bus_cb_t *cb, void *privdata,
                 int argc, const char **argv, const size_t *argvlen);
+
+/* The same on the node's durable link (with --ack-replicas; else the
+ * command link): for writes whose WAIT must not hold up other commands. */
+int bus_command_durable(bus_t *b, const char *key, size_t keylen, bus_cb_t *cb, void *privdata,
+                        int argc, const char **argv, const size_t *argvlen);
 
 /* Sends a command to the node whose command link is ac's (from a reply
  * callback), or with ac NULL to every node whose command link is up.

@@ -292,6 +292,7 @@ typedef struct {
     const char **argv;
     size_t *lens;
     const char *key;            /* the routing key given by the caller, while sending */
+    int durable;                /* goes on the durable link (sends and their WAITs) */
 } store_call_t;
 
 #define STORE_MAX_ARGS 64
@@ -363,6 +364,9 @@ static int store_send_call(store_call_t *call, int argc, const char **argv, cons
     if (argc <= k) {
         return -1;
     }
+    if (call->durable) {
+        return bus_command_durable(call->bus, argv[k], lens[k], store_on_reply, call, argc, argv, lens);
+    }
     return bus_command(call->bus, argv[k], lens[k], store_on_reply, call, argc, argv, lens);
 }
 
@@ -406,8 +410,8 @@ int store_call(bus_t *b, store_cb_t *cb, void *arg, int argc,
  * be given (or neither). Returns 0 when sent, -1 when Redis is unavailable
  * (no callback runs).
  */
-static int store_eval_raw(bus_t *b, int script, store_cb_t *cb, store_raw_cb_t *rcb, void *arg,
-                          int argc, const char **argv, const size_t *lens)
+static int store_eval_raw(bus_t *b, int script, int durable, store_cb_t *cb, store_raw_cb_t *rcb,
+                          void *arg, int argc, const char **argv, const size_t *lens)
 {
     if (argc + 2 > STORE_MAX_ARGS || argc < 2) {
         return -1;
@@ -429,6 +433,7 @@ static int store_eval_raw(bus_t *b, int script, store_cb_t *cb, store_raw_cb_t *
     call->arg = arg;
     call->bus = b;
     call->script = script;
+    call->durable = durable;
     call->argc = argc;
     call->argv = (const char **)block;
     call->lens = (size_t *)(block + (size_t)argc * sizeof(char *));
@@ -446,9 +451,10 @@ static int store_eval_raw(bus_t *b, int script, store_cb_t *cb, store_raw_cb_t *
     return 0;
 }
 
-/* Runs a script whose arguments are all NUL-terminated strings. */
-static int store_evalv(bus_t *b, int script, store_cb_t *cb, store_raw_cb_t *rcb, void *arg,
-                       int argc, const char **argv)
+/* Runs a script whose arguments are all NUL-terminated strings; durable:
+ * on the durable link. */
+static int store_evalv_on(bus_t *b, int durable, int script, store_cb_t *cb, store_raw_cb_t *rcb,
+                          void *arg, int argc, const char **argv)
 {
     size_t lens[STORE_MAX_ARGS];
     if (argc > STORE_MAX_ARGS) {
@@ -457,7 +463,13 @@ static int store_evalv(bus_t *b, int script, store_cb_t *cb, store_raw_cb_t *rcb
     for (int i = 0; i < argc; i++) {
         lens[i] = strlen(argv[i]);
     }
-    return store_eval_raw(b, script, cb, rcb, arg, argc, argv, lens);
+    return store_eval_raw(b, script, durable, cb, rcb, arg, argc, argv, lens);
+}
+
+static int store_evalv(bus_t *b, int script, store_cb_t *cb, store_raw_cb_t *rcb, void *arg,
+                       int argc, const char **argv)
+{
+    return store_evalv_on(b, 0, script, cb, rcb, arg, argc, argv);
 }
 
 size_t store_channel(const char *room, char *out, size_t outlen)
@@ -486,7 +498,7 @@ typedef struct {
     char room[];
 } store_send_t;
 
-static void store_commit(bus_t *b, const char *room, int64_t seq)
+static int store_commit(bus_t *b, const char *room, int64_t seq, store_cb_t *cb, void *arg)
 {
     char kd[160], klog[160], chan[160], v[24];
     store_key(kd, sizeof(kd), room, "durable");
@@ -494,9 +506,9 @@ static void store_commit(bus_t *b, const char *room, int64_t seq)
     store_channel(room, chan, sizeof(chan));
     snprintf(v, sizeof(v), "%" PRId64, seq);
     const char *argv[] = { "2", kd, klog, v, chan, bus_publish_verb(b) };
-    /* Fire and forget: a commit lost with its node is redone by the next
-     * reader that finds the mark behind (store_heal). */
-    store_evalv(b, STORE_COMMIT, NULL, NULL, NULL, 6, argv);
+    /* After a send it is fire and forget: a commit lost with its node is
+     * redone by the next reader that finds the mark behind. */
+    return store_evalv_on(b, 1, STORE_COMMIT, cb, NULL, arg, 6, argv);
 }
 
 static void store_send_done(store_send_t *st, int status)
@@ -512,7 +524,7 @@ static void store_on_durable(void *arg, int ok)
         store_send_done(st, STORE_NOT_DURABLE);
         return;
     }
-    store_commit(st->bus, st->room, st->ack.seq);
+    store_commit(st->bus, st->room, st->ack.seq, NULL, NULL);
     store_send_done(st, STORE_OK);
 }
 
@@ -574,7 +586,7 @@ int store_send(bus_t *b, const char *room, const char *sender, const char *id,
                            head, tail, win, cap, chan, id != NULL ? "1" : "0",
                            bus_env(b)->cfg->mongo_uri[0] != '\0' ? "1" : "0", room,
                            bus_publish_verb(b), store_waits(b) ? "1" : "0" };
-    if (store_evalv(b, STORE_SEND, NULL, store_on_sent, st, 16, argv) != 0) {
+    if (store_evalv_on(b, store_waits(b), STORE_SEND, NULL, store_on_sent, st, 16, argv) != 0) {
         free(st);
         return -1;
     }
@@ -613,16 +625,19 @@ static void store_read_done(store_read_t *rd, redisReply *r)
     free(rd);
 }
 
+static void store_on_committed(void *arg, redisReply *r)
+{
+    store_read_t *rd = arg;
+    /* The read goes after the commit's answer: it is on the other link. */
+    if (r == NULL || r->type != REDIS_REPLY_INTEGER || store_read_send(rd) != 0) {
+        store_read_done(rd, NULL);
+    }
+}
+
 static void store_on_healed(void *arg, int ok)
 {
     store_read_t *rd = arg;
-    if (!ok) {
-        store_read_done(rd, NULL);
-        return;
-    }
-    store_commit(rd->bus, rd->room, rd->top);
-    /* The commit goes first on the same link, so the read sees its mark. */
-    if (store_read_send(rd) != 0) {
+    if (!ok || store_commit(rd->bus, rd->room, rd->top, store_on_committed, rd) != 0) {
         store_read_done(rd, NULL);
     }
 }
@@ -660,7 +675,7 @@ static void store_on_read(void *arg, redisReply *r)
         store_key(kd, sizeof(kd), rd->room, "durable");
         store_key(kseq, sizeof(kseq), rd->room, "seq");
         const char *argv[] = { "2", kd, kseq };
-        if (store_evalv(rd->bus, STORE_TOUCH, NULL, store_on_touched, rd, 3, argv) != 0) {
+        if (store_evalv_on(rd->bus, 1, STORE_TOUCH, NULL, store_on_touched, rd, 3, argv) != 0) {
             store_read_done(rd, NULL);
         }
         return;
