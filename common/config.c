@@ -29,7 +29,6 @@ static const opt_t config_opts[] = {
     OPT_S("redis-url", redis_url, "Redis URL (default redis://127.0.0.1:6379)"),
     OPT_S("redis-cluster", redis_cluster, "Redis Cluster seed nodes HOST:PORT[,HOST:PORT...] (instead of one Redis)"),
     OPT_I("ack-replicas", ack_replicas, 0, 16, "replicas that must hold a message before its ack (default 0)"),
-    OPT_I("redis-coalesce", redis_coalesce, 0, 100, "ms a busy Redis link gathers commands into one write (default 1; 0 = none)"),
     OPT_I("ack-timeout", ack_timeout, 10, 60000, "ms to wait for --ack-replicas before 'unavailable' (default 1000)"),
     OPT_S("mongo-uri", mongo_uri, "MongoDB URI for the message archive (default: none)"),
     OPT_S("jwt-secret", jwt_secret, "HS256 secret; without it ?user= is accepted (development)"),
@@ -64,7 +63,6 @@ static void config_defaults(config_t *cfg)
     cfg->workers = ncpu > 0 ? (int)ncpu : 1;
     snprintf(cfg->redis_url, sizeof(cfg->redis_url), "redis://127.0.0.1:6379");
     cfg->ack_timeout = 1000;
-    cfg->redis_coalesce = 1;
     cfg->heartbeat = 25;
     snprintf(cfg->log_level, sizeof(cfg->log_level), "info");
     cfg->max_message = 65536;

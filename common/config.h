@@ -19,7 +19,6 @@ typedef struct config_s {
     char redis_cluster[1024];   /* seed nodes; "" = one Redis at redis_url */
     int ack_replicas;           /* replicas holding a message before its ack */
     int ack_timeout;            /* ms to wait for them */
-    int redis_coalesce;         /* ms a busy Redis link gathers commands for */
     char mongo_uri[1024];
     char jwt_secret[512];
     int heartbeat;              /* seconds between server pings */

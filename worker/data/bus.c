@@ -311,7 +311,7 @@ static redisAsyncContext *bus_dial(bus_node_t *n)
         return NULL;
     }
     ac->data = n;
-    if (redisuv_attach(ac, b->env.loop, b->env.cfg->redis_coalesce) != REDIS_OK) {
+    if (redisuv_attach(ac, b->env.loop) != REDIS_OK) {
         redisAsyncFree(ac);
         return NULL;
     }

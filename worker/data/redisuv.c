@@ -12,12 +12,7 @@
 typedef struct {
     redisAsyncContext *context;     /* NULL once hiredis has cleaned up */
     uv_poll_t handle;
-    uv_timer_t coalesce;            /* holds back a write under load */
     int events;
-    int want_write;                 /* hiredis has output queued */
-    int coalesce_ms;
-    int open_handles;               /* freed when both are closed */
-    uint64_t last_write_ms;
 } redisuv_t;
 
 static void redisuv_on_poll(uv_poll_t *handle, int status, int events)
@@ -28,7 +23,6 @@ static void redisuv_on_poll(uv_poll_t *handle, int status, int events)
         events = p->events;
     }
     if (p->context != NULL && (events & UV_WRITABLE)) {
-        p->last_write_ms = uv_now(p->handle.loop);
         redisAsyncHandleWrite(p->context);
     }
     for (int i = 0; i < REDISUV_READS_PER_WAKEUP && p->context != NULL && (events & UV_READABLE); i++) {
@@ -65,29 +59,9 @@ static void redisuv_del_read(void *privdata)
     redisuv_update(p);
 }
 
-static void redisuv_on_coalesced(uv_timer_t *t)
-{
-    redisuv_t *p = t->data;
-    if (p->context != NULL && p->want_write) {
-        p->events |= UV_WRITABLE;
-        redisuv_update(p);
-    }
-}
-
 static void redisuv_add_write(void *privdata)
 {
     redisuv_t *p = privdata;
-    p->want_write = 1;
-    if (p->events & UV_WRITABLE) {
-        return;
-    }
-    uint64_t since = uv_now(p->handle.loop) - p->last_write_ms;
-    if (p->coalesce_ms > 0 && since < (uint64_t)p->coalesce_ms) {
-        if (!uv_is_active((uv_handle_t *)&p->coalesce)) {
-            uv_timer_start(&p->coalesce, redisuv_on_coalesced, (uint64_t)p->coalesce_ms - since, 0);
-        }
-        return;
-    }
     p->events |= UV_WRITABLE;
     redisuv_update(p);
 }
@@ -95,18 +69,13 @@ static void redisuv_add_write(void *privdata)
 static void redisuv_del_write(void *privdata)
 {
     redisuv_t *p = privdata;
-    p->want_write = 0;
-    uv_timer_stop(&p->coalesce);
     p->events &= ~UV_WRITABLE;
     redisuv_update(p);
 }
 
 static void redisuv_on_close(uv_handle_t *handle)
 {
-    redisuv_t *p = handle->data;
-    if (--p->open_handles == 0) {
-        free(p);
-    }
+    free(handle->data);
 }
 
 static void redisuv_cleanup(void *privdata)
@@ -114,10 +83,9 @@ static void redisuv_cleanup(void *privdata)
     redisuv_t *p = privdata;
     p->context = NULL;
     uv_close((uv_handle_t *)&p->handle, redisuv_on_close);
-    uv_close((uv_handle_t *)&p->coalesce, redisuv_on_close);
 }
 
-int redisuv_attach(redisAsyncContext *ac, uv_loop_t *loop, int coalesce_ms)
+int redisuv_attach(redisAsyncContext *ac, uv_loop_t *loop)
 {
     if (ac->ev.data != NULL) {
         return REDIS_ERR;
@@ -130,11 +98,7 @@ int redisuv_attach(redisAsyncContext *ac, uv_loop_t *loop, int coalesce_ms)
         free(p);
         return REDIS_ERR;
     }
-    uv_timer_init(loop, &p->coalesce);
     p->handle.data = p;
-    p->coalesce.data = p;
-    p->open_handles = 2;
-    p->coalesce_ms = coalesce_ms;
     p->context = ac;
     ac->ev.addRead = redisuv_add_read;
     ac->ev.delRead = redisuv_del_read;
