@@ -28,33 +28,15 @@ import argparse
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from redisproto import Redis, RedisError, encode as resp, keyslot  # noqa: E402
+
 STORE_C = os.path.join(HERE, "..", "worker", "data", "store.c")
-
-
-def crc16(data):
-    crc = 0
-    for b in data:
-        crc ^= b << 8
-        for _ in range(8):
-            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else (crc << 1)
-            crc &= 0xFFFF
-    return crc
-
-
-def keyslot(key):
-    k = key.encode()
-    s = k.find(b"{")
-    if s != -1:
-        e = k.find(b"}", s + 1)
-        if e != -1 and e != s + 1:
-            k = k[s + 1:e]
-    return crc16(k) & 16383
 
 
 def lua_script(name):
@@ -67,42 +49,13 @@ def lua_script(name):
     return "".join(bytes(p, "utf-8").decode("unicode_escape") for p in parts)
 
 
-def resp(*args):
-    out = [b"*%d\r\n" % len(args)]
-    for a in args:
-        if not isinstance(a, bytes):
-            a = str(a).encode()
-        out.append(b"$%d\r\n%s\r\n" % (len(a), a))
-    return b"".join(out)
-
-
 def command(host, port, *args):
-    """One command over a fresh connection; returns the parsed reply."""
-    with socket.create_connection((host, port), timeout=10) as s:
-        s.sendall(resp(*args))
-        f = s.makefile("rb")
-        return read_reply(f)
-
-
-def read_reply(f):
-    line = f.readline()
-    kind, rest = line[:1], line[1:-2]
-    if kind == b"+":
-        return rest.decode()
-    if kind == b"-":
-        raise RuntimeError(rest.decode())
-    if kind == b":":
-        return int(rest)
-    if kind == b"$":
-        n = int(rest)
-        if n < 0:
-            return None
-        data = f.read(n + 2)
-        return data[:-2]
-    if kind == b"*":
-        n = int(rest)
-        return None if n < 0 else [read_reply(f) for _ in range(n)]
-    raise RuntimeError(f"bad reply {line!r}")
+    """One command over a fresh connection; raises RedisError on an error."""
+    r = Redis(port, host=host, timeout=10)
+    try:
+        return r.call(*args)
+    finally:
+        r.close()
 
 
 def info(host, port, section):
@@ -188,8 +141,9 @@ def main():
                     # What one worker iteration sends: the scripts, one WAIT,
                     # and (once it answers) the commits.
                     cmds.append(resp("WAIT", o.ack_replicas, 1000))
-                    commits = [resp("EVALSHA", commit_sha, 2, f"chatd:{{{r}}}:durable",
-                                    f"chatd:{{{r}}}:log", sq, f"chatd:{{{r}}}", verb)
+                    commits = [resp("EVALSHA", commit_sha, 3, f"chatd:{{{r}}}:durable",
+                                    f"chatd:{{{r}}}:log", f"chatd:{{{r}}}:aq", sq, f"chatd:{{{r}}}",
+                                    verb, 0, r)
                                for r, sq in pending.items()]
                     per_client.append((b"".join(cmds), nreplies + 1))
                     per_client.append((b"".join(commits), len(commits)))
@@ -251,15 +205,10 @@ def run_client(host, port, batches):
     loop, as a worker waits for its Redis replies. Returns the number of
     error replies (capped at 255)."""
     errors = 0
-    with socket.create_connection((host, port)) as s:
-        f = s.makefile("rb", buffering=1 << 16)
-        for data, n in batches:
-            s.sendall(data)
-            for _ in range(n):
-                try:
-                    read_reply(f)
-                except RuntimeError:
-                    errors += 1
+    r = Redis(port, host=host, timeout=60)
+    for data, n in batches:
+        errors += sum(isinstance(x, RedisError) for x in r.send_raw(data, n))
+    r.close()
     return min(errors, 255)
 
 

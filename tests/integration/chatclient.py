@@ -325,3 +325,18 @@ async def close_all():
         if c._reader is not None:
             c._reader.cancel()
     await asyncio.sleep(0)
+
+
+async def answers(c, ids, timeout, start=0):
+    """{id: answer frame} for every id (answers may come in any order)."""
+    want, got = set(ids), {}
+    deadline = time.monotonic() + timeout
+    i = start
+    while len(got) < len(want):
+        i, f = await c.wait(lambda f: f.get("type") in RESPONSE_TYPES and f.get("id") in want
+                            and f.get("id") not in got,
+                            max(0.0, deadline - time.monotonic()), i,
+                            what=f"answers ({len(got)}/{len(want)} so far)")
+        got[f["id"]] = f
+        i += 1
+    return got

@@ -288,3 +288,67 @@ async def test_redis_flushed_seq_continues_from_mongo():
         assert len(docs) == 15
     finally:
         await c.close()
+
+
+@atest(150)
+async def test_ack_replicas_archive_gets_only_what_the_replicas_hold():
+    """With --ack-replicas 1, a message the replicas do not hold yet is
+    neither acked nor archived; once they hold it, a resend with the same id
+    is answered as a duplicate and the message reaches MongoDB exactly once."""
+    room = R("acks")
+    pair = None
+    if is_cluster(REDIS):
+        store = REDIS
+        replica = REDIS.replica_of(REDIS.master_of(f"chatd:{{{room}}}"))
+    else:
+        # One Redis and a replica of it, for this server alone.
+        primary = Redis(name="redis-ackprimary").start()
+        replica = Redis(name="redis-ackreplica",
+                        extra_args=["--replicaof", "127.0.0.1", str(primary.port)]).start()
+        pair = (primary, replica)
+        store = primary
+        wait_for(lambda: "master_link_status:up" in replica.command("INFO", "replication").decode(),
+                 10, what="the replica linked")
+    srv = Chatd(store, workers=1, name="archive-acks",
+                args=["--mongo-uri", MONGO.uri, "--ack-replicas", "1", "--ack-timeout", "300",
+                      "--rate", "100000", "--burst", "100000"]).start()
+    c = None
+    try:
+        c = await ChatClient.open(srv.port, "ada")
+        await c.join(room)
+        held = await send_all(c, room, 5, "held")
+        wait_archived(room, held)
+
+        replica.stop()
+        unheld = []
+        for i in range(3):
+            f = await c.request("chat", {"room": room, "content": f"unheld {i}"}, id=f"unheld-{i}", timeout=15)
+            assert f["type"] == "error" and f["payload"]["code"] == "unavailable", f
+            unheld.append(f"unheld-{i}")
+        # stored on the master, but not durable: MongoDB must not get them
+        time.sleep(4)
+        docs = MONGO.docs(room)
+        assert sorted(d["seq"] for d in docs) == [1, 2, 3, 4, 5], \
+            f"archived while no replica held them: {[(d['seq'], d.get('content')) for d in docs]}"
+
+        replica.restart()
+        wait_for(lambda: "master_link_status:up" in replica.command("INFO", "replication").decode(),
+                 30, what="the replica back and linked")
+        acks = []
+        for mid in unheld:
+            f = await c.request("chat", {"room": room, "content": "again"}, id=mid, timeout=15)
+            assert f["type"] == "ack", f
+            acks.append(f["payload"])
+        assert [a["seq"] for a in acks] == [6, 7, 8] and all(a.get("duplicate") for a in acks), acks
+        docs = wait_archived(room, held + acks)
+        assert [d["content"] for d in sorted(docs, key=lambda d: d["seq"])][5:] == \
+            ["unheld 0", "unheld 1", "unheld 2"], docs
+    finally:
+        if c is not None:
+            await c.close()
+        srv.stop()
+        if not replica.running():
+            replica.restart()
+        if pair is not None:
+            for r in pair:
+                r.stop()

@@ -42,6 +42,7 @@ import time
 import websockets
 
 import harness
+from chatclient import RESPONSE_TYPES
 from harness import (Chatd, RedisCluster, RedisError, http_get, keyslot, timeout,
                      wait_for)
 
@@ -49,7 +50,6 @@ CLUSTER = None
 TAG = os.urandom(3).hex()
 FAST = ["--rate", "100000", "--burst", "100000"]
 NODE_TIMEOUT_MS = 2000
-RESPONSE_TYPES = ("joined", "left", "ack", "history", "presence", "pong", "error")
 
 
 def setup_module():
@@ -75,7 +75,18 @@ def start_chatd(name, workers=2, args=()):
         if time.monotonic() > deadline:
             raise RuntimeError(f"{harness.chatd_bin()} missing for 60 s")
         time.sleep(1)
-    return Chatd(CLUSTER, workers=workers, args=FAST + list(args), name=name).start()
+    srv = Chatd(CLUSTER, workers=workers, args=FAST + list(args), name=name).start()
+    # "ready" means the workers listen; their links to the masters come up
+    # just after (the slot map first, then a link per master). Tests start
+    # from a server whose /healthz says ok on several polls in a row, which
+    # reach both workers.
+    ok = [0]
+
+    def settled():
+        ok[0] = ok[0] + 1 if http_get(srv.port, "/healthz", timeout=3).status == 200 else 0
+        return ok[0] >= 6
+    wait_for(settled, 15, interval=0.05, what=f"{name}: /healthz 200 on six polls in a row")
+    return srv
 
 
 def healthy_cluster(timeout=45):

@@ -51,7 +51,7 @@ import websockets
 
 import harness
 from harness import Chatd, Skip
-from chatclient import RESPONSE_TYPES, ChatClient, itest, track
+from chatclient import ChatClient, answers, itest, track
 
 PID = os.getpid()
 PREFIX = f"chatdh-{PID}"
@@ -484,20 +484,6 @@ def teardown_module():
 # --------------------------------------------------------------------------
 # helpers
 
-
-async def answers(c, ids, timeout, start=0):
-    """{id: answer frame} for every id."""
-    want, got = set(ids), {}
-    deadline = time.monotonic() + timeout
-    i = start
-    while len(got) < len(want):
-        i, f = await c.wait(lambda f: f.get("type") in RESPONSE_TYPES and f.get("id") in want
-                            and f.get("id") not in got,
-                            max(0.0, deadline - time.monotonic()), i,
-                            what=f"answers ({len(got)}/{len(want)} so far)")
-        got[f["id"]] = f
-        i += 1
-    return got
 
 
 async def presence(c, room):

@@ -27,7 +27,7 @@ import time
 
 import harness
 from harness import Chatd, RawWS, http_get, make_redis
-from chatclient import (RESPONSE_TYPES, clients_on_distinct_workers,
+from chatclient import (answers, clients_on_distinct_workers,
                         close_all, connect, itest, track,
                         server_side_row, worker_of_async)
 
@@ -75,20 +75,6 @@ def R(name):
 
 
 
-
-async def answers(c, ids, timeout, start=0):
-    """{id: answer frame} for every id (answers may come in any order)."""
-    want, got = set(ids), {}
-    deadline = time.monotonic() + timeout
-    i = start
-    while len(got) < len(want):
-        i, f = await c.wait(lambda f: f.get("type") in RESPONSE_TYPES and f.get("id") in want
-                            and f.get("id") not in got,
-                            max(0.0, deadline - time.monotonic()), i,
-                            what=f"answers ({len(got)}/{len(want)} so far)")
-        got[f["id"]] = f
-        i += 1
-    return got
 
 
 async def send_many(c, room, ids, content=lambda i: f"msg {i}", timeout=30.0):
@@ -1151,3 +1137,28 @@ async def test_scripts_reloaded_after_script_flush():
     late = await connect(SRV, "nlate")
     j = await late.join(room)
     assert j["seq"] == last, j
+
+
+@itest(60)
+async def test_dead_worker_of_the_old_layout_is_reaped():
+    """chatd before Redis Cluster support kept a worker's presence as
+    "room\\nuser" entries in chatd:w:<wid>. Such a worker that dies while
+    old and new run side by side (a USR2 upgrade) is reaped by the new ones:
+    its users leave, and its set and registry entry go."""
+    if harness.is_cluster(REDIS):
+        raise harness.Skip("the old layout only ever ran on one Redis")
+    room = R("legacy")
+    wid = f"oldhost:{os.getpid()}:1"
+    REDIS.command("SADD", f"chatd:w:{wid}", f"{room}\nghost")
+    REDIS.command("HINCRBY", f"chatd:{{{room}}}:u", "ghost", 1)
+    REDIS.command("ZADD", "chatd:workers", 1, wid)      # its last heartbeat: long ago
+    obs = await connect(SRV, "legacyobs")
+    try:
+        await obs.join(room)
+        await obs.wait(lambda f: member_events(obs, room, "ghost", "leave"), 20,
+                       what="the old worker's user to leave")
+        assert await presence(obs, room) == ["legacyobs"]
+        assert REDIS.command("EXISTS", f"chatd:w:{wid}") == 0
+        assert REDIS.command("ZSCORE", "chatd:workers", wid) is None
+    finally:
+        await obs.close()

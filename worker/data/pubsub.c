@@ -7,7 +7,7 @@
 
 #include <hiredis/hiredis.h>
 
-enum { PS_RESOLVING, PS_CONNECTING, PS_HANDSHAKE, PS_UP, PS_CLOSING };
+enum { PS_RESOLVING, PS_CONNECTING, PS_UP, PS_CLOSING };
 
 /* A subscribe or unsubscribe sent and not yet answered. */
 typedef struct {
@@ -203,16 +203,13 @@ int pubsub_subscribe(pubsub_t *ps, const char *channel, size_t len, int on)
 
 static void pubsub_on_reply(pubsub_t *ps, const redisReply *r)
 {
-    if (ps->state == PS_HANDSHAKE) {
+    /* The answers to AUTH and PING come first: nothing was sent before. */
+    if (ps->handshake_left > 0) {
+        ps->handshake_left--;
         if (r->type == REDIS_REPLY_ERROR) {
             log_warn("event=redis_sub_refused host=%s port=%d err=\"%.*s\"", ps->host, ps->port,
                      (int)r->len, r->str);
             pubsub_fail(ps, "handshake refused");
-            return;
-        }
-        if (--ps->handshake_left == 0) {
-            ps->state = PS_UP;
-            ps->h->up(ps->ud);
         }
         return;
     }
@@ -301,7 +298,6 @@ static void pubsub_on_connect(uv_connect_t *req, int status)
         pubsub_fail(ps, uv_strerror(rc));
         return;
     }
-    ps->state = PS_HANDSHAKE;
     ps->handshake_left = 1;
     if (ps->password[0] != '\0') {
         const char *argv[] = { "AUTH", ps->password };
@@ -316,7 +312,12 @@ static void pubsub_on_connect(uv_connect_t *req, int status)
     size_t lens[] = { 4 };
     if (pubsub_send(ps, 1, argv, lens) != 0) {
         pubsub_fail(ps, "out of memory");
+        return;
     }
+    /* Up now, as the command link is: subscriptions queue behind AUTH and
+     * PING on the socket, and a refused AUTH ends the link from the reply. */
+    ps->state = PS_UP;
+    ps->h->up(ps->ud);
 }
 
 static int pubsub_dial(pubsub_t *ps, const struct sockaddr *addr)

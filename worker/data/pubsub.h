@@ -11,7 +11,8 @@
  * it on its own, as Cluster does when a slot moves away), or refused with
  * Redis's error text (a MOVED redirection, say).
  *
- * Lifecycle: pubsub_connect() -> up() -> ... -> down() once, after which
+ * Lifecycle: pubsub_connect() -> up() (at connect, as hiredis reports its
+ * links) -> ... -> down() once, after which
  * the object frees itself; or pubsub_close() by the owner, after which no
  * handler runs.
  */
@@ -45,7 +46,7 @@ pubsub_t *pubsub_connect(uv_loop_t *loop, const char *host, int port, const char
  * sent, -1 when the connection is not up or out of memory. */
 int pubsub_subscribe(pubsub_t *ps, const char *channel, size_t len, int on);
 
-/* 1 once the connection is up (dialled, authenticated, answered PING). */
+/* 1 once the connection is up (connected; AUTH and PING sent). */
 int pubsub_is_up(const pubsub_t *ps);
 
 /* Closes the connection and frees it once libuv lets go; no handler runs

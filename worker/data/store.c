@@ -28,8 +28,9 @@
  * lost its data) answers {-1}: the worker seeds the counter from MongoDB's
  * highest seq and sends again. The recent log is then trimmed only below
  * what MongoDB has stored, and never below the recovery window.
- * When the ack waits for replicas nothing is published here: the commit
- * script does that once the replicas hold the message. A resend then
+ * When the ack waits for replicas nothing is published or queued for the
+ * archive here: the commit script does that once the replicas hold the
+ * message. A resend then
  * rewrites its dedup entry, so that the WAIT that follows covers the
  * original write too.
  */
@@ -49,9 +50,11 @@ static const char store_send_lua[] =
     "local p = ARGV[1] .. seq .. ',\"ts\":' .. string.format('%d', ms) .. ',' .. ARGV[2]\n"
     "if archive then\n"
     "  redis.call('XADD', KEYS[2], seq .. '-1', 'm', p)\n"
-    "  local fresh = redis.call('EXISTS', KEYS[4]) == 0\n"
-    "  redis.call('XADD', KEYS[4], '*', 'r', ARGV[8], 'm', p)\n"
-    "  if fresh then redis.pcall('XGROUP', 'CREATE', KEYS[4], 'archivers', '0') end\n"
+    "  if ARGV[10] ~= '1' then\n"
+    "    local fresh = redis.call('EXISTS', KEYS[4]) == 0\n"
+    "    redis.call('XADD', KEYS[4], '*', 'r', ARGV[8], 'm', p)\n"
+    "    if fresh then redis.pcall('XGROUP', 'CREATE', KEYS[4], 'archivers', '0') end\n"
+    "  end\n"
     "  local done = tonumber(redis.call('GET', KEYS[5]) or '0')\n"
     "  local keep = math.min(done + 1, seq - tonumber(ARGV[4]) + 1)\n"
     "  if keep > 1 then redis.call('XTRIM', KEYS[2], 'MINID', '~', keep .. '-0') end\n"
@@ -68,22 +71,32 @@ static const char store_send_lua[] =
 
 /*
  * After WAIT confirmed that the replicas hold every write up to seq:
- * KEYS durable mark, log. ARGV seq, channel, publish verb. Raises the
- * room's durable mark, below which readers may see messages, and
- * publishes the message when it raised it. A commit that finds the mark
- * already higher publishes nothing: the later message that raised it was
- * published, and its receivers fetch the ones before it from the log.
+ * KEYS durable mark, log, archive queue. ARGV seq, channel, publish verb,
+ * "1" when archiving, room. Raises the room's durable mark, below which
+ * readers may see messages, and publishes the message when it raised it.
+ * A commit that finds the mark already higher publishes nothing: the later
+ * message that raised it was published, and its receivers fetch the ones
+ * before it from the log. The messages the mark passes go to the archive
+ * queue here, not in the send script, so MongoDB never gets a message a
+ * failover could still take back (a mark lost in a failover makes some go
+ * twice: the archive's inserts are idempotent).
  */
 static const char store_commit_lua[] =
     "local s = tonumber(ARGV[1])\n"
     "local d = tonumber(redis.call('GET', KEYS[1]) or '0')\n"
     "if s <= d then return d end\n"
     "redis.call('SET', KEYS[1], s)\n"
-    "local e = redis.call('XRANGE', KEYS[2], s .. '-1', s .. '-1')\n"
-    "if e[1] then\n"
+    "local es = redis.call('XRANGE', KEYS[2], (d + 1) .. '-0', s .. '-1')\n"
+    "if ARGV[4] == '1' and #es > 0 then\n"
+    "  local fresh = redis.call('EXISTS', KEYS[3]) == 0\n"
+    "  for _, e in ipairs(es) do redis.call('XADD', KEYS[3], '*', 'r', ARGV[5], 'm', e[2][2]) end\n"
+    "  if fresh then redis.pcall('XGROUP', 'CREATE', KEYS[3], 'archivers', '0') end\n"
+    "end\n"
+    "local last = es[#es]\n"
+    "if last and last[1] == s .. '-1' then\n"
     "  local tm = redis.call('TIME')\n"
     "  local us = tm[1] .. string.format('%06d', tonumber(tm[2]))\n"
-    "  redis.call(ARGV[3], ARGV[2], 'C' .. s .. ' ' .. us .. ' ' .. e[1][2][2])\n"
+    "  redis.call(ARGV[3], ARGV[2], 'C' .. s .. ' ' .. us .. ' ' .. last[2][2])\n"
     "end\n"
     "return s\n";
 
@@ -173,6 +186,32 @@ static const char store_reap_room_lua[] =
     "redis.call('DEL', KEYS[2])\n"
     "return #users\n";
 
+/* One Redis only, for workers of chatd before Redis Cluster support (a
+ * USR2 upgrade runs old and new side by side): they kept "room\nuser"
+ * entries in chatd:w:<wid>, keys of many rooms, which only a lone Redis
+ * lets one script touch. ARGV: the dead worker's id, member-events. */
+static const char store_reap_legacy_lua[] =
+    "local set = 'chatd:w:' .. ARGV[1]\n"
+    "local limit = tonumber(ARGV[2])\n"
+    "for _, e in ipairs(redis.call('SMEMBERS', set)) do\n"
+    "  local nl = string.find(e, '\\n', 1, true)\n"
+    "  if nl then\n"
+    "    local room = string.sub(e, 1, nl - 1)\n"
+    "    local user = string.sub(e, nl + 1)\n"
+    "    local h = 'chatd:{' .. room .. '}:u'\n"
+    "    local n = redis.call('HINCRBY', h, user, -1)\n"
+    "    if n <= 0 then\n"
+    "      redis.call('HDEL', h, user)\n"
+    "      if redis.call('HLEN', h) + 1 <= limit then\n"
+    "        local f = cjson.encode({type = 'member', payload = {room = room, user = user, event = 'leave'}})\n"
+    "        redis.call('PUBLISH', 'chatd:{' .. room .. '}', 'X' .. user .. '\\n' .. f)\n"
+    "      end\n"
+    "    end\n"
+    "  end\n"
+    "end\n"
+    "redis.call('DEL', set)\n"
+    "return 1\n";
+
 /* KEYS: the worker registry. ARGV: dead-after (ms). Up to 10 workers whose
  * heartbeat is older, by Redis's clock. */
 static const char store_dead_lua[] =
@@ -196,7 +235,7 @@ static const char store_heartbeat_lua[] =
  */
 enum {
     STORE_SEND, STORE_COMMIT, STORE_READ, STORE_TOUCH, STORE_MEMBER, STORE_REAP_ROOM,
-    STORE_DEAD, STORE_HEARTBEAT, STORE_NSCRIPTS
+    STORE_DEAD, STORE_HEARTBEAT, STORE_REAP_LEGACY, STORE_NSCRIPTS
 };
 
 static struct {
@@ -211,6 +250,7 @@ static struct {
     [STORE_REAP_ROOM] = { store_reap_room_lua, "" },
     [STORE_DEAD] = { store_dead_lua, "" },
     [STORE_HEARTBEAT] = { store_heartbeat_lua, "" },
+    [STORE_REAP_LEGACY] = { store_reap_legacy_lua, "" },
 };
 
 /*
@@ -500,15 +540,18 @@ typedef struct {
 
 static int store_commit(bus_t *b, const char *room, int64_t seq, store_cb_t *cb, void *arg)
 {
-    char kd[160], klog[160], chan[160], v[24];
+    char kd[160], klog[160], chan[160], kqueue[200], v[24];
     store_key(kd, sizeof(kd), room, "durable");
     store_key(klog, sizeof(klog), room, "log");
     store_channel(room, chan, sizeof(chan));
+    store_queue_key(b, room, kqueue, sizeof(kqueue));
     snprintf(v, sizeof(v), "%" PRId64, seq);
-    const char *argv[] = { "2", kd, klog, v, chan, bus_publish_verb(b) };
+    const char *argv[] = { "3", kd, klog, kqueue, v, chan, bus_publish_verb(b),
+                           bus_env(b)->cfg->mongo_uri[0] != '\0' ? "1" : "0", room };
     /* After a send it is fire and forget: a commit lost with its node is
-     * redone by the next reader that finds the mark behind. */
-    return store_evalv_on(b, 1, STORE_COMMIT, cb, NULL, arg, 6, argv);
+     * redone by the next commit of the room, or by the next reader that
+     * finds the mark behind. */
+    return store_evalv_on(b, 1, STORE_COMMIT, cb, NULL, arg, 9, argv);
 }
 
 static void store_send_done(store_send_t *st, int status)
@@ -1021,6 +1064,14 @@ static void store_reap(bus_t *b, const char *wid)
     }
     rp->bus = b;
     snprintf(rp->wid, sizeof(rp->wid), "%s", wid);
+    if (!bus_is_cluster(b)) {
+        char limit[24], kold[200];
+        snprintf(limit, sizeof(limit), "%d", bus_env(b)->cfg->member_events);
+        snprintf(kold, sizeof(kold), "chatd:w:%s", wid);
+        /* Routed by the old set's key: there is only one node. */
+        const char *legacy[] = { "1", kold, wid, limit };
+        store_evalv(b, STORE_REAP_LEGACY, NULL, NULL, NULL, 4, legacy);
+    }
     char kw[200];
     store_index_key(wid, kw, sizeof(kw));
     const char *argv[] = { "SMEMBERS", kw };
