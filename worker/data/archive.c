@@ -848,7 +848,7 @@ static void archive_pump(archive_t *a)
  * entries plus those not yet read (lag). Entries below the oldest pending
  * one are all acknowledged; trimming them sweeps up any whose XDEL was
  * lost with a dying worker. A queue that does not exist has none. */
-static void archive_measure(archive_t *a, const char *queue, store_cb_t *cb, void *arg)
+static int archive_measure(archive_t *a, const char *queue, store_cb_t *cb, void *arg)
 {
     const char *argv[] = { "EVAL",
         "if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end\n"
@@ -872,9 +872,7 @@ static void archive_measure(archive_t *a, const char *queue, store_cb_t *cb, voi
     for (int i = 0; i < 5; i++) {
         lens[i] = strlen(argv[i]);
     }
-    if (store_call(a->bus, cb, arg, 5, argv, lens) != 0 && cb == archive_on_swept) {
-        free(arg);
-    }
+    return store_call(a->bus, cb, arg, 5, argv, lens);
 }
 
 static void archive_measure_slot(archive_t *a, unsigned slot);
@@ -918,7 +916,9 @@ static void archive_measure_slot(archive_t *a, unsigned slot)
     }
     sc->a = a;
     sc->slot = slot;
-    archive_measure(a, q, archive_on_swept, sc);
+    if (archive_measure(a, q, archive_on_swept, sc) != 0) {
+        free(sc);       /* the callback owns it only once sent */
+    }
 }
 
 void archive_tick(archive_t *a)

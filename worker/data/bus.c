@@ -956,6 +956,19 @@ static void bus_on_ping(redisAsyncContext *ac, void *reply, void *privdata)
     }
 }
 
+/* Gives up a command link still dialling (up is its flag), to dial again. */
+static void bus_cut_dial(bus_node_t *n, redisAsyncContext **link, int up, const char *name)
+{
+    if (*link == NULL || up) {
+        return;
+    }
+    log_warn("event=redis_connect_timeout conn=%s node=%s:%d", name, n->host, n->port);
+    redisAsyncContext *ac = *link;
+    *link = NULL;
+    redisAsyncFree(ac);
+    bus_schedule_retry(n);
+}
+
 static void bus_node_tick(bus_node_t *n, uint64_t now)
 {
     if (n->retry_at_ms != 0 && now >= n->retry_at_ms) {
@@ -964,20 +977,8 @@ static void bus_node_tick(bus_node_t *n, uint64_t now)
     }
     /* A dial that neither succeeds nor fails (packets dropped) is cut. */
     if (now - n->dial_ms > BUS_STALL_MS) {
-        if (n->cmd != NULL && !n->cmd_up) {
-            log_warn("event=redis_connect_timeout conn=cmd node=%s:%d", n->host, n->port);
-            redisAsyncContext *ac = n->cmd;
-            n->cmd = NULL;
-            redisAsyncFree(ac);
-            bus_schedule_retry(n);
-        }
-        if (n->dur != NULL && !n->dur_up) {
-            log_warn("event=redis_connect_timeout conn=dur node=%s:%d", n->host, n->port);
-            redisAsyncContext *ac = n->dur;
-            n->dur = NULL;
-            redisAsyncFree(ac);
-            bus_schedule_retry(n);
-        }
+        bus_cut_dial(n, &n->cmd, n->cmd_up, "cmd");
+        bus_cut_dial(n, &n->dur, n->dur_up, "dur");
         if (n->sub != NULL && !n->sub_up) {
             log_warn("event=redis_connect_timeout conn=sub node=%s:%d", n->host, n->port);
             pubsub_t *ps = n->sub;

@@ -331,13 +331,13 @@ typedef struct {
     int argc;                   /* the EVALSHA's arguments after the SHA, owned */
     const char **argv;
     size_t *lens;
-    const char *key;            /* the routing key given by the caller, while sending */
     int durable;                /* goes on the durable link (sends and their WAITs) */
 } store_call_t;
 
 #define STORE_MAX_ARGS 64
 
-static int store_send_call(store_call_t *call, int argc, const char **argv, const size_t *lens);
+static int store_send_call(store_call_t *call, const char *key, int argc, const char **argv,
+                           const size_t *lens);
 
 /* Sends the call's script as cmd (EVALSHA with the SHA-1, or EVAL with the
  * text) followed by its kept arguments. Returns 0 when sent. */
@@ -351,7 +351,7 @@ static int store_send_script(store_call_t *call, const char *cmd, const char *sc
     lens[1] = slen;
     memcpy(argv + 2, call->argv, (size_t)call->argc * sizeof(*argv));
     memcpy(lens + 2, call->lens, (size_t)call->argc * sizeof(*lens));
-    return store_send_call(call, call->argc + 2, argv, lens);
+    return store_send_call(call, NULL, call->argc + 2, argv, lens);
 }
 
 /* Sends an EVALSHA call again as EVAL (once). Returns 0 when sent. */
@@ -394,10 +394,11 @@ static void store_on_reply(redisAsyncContext *ac, void *reply, void *privdata)
 
 /* A call is routed by its key: the first key of a script (after numkeys),
  * argv[1] of a plain command, unless the caller named one. */
-static int store_send_call(store_call_t *call, int argc, const char **argv, const size_t *lens)
+static int store_send_call(store_call_t *call, const char *key, int argc, const char **argv,
+                           const size_t *lens)
 {
-    if (call->key != NULL) {
-        return bus_command(call->bus, call->key, strlen(call->key), store_on_reply, call, argc, argv, lens);
+    if (key != NULL) {
+        return bus_command(call->bus, key, strlen(key), store_on_reply, call, argc, argv, lens);
     }
     int is_script = lens[0] >= 4 && (strncmp(argv[0], "EVAL", 4) == 0);
     int k = is_script ? 3 : 1;
@@ -428,10 +429,7 @@ int store_call_key(bus_t *b, const char *key, store_cb_t *cb, void *arg, int arg
     call->arg = arg;
     call->bus = b;
     call->script = -1;
-    call->key = key;    /* only used while sending, below */
-    int rc = store_send_call(call, argc, argv, lens);
-    call->key = NULL;
-    if (rc != 0) {
+    if (store_send_call(call, key, argc, argv, lens) != 0) {
         free(call);
         return -1;
     }
