@@ -20,6 +20,12 @@
  * worker with 20,000 clients must not send them all to its siblings at once. */
 #define WORKER_CLOSE_BATCH 500
 #define WORKER_CLOSE_STEP_MS 50
+/* A new worker takes connections once its Redis links are up (every
+ * master's, in a cluster), or after this long if they are not: clients
+ * the kernel hands it meanwhile wait in the backlog instead of meeting a
+ * worker that can only answer "unavailable". */
+#define WORKER_STORE_WAIT_MS 1000
+#define WORKER_STORE_POLL_MS 2
 
 typedef struct worker_s {
     uv_loop_t loop;
@@ -28,6 +34,8 @@ typedef struct worker_s {
     pid_t master_pid;
     int ready_fd;               /* pipe to the master; -1 after "ready" */
     uv_tcp_t listener;
+    uv_timer_t store_wait;      /* until the listener starts */
+    uint64_t store_wait_until_ms;
     uv_timer_t tick;
     uv_prepare_t flusher;
     uv_timer_t flush_timer;     /* wakes the loop when a delayed flush is due */
@@ -62,6 +70,7 @@ static void worker_finish(worker_t *w)
     bus_close(w->bus);
     archive_close(w->archive);
     worker_close_handle((uv_handle_t *)&w->listener);
+    worker_close_handle((uv_handle_t *)&w->store_wait);
     worker_close_handle((uv_handle_t *)&w->tick);
     worker_close_handle((uv_handle_t *)&w->flusher);
     worker_close_handle((uv_handle_t *)&w->flush_timer);
@@ -144,6 +153,27 @@ static void worker_on_tick(uv_timer_t *t)
     bus_tick(w->bus);
     archive_tick(w->archive);
     chat_tick(&w->chat);
+}
+
+static void worker_on_connection(uv_stream_t *listener, int status);
+
+static void worker_on_store_wait(uv_timer_t *t)
+{
+    worker_t *w = t->data;
+    if (w->stopping) {
+        uv_timer_stop(t);
+        return;
+    }
+    if (!bus_healthy(w->bus) && uv_now(&w->loop) < w->store_wait_until_ms) {
+        return;
+    }
+    uv_timer_stop(t);
+    int rc = uv_listen((uv_stream_t *)&w->listener, 4096, worker_on_connection);
+    if (rc != 0) {
+        log_error("event=worker_listen_failed call=uv_listen err=\"%s\"", uv_strerror(rc));
+        w->stopping = 2;
+        worker_finish(w);
+    }
 }
 
 static void worker_on_flush_due(uv_timer_t *t)
@@ -274,11 +304,12 @@ int worker_run(const config_t *cfg, int slot, int listen_fd, int ready_fd,
         return 1;
     }
     w->listener.data = w;
+    w->store_wait.data = w;
     w->tick.data = w;
     w->flusher.data = w;
     if ((rc = uv_tcp_init(&w->loop, &w->listener)) != 0 ||
         (rc = uv_tcp_open(&w->listener, listen_fd)) != 0 ||
-        (rc = uv_listen((uv_stream_t *)&w->listener, 4096, worker_on_connection)) != 0 ||
+        (rc = uv_timer_init(&w->loop, &w->store_wait)) != 0 ||
         (rc = uv_timer_init(&w->loop, &w->tick)) != 0 ||
         (rc = uv_timer_start(&w->tick, worker_on_tick, 1000, 1000)) != 0 ||
         (rc = uv_prepare_init(&w->loop, &w->flusher)) != 0 ||
@@ -323,6 +354,12 @@ int worker_run(const config_t *cfg, int slot, int listen_fd, int ready_fd,
     close(ready_fd);
     w->ready_fd = -1;
     log_info("event=worker_started slot=%d wid=%s", slot, wid);
+    w->store_wait_until_ms = uv_now(&w->loop) + WORKER_STORE_WAIT_MS;
+    rc = uv_timer_start(&w->store_wait, worker_on_store_wait, 0, WORKER_STORE_POLL_MS);
+    if (rc != 0) {
+        log_error("event=worker_start_failed call=uv_timer_start err=\"%s\"", uv_strerror(rc));
+        goto done;
+    }
 
     /* The browser client's files, read once before the loop so that
      * serving them never touches the disk. */
