@@ -790,7 +790,7 @@ bus_t *bus_new(const bus_env_t *env, const char *prev_wid)
         return NULL;
     }
     b->env = *env;
-    store_init();
+    store_init(env->cfg->redis_cluster[0] != '\0');
     snprintf(b->prev_wid, sizeof(b->prev_wid), "%s", prev_wid != NULL ? prev_wid : "");
     b->cluster = env->cfg->redis_cluster[0] != '\0';
     b->durable = env->cfg->ack_replicas > 0;
@@ -1044,12 +1044,6 @@ static int bus_send_link(bus_node_t *n, int durable, bus_cb_t *cb, void *privdat
     return 0;
 }
 
-static int bus_send_on(bus_node_t *n, bus_cb_t *cb, void *privdata, int argc, const char **argv,
-                       const size_t *lens)
-{
-    return bus_send_link(n, 0, cb, privdata, argc, argv, lens);
-}
-
 static void bus_on_req_reply(redisAsyncContext *ac, void *reply, void *privdata);
 
 /* Sends req to where it should go now. Returns 0 when sent. */
@@ -1209,21 +1203,11 @@ int bus_command_durable(bus_t *b, const char *key, size_t keylen, bus_cb_t *cb, 
 int bus_command_node(bus_t *b, redisAsyncContext *ac, bus_cb_t *cb, void *privdata,
                      int argc, const char **argv, const size_t *argvlen)
 {
-    if (b == NULL || b->closing) {
-        return 0;
+    if (b == NULL || b->closing || ac == NULL) {
+        return -1;
     }
-    if (ac != NULL) {
-        bus_node_t *n = ac->data;
-        return bus_send_link(n, ac == n->dur, cb, privdata, argc, argv, argvlen) == 0 ? 1 : 0;
-    }
-    int sent = 0;
-    for (int i = 0; i < b->nnodes; i++) {
-        bus_node_t *n = &b->nodes[i];
-        if (n->used && n->serving && bus_send_on(n, cb, privdata, argc, argv, argvlen) == 0) {
-            sent++;
-        }
-    }
-    return sent;
+    bus_node_t *n = ac->data;
+    return bus_send_link(n, ac == n->dur, cb, privdata, argc, argv, argvlen);
 }
 
 /* ------------------------------------------------------------- WAIT */

@@ -109,9 +109,8 @@ int bus_command(bus_t *b, const char *key, size_t keylen, bus_cb_t *cb, void *pr
 int bus_command_durable(bus_t *b, const char *key, size_t keylen, bus_cb_t *cb, void *privdata,
                         int argc, const char **argv, const size_t *argvlen);
 
-/* Sends a command to the node whose command link is ac's (from a reply
- * callback), or with ac NULL to every node whose command link is up.
- * Returns how many nodes it went to. */
+/* Sends a command on the link ac (as given to a reply callback): the
+ * same node and connection. Returns 0 when sent, or -1. */
 int bus_command_node(bus_t *b, redisAsyncContext *ac, bus_cb_t *cb, void *privdata,
                      int argc, const char **argv, const size_t *argvlen);
 

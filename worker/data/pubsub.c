@@ -92,11 +92,6 @@ void pubsub_close(pubsub_t *ps)
     pubsub_shut(ps);
 }
 
-int pubsub_is_up(const pubsub_t *ps)
-{
-    return ps != NULL && ps->state == PS_UP;
-}
-
 static void pubsub_on_write(uv_write_t *req, int status)
 {
     pubsub_write_t *w = (pubsub_write_t *)req;

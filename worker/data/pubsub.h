@@ -46,9 +46,6 @@ pubsub_t *pubsub_connect(uv_loop_t *loop, const char *host, int port, const char
  * sent, -1 when the connection is not up or out of memory. */
 int pubsub_subscribe(pubsub_t *ps, const char *channel, size_t len, int on);
 
-/* 1 once the connection is up (connected; AUTH and PING sent). */
-int pubsub_is_up(const pubsub_t *ps);
-
 /* Closes the connection and frees it once libuv lets go; no handler runs
  * after this call. */
 void pubsub_close(pubsub_t *ps);

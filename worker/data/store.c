@@ -303,9 +303,11 @@ size_t store_queue_key(const bus_t *b, const char *room, char *out, size_t outle
     return store_slot_queue(hashslot_of(chan, len), out, outlen);
 }
 
-void store_init(void)
+void store_init(int cluster)
 {
-    store_init_tags();
+    if (cluster) {
+        store_init_tags();
+    }
     for (int i = 0; i < STORE_NSCRIPTS; i++) {
         if (store_scripts[i].sha[0] != '\0') {
             continue;

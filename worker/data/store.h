@@ -49,8 +49,9 @@ typedef struct store_ack_s {
 } store_ack_t;
 typedef void store_send_cb_t(void *arg, int status, const store_ack_t *ack);
 
-/* Prepares the scripts' SHA-1s (once per process; bus_new calls it). */
-void store_init(void);
+/* Prepares the scripts' SHA-1s and, in a cluster, the per-slot archive
+ * queue names (once per process; bus_new calls it). */
+void store_init(int cluster);
 
 /* Makes the channel name of room into out. Returns its length. */
 size_t store_channel(const char *room, char *out, size_t outlen);
