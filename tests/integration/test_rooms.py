@@ -1162,3 +1162,55 @@ async def test_dead_worker_of_the_old_layout_is_reaped():
         assert REDIS.command("ZSCORE", "chatd:workers", wid) is None
     finally:
         await obs.close()
+
+
+@itest(60)
+async def test_join_of_an_unreadable_room_is_answered_then_heals():
+    """With --ack-replicas 1 and no replica, a room whose counter is above
+    its durable mark cannot be read (the read's heal waits for a replica in
+    vain). A join of it on a worker that has to learn the room afresh is
+    answered `unavailable` within seconds instead of never, and once a
+    replica holds the data the same join succeeds and sees the message."""
+    if harness.is_cluster(REDIS):
+        raise harness.Skip("needs a Redis of its own without a replica")
+    room = R("unreadable")
+    primary = harness.Redis(name="redis-noreplica").start()
+    replica = None
+    srv = Chatd(primary, workers=1, name="rooms-noreplica",
+                args=FAST + ["--ack-replicas", "1", "--ack-timeout", "200"]).start()
+    a = b = None
+    try:
+        a = await connect(srv, "stuckA")
+        await a.join(room)
+        f = await a.request("chat", {"room": room, "content": "not durable"}, id="nd-1")
+        assert f["type"] == "error" and f["payload"]["code"] == "unavailable", f
+        await a.close()
+        a = None
+        # The worker lets the room go once its last member has left.
+        deadline = time.monotonic() + 10
+        while primary.command("PUBSUB", "NUMSUB", f"chatd:{{{room}}}")[1] != 0:
+            assert time.monotonic() < deadline, "the room's channel was never unsubscribed"
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(2.5)       # and its entry is freed on a later tick
+        b = await connect(srv, "stuckB")
+        t0 = time.monotonic()
+        f = await b.request("join", {"room": room}, id="j-stuck", timeout=15)
+        waited = time.monotonic() - t0
+        assert f["type"] == "error" and f["payload"]["code"] == "unavailable", f
+        assert waited < 8, f"join answered after {waited:.1f}s"
+        replica = harness.Redis(name="redis-latereplica",
+                                extra_args=["--replicaof", "127.0.0.1", str(primary.port)]).start()
+        harness.wait_for(lambda: "master_link_status:up" in
+                         replica.command("INFO", "replication").decode(), 10, what="the replica linked")
+        f = await b.request("join", {"room": room}, id="j-healed", timeout=10)
+        assert f["type"] == "joined" and f["payload"]["seq"] == 1, f
+        print(f"    unreadable room: join answered unavailable after {waited:.1f}s; "
+              f"joined at seq 1 once a replica linked")
+    finally:
+        for x in (a, b):
+            if x is not None:
+                await x.close()
+        srv.stop()
+        for r in (replica, primary):
+            if r is not None:
+                r.stop()

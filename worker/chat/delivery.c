@@ -411,3 +411,15 @@ void delivery_sync(chat_t *ch, room_t *r)
         }
     }
 }
+
+void delivery_retry(chat_t *ch, room_t *r)
+{
+    if (r->syncing) {
+        return;
+    }
+    if (r->last_seq < 0) {
+        delivery_sync(ch, r);
+    } else if (r->pending != NULL) {
+        delivery_drain(ch, r);
+    }
+}

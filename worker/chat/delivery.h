@@ -21,6 +21,11 @@ void delivery_on_published(chat_t *ch, room_t *r, const char *msg, size_t len);
  * fetch what was published while it was not, and start waiting members. */
 void delivery_sync(chat_t *ch, room_t *r);
 
+/* Once a second for a subscribed room with members: a read of its last
+ * seq or of a gap that failed (a link lost mid-call) is tried again, so
+ * neither waiting joins nor frames behind the gap stay stuck. */
+void delivery_retry(chat_t *ch, room_t *r);
+
 /* The room's last seq is known: m gets joined, its replay, then live
  * traffic. */
 void delivery_start_member(chat_t *ch, member_t *m);

@@ -11,6 +11,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* How long a join may wait for its room before it is told to retry. */
+#define ROOM_JOIN_WAIT_MS 5000
+
 static uint64_t room_hash(const char *s)
 {
     uint64_t h = 1469598103934665603ull;
@@ -221,6 +224,7 @@ void room_join(conn_t *c, const proto_req_t *req)
         return;
     }
     m->join->serial = ++ch->next_serial;
+    m->join->started_ms = uv_now(ch->loop);
     m->join->since = req->has_since ? req->since : -1;
     m->join->held = m->join->held_tail = NULL;
     memcpy(m->join->id, req->has_id ? req->id : "", idlen + 1);
@@ -351,6 +355,29 @@ void room_on_bus_down(chat_t *ch)
     }
 }
 
+/*
+ * A join waits for the room's subscription and last seq; while the node
+ * that holds them is failing over that can take a while, but a client
+ * must not wait forever: past ROOM_JOIN_WAIT_MS it is told to retry.
+ */
+static void room_expire_joins(chat_t *ch, room_t *r)
+{
+    uint64_t now = uv_now(ch->loop);
+    member_t *next;
+    for (member_t *m = r->members; m != NULL; m = next) {
+        next = m->room_next;
+        if (m->state != MEMBER_WAITING || now - m->join->started_ms < ROOM_JOIN_WAIT_MS) {
+            continue;
+        }
+        conn_t *c = m->conn;
+        char id[PROTO_ID_MAX + 1];
+        snprintf(id, sizeof(id), "%s", m->join->id);
+        log_warn("event=join_expired room=%s sub=%d last_seq=%" PRId64, r->name, r->sub, r->last_seq);
+        room_member_remove(ch, m);
+        session_send_error(c, id[0] != '\0' ? id : NULL, PROTO_E_UNAVAILABLE, "storage unavailable, retry");
+    }
+}
+
 void room_tick(chat_t *ch)
 {
     for (size_t i = 0; i < ch->rooms_cap; i++) {
@@ -361,6 +388,12 @@ void room_tick(chat_t *ch)
                 /* Its node's link was down when the room last tried (a
                  * failover, a slot that moved): try again. */
                 room_subscribe(ch, r);
+            }
+            if (r->members != NULL) {
+                room_expire_joins(ch, r);
+                if (r->members != NULL && r->sub == SUB_LIVE) {
+                    delivery_retry(ch, r);
+                }
             }
             if (r->members != NULL || r->ops != 0 || r->syncing) {
                 continue;

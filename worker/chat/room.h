@@ -43,6 +43,7 @@ struct room_s {
 /* What a member needs only until it is live (joined sent, replay done). */
 typedef struct member_join_s {
     uint64_t serial;            /* tells a replay reply which join it answers */
+    uint64_t started_ms;        /* loop time of the join request */
     int64_t since;              /* the join's since, -1 when none */
     struct held_s *held, *held_tail;  /* live frames held back during replay */
     char id[];                  /* the join's request id, "" when none */
