@@ -266,7 +266,7 @@ async def join_retrying(conn, room, since=None, deadline=20.0):
         if since is not None:
             p["since"] = since
         k += 1
-        f = await conn.request("join", p, f"j-{room}-{k}", 5)
+        f = await conn.request("join", p, f"j-{room}-{k}", 10)
         if f["type"] == "joined":
             return f["payload"]
         if f["type"] != "error" or f["payload"].get("code") != "unavailable" \
