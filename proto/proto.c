@@ -8,7 +8,7 @@
 
 static const char *const proto_err_names[PROTO_E_COUNT] = {
     "ok", "bad_request", "unauthorized", "forbidden", "not_joined",
-    "too_large", "rate_limited", "unavailable", "internal"
+    "too_large", "rate_limited", "unavailable", "internal", "not_found"
 };
 
 const char *proto_err_name(proto_err_t code)
@@ -23,6 +23,7 @@ static const struct {
     { "join", PROTO_JOIN }, { "leave", PROTO_LEAVE }, { "chat", PROTO_CHAT },
     { "typing", PROTO_TYPING }, { "history", PROTO_HISTORY },
     { "presence", PROTO_PRESENCE }, { "ping", PROTO_PING },
+    { "edit", PROTO_EDIT }, { "delete", PROTO_DELETE }, { "react", PROTO_REACT },
 };
 
 int proto_utf8_valid(const uint8_t *s, size_t len)
@@ -138,7 +139,7 @@ static proto_err_t proto_decode_chat(const cJSON *payload, const proto_limits_t 
 {
     const cJSON *content = cJSON_GetObjectItemCaseSensitive(payload, "content");
     if (!cJSON_IsString(content)) {
-        *why = "chat needs a string 'content'";
+        *why = req->type == PROTO_EDIT ? "edit needs a string 'content'" : "chat needs a string 'content'";
         return PROTO_E_BAD_REQUEST;
     }
     size_t clen = strlen(content->valuestring);
@@ -183,6 +184,51 @@ static proto_err_t proto_decode_chat(const cJSON *payload, const proto_limits_t 
     return PROTO_OK;
 }
 
+/* The target of edit, delete and react: a seq, so an integer >= 1. */
+static proto_err_t proto_decode_target(const cJSON *payload, proto_req_t *req, const char **why)
+{
+    if (!proto_get_int(cJSON_GetObjectItemCaseSensitive(payload, "target"), 1, INT64_C(1) << 53,
+                       &req->target)) {
+        *why = "'target' must be the seq of a message (an integer >= 1)";
+        return PROTO_E_BAD_REQUEST;
+    }
+    return PROTO_OK;
+}
+
+static proto_err_t proto_decode_react(const cJSON *payload, proto_req_t *req, const char **why)
+{
+    proto_err_t err = proto_decode_target(payload, req, why);
+    if (err != PROTO_OK) {
+        return err;
+    }
+    const cJSON *emoji = cJSON_GetObjectItemCaseSensitive(payload, "emoji");
+    if (!cJSON_IsString(emoji) || emoji->valuestring[0] == '\0') {
+        *why = "'emoji' must be a string of 1 to 32 bytes";
+        return PROTO_E_BAD_REQUEST;
+    }
+    size_t n = strlen(emoji->valuestring);
+    if (n > PROTO_EMOJI_MAX) {
+        *why = "'emoji' is longer than 32 bytes";
+        return PROTO_E_TOO_LARGE;
+    }
+    /* The store keys a reaction by emoji and user joined with a newline:
+     * control characters have no business in an emoji anyway. */
+    for (size_t i = 0; i < n; i++) {
+        if ((unsigned char)emoji->valuestring[i] < 0x20 || emoji->valuestring[i] == 0x7f) {
+            *why = "'emoji' may not contain control characters";
+            return PROTO_E_BAD_REQUEST;
+        }
+    }
+    const cJSON *on = cJSON_GetObjectItemCaseSensitive(payload, "on");
+    if (!cJSON_IsBool(on)) {
+        *why = "'on' must be a boolean";
+        return PROTO_E_BAD_REQUEST;
+    }
+    req->emoji = emoji->valuestring;
+    req->on = cJSON_IsTrue(on);
+    return PROTO_OK;
+}
+
 static proto_err_t proto_decode_payload(const cJSON *payload, const proto_limits_t *lim,
                                         proto_req_t *req, const char **why)
 {
@@ -210,6 +256,14 @@ static proto_err_t proto_decode_payload(const cJSON *payload, const proto_limits
     }
     case PROTO_CHAT:
         return proto_decode_chat(payload, lim, req, why);
+    case PROTO_EDIT: {
+        proto_err_t err = proto_decode_target(payload, req, why);
+        return err != PROTO_OK ? err : proto_decode_chat(payload, lim, req, why);
+    }
+    case PROTO_DELETE:
+        return proto_decode_target(payload, req, why);
+    case PROTO_REACT:
+        return proto_decode_react(payload, req, why);
     case PROTO_TYPING: {
         const cJSON *active = cJSON_GetObjectItemCaseSensitive(payload, "active");
         if (!cJSON_IsBool(active)) {
@@ -475,36 +529,171 @@ char *proto_encode_presence(const char *id, const char *room, const char *const 
     return proto_print(root, ok);
 }
 
+/* Adds content and a copy of the validated attachments to o. */
+static int proto_add_content(cJSON *o, const char *content, const cJSON *attachments)
+{
+    cJSON *arr = NULL;
+    if (cJSON_AddStringToObject(o, "content", content) == NULL ||
+        (arr = cJSON_AddArrayToObject(o, "attachments")) == NULL) {
+        return 0;
+    }
+    const cJSON *a;
+    if (attachments != NULL) {
+        cJSON_ArrayForEach(a, attachments) {
+            /* Only the two known fields travel; unknown ones are ignored. */
+            cJSON *copy = cJSON_CreateObject();
+            if (copy == NULL || !cJSON_AddItemToArray(arr, copy) ||
+                cJSON_AddStringToObject(copy, "type",
+                    cJSON_GetObjectItemCaseSensitive(a, "type")->valuestring) == NULL ||
+                cJSON_AddStringToObject(copy, "url",
+                    cJSON_GetObjectItemCaseSensitive(a, "url")->valuestring) == NULL) {
+                return 0;
+            }
+        }
+    }
+    return 1;
+}
+
+/* Prints o without its opening brace: the store writes room, seq and ts
+ * in front when it assigns them. */
+static char *proto_print_tail(cJSON *o, int ok)
+{
+    char *json = proto_print(o, ok);
+    if (json != NULL) {
+        memmove(json, json + 1, strlen(json));
+    }
+    return json;
+}
+
 char *proto_encode_chat_tail(const char *sender, const char *content,
                              const cJSON *attachments, const char *cid)
 {
     cJSON *o = cJSON_CreateObject();
-    cJSON *arr = NULL;
     int ok = o != NULL &&
              cJSON_AddStringToObject(o, "sender", sender) != NULL &&
-             cJSON_AddStringToObject(o, "content", content) != NULL &&
-             (arr = cJSON_AddArrayToObject(o, "attachments")) != NULL &&
+             proto_add_content(o, content, attachments) &&
              (cid == NULL || cJSON_AddStringToObject(o, "cid", cid) != NULL);
-    const cJSON *a;
-    if (ok && attachments != NULL) {
-        cJSON_ArrayForEach(a, attachments) {
-            /* Only the two known fields travel; unknown ones are ignored. */
-            cJSON *copy = cJSON_CreateObject();
-            ok = copy != NULL && cJSON_AddItemToArray(arr, copy) &&
-                 cJSON_AddStringToObject(copy, "type",
-                     cJSON_GetObjectItemCaseSensitive(a, "type")->valuestring) != NULL &&
-                 cJSON_AddStringToObject(copy, "url",
-                     cJSON_GetObjectItemCaseSensitive(a, "url")->valuestring) != NULL;
-            if (!ok) {
+    return proto_print_tail(o, ok);
+}
+
+const char *proto_event_name(proto_event_t kind)
+{
+    switch (kind) {
+    case PROTO_EV_EDIT:
+        return "edit";
+    case PROTO_EV_DELETE:
+        return "delete";
+    default:
+        return "reaction";
+    }
+}
+
+char *proto_encode_event_tail(proto_event_t kind, const char *sender, const proto_req_t *req,
+                              const char *cid)
+{
+    cJSON *o = cJSON_CreateObject();
+    int ok = o != NULL &&
+             cJSON_AddStringToObject(o, "sender", sender) != NULL &&
+             cJSON_AddNumberToObject(o, "target", (double)req->target) != NULL;
+    if (ok && kind == PROTO_EV_EDIT) {
+        ok = proto_add_content(o, req->content, req->attachments);
+    } else if (ok && kind == PROTO_EV_REACTION) {
+        ok = cJSON_AddStringToObject(o, "emoji", req->emoji) != NULL &&
+             cJSON_AddBoolToObject(o, "on", req->on) != NULL;
+    }
+    ok = ok && (cid == NULL || cJSON_AddStringToObject(o, "cid", cid) != NULL);
+    return proto_print_tail(o, ok);
+}
+
+/* Replaces (or adds) o's member name with item, which o then owns. */
+static int proto_set(cJSON *o, const char *name, cJSON *item)
+{
+    if (item == NULL) {
+        return 0;
+    }
+    if (cJSON_GetObjectItemCaseSensitive(o, name) != NULL) {
+        return cJSON_ReplaceItemInObjectCaseSensitive(o, name, item);
+    }
+    return cJSON_AddItemToObject(o, name, item);
+}
+
+/* The reactions of a state record as the contract shows them. */
+static cJSON *proto_fold_reactions(const cJSON *r)
+{
+    cJSON *out = cJSON_CreateArray();
+    const cJSON *e;
+    if (out == NULL || !cJSON_IsArray(r)) {
+        return out;
+    }
+    cJSON_ArrayForEach(e, r) {
+        const cJSON *emoji = cJSON_GetObjectItemCaseSensitive(e, "e");
+        const cJSON *u = cJSON_GetObjectItemCaseSensitive(e, "u");
+        int n = cJSON_IsArray(u) ? cJSON_GetArraySize(u) : 0;
+        if (!cJSON_IsString(emoji) || n == 0) {
+            continue;
+        }
+        cJSON *item = cJSON_CreateObject(), *users = NULL;
+        if (item == NULL || !cJSON_AddItemToArray(out, item) ||
+            cJSON_AddStringToObject(item, "emoji", emoji->valuestring) == NULL ||
+            cJSON_AddNumberToObject(item, "count", n) == NULL ||
+            (users = cJSON_AddArrayToObject(item, "users")) == NULL) {
+            cJSON_Delete(out);
+            return NULL;
+        }
+        const cJSON *who;
+        int k = 0;
+        cJSON_ArrayForEach(who, u) {
+            const cJSON *name = cJSON_IsArray(who) ? cJSON_GetArrayItem(who, 0) : NULL;
+            if (k == PROTO_REACTIONS_MAX) {
                 break;
+            }
+            if (cJSON_IsString(name)) {
+                cJSON *s = cJSON_CreateString(name->valuestring);
+                if (s == NULL || !cJSON_AddItemToArray(users, s)) {
+                    cJSON_Delete(s);
+                    cJSON_Delete(out);
+                    return NULL;
+                }
+                k++;
             }
         }
     }
-    char *json = proto_print(o, ok);
-    if (json == NULL) {
-        return NULL;
+    return out;
+}
+
+char *proto_fold_message(const char *payload, size_t len, const char *state, size_t slen)
+{
+    cJSON *m = cJSON_ParseWithLength(payload, len);
+    cJSON *st = state != NULL ? cJSON_ParseWithLength(state, slen) : NULL;
+    int ok = cJSON_IsObject(m) && (state == NULL || cJSON_IsObject(st));
+    if (ok && st != NULL) {
+        const cJSON *c = cJSON_GetObjectItemCaseSensitive(st, "c");
+        const cJSON *a = cJSON_GetObjectItemCaseSensitive(st, "a");
+        const cJSON *e = cJSON_GetObjectItemCaseSensitive(st, "e");
+        if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(st, "d")) ||
+            cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(st, "d"))) {
+            ok = proto_set(m, "content", cJSON_CreateString("")) &&
+                 proto_set(m, "attachments", cJSON_CreateArray()) &&
+                 proto_set(m, "deleted", cJSON_CreateTrue());
+        } else {
+            if (ok && cJSON_IsString(c)) {
+                ok = proto_set(m, "content", cJSON_CreateString(c->valuestring));
+            }
+            /* Lua's cjson writes an empty list as {}. */
+            if (ok && (cJSON_IsArray(a) || cJSON_IsObject(a))) {
+                ok = proto_set(m, "attachments", cJSON_IsArray(a) ? cJSON_Duplicate(a, 1) : cJSON_CreateArray());
+            }
+            if (ok && cJSON_IsNumber(e)) {
+                ok = proto_set(m, "edited", cJSON_CreateNumber(e->valuedouble));
+            }
+        }
+        if (ok && !cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(m, "deleted"))) {
+            ok = proto_set(m, "reactions", proto_fold_reactions(cJSON_GetObjectItemCaseSensitive(st, "r")));
+        }
     }
-    /* Drop the opening brace: the store writes room, seq and ts in front. */
-    memmove(json, json + 1, strlen(json));
-    return json;
+    if (ok && cJSON_GetObjectItemCaseSensitive(m, "reactions") == NULL) {
+        ok = proto_set(m, "reactions", cJSON_CreateArray());
+    }
+    cJSON_Delete(st);
+    return proto_print(m, ok);
 }

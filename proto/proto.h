@@ -20,6 +20,8 @@
 #define PROTO_URL_MAX 2048
 #define PROTO_HISTORY_DEFAULT 50
 #define PROTO_HISTORY_MAX 100
+#define PROTO_EMOJI_MAX 32         /* bytes */
+#define PROTO_REACTIONS_MAX 20     /* distinct emoji per message */
 
 typedef enum {
     PROTO_JOIN = 1,
@@ -28,7 +30,10 @@ typedef enum {
     PROTO_TYPING,
     PROTO_HISTORY,
     PROTO_PRESENCE,
-    PROTO_PING
+    PROTO_PING,
+    PROTO_EDIT,
+    PROTO_DELETE,
+    PROTO_REACT
 } proto_type_t;
 
 /* Error codes of the contract, in its order. */
@@ -42,6 +47,7 @@ typedef enum {
     PROTO_E_RATE_LIMITED,
     PROTO_E_UNAVAILABLE,
     PROTO_E_INTERNAL,
+    PROTO_E_NOT_FOUND,          /* version 1.1 */
     PROTO_E_COUNT
 } proto_err_t;
 
@@ -66,7 +72,10 @@ typedef struct proto_req_s {
     const char *content;
     size_t content_len;
     const cJSON *attachments;   /* validated array, or NULL */
-    int active;
+    int active;                 /* typing */
+    int64_t target;             /* edit, delete, react: the message's seq */
+    const char *emoji;          /* react */
+    int on;                     /* react */
 } proto_req_t;
 
 typedef struct proto_limits_s {
@@ -107,6 +116,33 @@ char *proto_encode_ack(const char *id, const char *room, int64_t seq, int64_t ts
 char *proto_encode_typing(const char *room, const char *user, int active);
 char *proto_encode_member(const char *room, const char *user, int joined);
 char *proto_encode_presence(const char *id, const char *room, const char *const *users, size_t n);
+
+/* The kinds of room events besides chat, as stored and broadcast. */
+typedef enum { PROTO_EV_EDIT = 0, PROTO_EV_DELETE, PROTO_EV_REACTION } proto_event_t;
+
+/* The frame type of an event kind ("edit", "delete", "reaction"). */
+const char *proto_event_name(proto_event_t kind);
+
+/*
+ * The tail of a stored event payload, like the chat tail below:
+ * `"sender":...,"target":N,` then `"content":...,"attachments":[...]`
+ * (edit) or `"emoji":...,"on":b` (reaction), then `"cid":...}`. The
+ * request's fields are taken as proto_decode() validated them.
+ */
+char *proto_encode_event_tail(proto_event_t kind, const char *sender, const proto_req_t *req,
+                              const char *cid);
+
+/*
+ * A message as history shows it: the stored chat payload (JSON text of
+ * len bytes) with the state of its later events folded in. state is the
+ * store's JSON record of those events, or NULL when there were none:
+ * {"c": content, "a": attachments, "e": edited ts, "d": 1 when deleted,
+ * "r": [{"e": emoji, "u": [[user, seq, ts], ...]}, ...]}. Adds `edited`,
+ * `deleted` and `reactions` ({emoji, count, users: at most 20}) as the
+ * contract says. Returns a malloc'd JSON text, or NULL when either input is
+ * not what the store writes or memory ran out.
+ */
+char *proto_fold_message(const char *payload, size_t len, const char *state, size_t slen);
 
 /*
  * The tail of a stored chat payload: everything after "room", "seq" and

@@ -1,5 +1,6 @@
 // Prints, as JSON, the archived messages of a room read back through the
-// official MongoDB driver: [{seq, sender, content, ts, timestamp (ms), attachments, cid, _id}].
+// official MongoDB driver: [{seq, sender, content, ts, timestamp (ms), attachments, cid, _id,
+// edited, deleted, reactions, v, fields (every field name the document has)}].
 // Usage: node query.mjs MONGO_URI ROOM
 import { MongoClient } from 'mongodb';
 
@@ -13,6 +14,9 @@ try {
     ts: d.ts === undefined ? null : Number(d.ts),
     timestamp: d.timestamp === undefined ? null : new Date(d.timestamp).getTime(),
     attachments: d.attachments, cid: d.cid ?? null,
+    edited: d.edited === undefined ? null : Number(d.edited), deleted: d.deleted ?? null,
+    reactions: d.reactions ?? null, v: d.v === undefined ? null : Number(d.v),
+    fields: Object.keys(d),
   }))));
 } finally {
   await client.close();

@@ -135,7 +135,7 @@ static void check_num(const cJSON *obj, const char *name, double want)
 /* Invariants of a successfully decoded request. */
 static void check_decoded(const proto_req_t *req, const proto_limits_t *lim)
 {
-    CHECK(req->type >= PROTO_JOIN && req->type <= PROTO_PING);
+    CHECK(req->type >= PROTO_JOIN && req->type <= PROTO_REACT);
     CHECK(req->root != NULL);
     if (req->has_id) {
         size_t n = strlen(req->id);
@@ -164,8 +164,72 @@ static void check_decoded(const proto_req_t *req, const proto_limits_t *lim)
         CHECK(req->limit >= 1 && req->limit <= PROTO_HISTORY_MAX);
         CHECK(!req->has_before || (req->before >= 0 && req->before <= (INT64_C(1) << 53)));
         break;
+    case PROTO_EDIT:
+        CHECK(req->content != NULL && req->content_len >= 1 && req->content_len <= lim->max_content);
+        CHECK(req->target >= 1 && req->target <= (INT64_C(1) << 53));
+        break;
+    case PROTO_DELETE:
+        CHECK(req->target >= 1 && req->target <= (INT64_C(1) << 53));
+        break;
+    case PROTO_REACT: {
+        CHECK(req->target >= 1 && req->target <= (INT64_C(1) << 53));
+        size_t n = req->emoji != NULL ? strlen(req->emoji) : 0;
+        CHECK(n >= 1 && n <= PROTO_EMOJI_MAX);
+        for (size_t i = 0; i < n; i++) {
+            CHECK((unsigned char)req->emoji[i] >= 0x20 && req->emoji[i] != 0x7f);
+        }
+        CHECK(req->on == 0 || req->on == 1);
+        break;
+    }
     default:
         break;
+    }
+}
+
+/* The event tail parses back with the request's fields, and a message
+ * folds with any state text (the store's, or garbage) into valid JSON or
+ * NULL. */
+static void exercise_events(const proto_req_t *req, proto_err_t rc, const char *user, const char *id,
+                            const char *text, size_t len)
+{
+    if (rc == PROTO_OK && (req->type == PROTO_EDIT || req->type == PROTO_DELETE || req->type == PROTO_REACT)) {
+        proto_event_t kind = req->type == PROTO_EDIT ? PROTO_EV_EDIT
+                             : req->type == PROTO_DELETE ? PROTO_EV_DELETE : PROTO_EV_REACTION;
+        char *tail = proto_encode_event_tail(kind, user, req, id);
+        CHECK(tail != NULL);
+        size_t tl = strlen(tail);
+        char *full = malloc(tl + 2);
+        CHECK(full != NULL);
+        full[0] = '{';
+        memcpy(full + 1, tail, tl + 1);
+        cJSON *root = parse_back(full, NULL);
+        check_str(root, "sender", user);
+        check_num(root, "target", (double)req->target);
+        if (kind == PROTO_EV_EDIT) {
+            check_str(root, "content", req->content);
+        } else if (kind == PROTO_EV_REACTION) {
+            check_str(root, "emoji", req->emoji);
+        }
+        cJSON_Delete(root);
+        free(full);
+        free(tail);
+    }
+    static const char msg[] = "{\"room\":\"r\",\"seq\":1,\"ts\":2,\"sender\":\"a\","
+                              "\"content\":\"x\",\"attachments\":[]}";
+    char *f = proto_fold_message(msg, sizeof(msg) - 1, text, len);
+    if (f != NULL) {
+        cJSON *root = cJSON_Parse(f);
+        CHECK(cJSON_IsObject(root));
+        CHECK(cJSON_IsArray(cJSON_GetObjectItemCaseSensitive(root, "reactions")));
+        cJSON_Delete(root);
+        free(f);
+    }
+    f = proto_fold_message(text, len, NULL, 0);
+    if (f != NULL) {
+        cJSON *root = cJSON_Parse(f);
+        CHECK(cJSON_IsObject(root));
+        cJSON_Delete(root);
+        free(f);
     }
 }
 
@@ -363,6 +427,7 @@ static void decode_one(const char *text, size_t len, size_t max_content, int utf
      * round-trip any bytes, so they run on every decoded request. */
     (void)utf8;
     exercise_encoders(&req, rc, why);
+    exercise_events(&req, rc, req.has_id ? req.id : "alice", req.has_id ? req.id : NULL, text, len);
     proto_req_free(&req);
     CHECK(req.root == NULL);
 }

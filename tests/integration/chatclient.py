@@ -25,7 +25,7 @@ import websockets
 
 import harness
 
-RESPONSE_TYPES = ("joined", "left", "ack", "history", "presence", "pong", "error")
+RESPONSE_TYPES = ("joined", "left", "ack", "history", "presence", "pong", "error", "ok", "rooms", "results")
 
 
 class Closed(AssertionError):

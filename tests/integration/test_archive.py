@@ -352,3 +352,148 @@ async def test_ack_replicas_archive_gets_only_what_the_replicas_hold():
         if pair is not None:
             for r in pair:
                 r.stop()
+
+
+# --------------------------------------------------------------------------
+# room events (protocol 1.1): the archive holds each message's current state
+
+
+def wait_doc(room, seq, pred, what, timeout=30):
+    """The archived document of (room, seq) once pred(doc) holds."""
+    last = None
+
+    def ok():
+        nonlocal last
+        last = next((d for d in MONGO.docs(room) if d["seq"] == seq), None)
+        return last is not None and pred(last)
+    try:
+        wait_for(ok, timeout, interval=0.3, what=what)
+    except AssertionError:
+        raise AssertionError(f"{room} seq {seq}: {what}; document now: {last}") from None
+    return last
+
+
+@atest(90)
+async def test_events_reach_the_archive_as_state():
+    """Edits, reactions and deletes rewrite the archived document: the
+    current content with `edited`, every reacting user, and for a delete
+    neither content nor attachments, anywhere in the archive."""
+    room = R("events")
+    secret = "ARCHSECRET-" + TAG
+    a = await ChatClient.open(SRV.port, "evan")
+    b = await ChatClient.open(SRV.port, "bea")
+    try:
+        await a.join(room)
+        await b.join(room)
+        m1 = await a.chat(room, "first draft")
+        m2 = await a.chat(room, secret, attachments=[{"type": "doc", "url": "https://example.org/" + secret}])
+        e = await a.expect("edit", {"room": room, "target": m1["seq"], "content": "final text"}, want="ack")
+        r1 = await b.expect("react", {"room": room, "target": m1["seq"], "emoji": "👍", "on": True}, want="ack")
+        await a.expect("react", {"room": room, "target": m1["seq"], "emoji": "👍", "on": True}, want="ack")
+        await a.expect("react", {"room": room, "target": m1["seq"], "emoji": "🎉", "on": True}, want="ack")
+        last = await a.expect("react", {"room": room, "target": m1["seq"], "emoji": "🎉", "on": False}, want="ack")
+        wait_doc(room, m2["seq"], lambda d: d["content"] == secret, "the secret message archived")
+        d = await a.expect("delete", {"room": room, "target": m2["seq"]}, want="ack")
+        doc1 = wait_doc(room, m1["seq"], lambda d: d["v"] == last["seq"], "the last reaction applied")
+        assert doc1["content"] == "final text" and doc1["edited"] == e["ts"], doc1
+        assert doc1["reactions"] == [{"emoji": "👍", "count": 2, "users": ["bea", "evan"]}], doc1
+        doc2 = wait_doc(room, m2["seq"], lambda d: d["deleted"] is True, "the delete applied")
+        assert "content" not in doc2["fields"] and "attachments" not in doc2["fields"], doc2
+        assert doc2["v"] == d["seq"], doc2
+        docs = MONGO.docs(room)
+        assert secret not in json.dumps(docs), docs
+        assert sorted(x["seq"] for x in docs) == [m1["seq"], m2["seq"]], \
+            f"events must not become documents of their own: {docs}"
+        assert r1["seq"] < last["seq"]
+    finally:
+        await a.close()
+        await b.close()
+
+
+@atest(90)
+async def test_archived_history_is_folded():
+    """Once a room's older messages live only in MongoDB (recovery window
+    10 here), history pages into the archive and shows them with their
+    state, the same as the recent log does."""
+    room = R("foldhist")
+    a = await ChatClient.open(SRV.port, "fay")
+    try:
+        await a.join(room)
+        first = await send_all(a, room, 3, "old")
+        await a.expect("edit", {"room": room, "target": first[0]["seq"], "content": "old, edited"}, want="ack")
+        await a.expect("react", {"room": room, "target": first[1]["seq"], "emoji": "🔥", "on": True}, want="ack")
+        await a.expect("delete", {"room": room, "target": first[2]["seq"]}, want="ack")
+        recent = await send_all(a, room, 30, "new")
+        wait_archived_upto(room, recent[-1]["seq"])
+        # the log keeps about the recovery window: the first three are gone from Redis
+        f = await a.request("history", {"room": room, "limit": 100})
+        msgs = {m["seq"]: m for m in f["payload"]["messages"]}
+        assert f["type"] == "history" and sorted(msgs) == [x["seq"] for x in first + recent], f
+        m0, m1, m2 = (msgs[x["seq"]] for x in first)
+        assert m0["content"] == "old, edited" and "edited" in m0, m0
+        assert m1["reactions"] == [{"emoji": "🔥", "count": 1, "users": ["fay"]}], m1
+        assert m2["deleted"] is True and m2["content"] == "" and m2["attachments"] == [], m2
+        assert all(m["reactions"] == [] for m in (msgs[x["seq"]] for x in recent)), "plain messages: []"
+    finally:
+        await a.close()
+
+
+def wait_archived_upto(room, seq, timeout=30):
+    wait_for(lambda: any(d["seq"] == seq for d in MONGO.docs(room)), timeout, interval=0.3,
+             what=f"{room} archived up to seq {seq}")
+
+
+@atest(90)
+async def test_an_older_state_never_overwrites_a_newer_one():
+    """A retried or reordered batch may bring an event's entry again after
+    a later one was written: the document keeps the newest state, so a
+    reaction is not applied twice and deleted content does not come back."""
+    if is_cluster(REDIS):
+        raise harness.Skip("writes the single Redis's archive queue by hand")
+    room = R("stale")
+    a = await ChatClient.open(SRV.port, "gus")
+    try:
+        await a.join(room)
+        m = await a.chat(room, "will go")
+        e = await a.expect("edit", {"room": room, "target": m["seq"], "content": "edited, then deleted"}, want="ack")
+        d = await a.expect("delete", {"room": room, "target": m["seq"]}, want="ack")
+        wait_doc(room, m["seq"], lambda x: x["deleted"] is True, "the delete applied")
+        # the edit's queue entry once more, as a retried batch would bring it
+        orig = json.dumps({"room": room, "seq": m["seq"], "ts": m["ts"], "sender": "gus",
+                           "content": "edited, then deleted", "attachments": []})
+        state = json.dumps({"c": "edited, then deleted", "a": [], "e": e["ts"], "v": [e["seq"]]})
+        ev = json.dumps({"room": room, "seq": e["seq"], "ts": e["ts"], "sender": "gus",
+                         "target": m["seq"], "content": "edited, then deleted", "attachments": []})
+        REDIS.command("XADD", "chatd:archive", "*", "r", room, "m", ev, "t", "edit", "o", orig, "s", state)
+        marker = await a.chat(room, "after the replay")
+        wait_archived_upto(room, marker["seq"])
+        time.sleep(1)
+        doc = next(x for x in MONGO.docs(room) if x["seq"] == m["seq"])
+        assert doc["deleted"] is True and "content" not in doc["fields"] and doc["v"] == d["seq"], doc
+    finally:
+        await a.close()
+
+
+@atest(90)
+async def test_flushed_redis_continues_after_the_last_event():
+    """The room's last seq may be an event's: after Redis lost everything,
+    the counter continues above it, not above the last message."""
+    room = R("flushev")
+    c = await ChatClient.open(SRV.port, "hal")
+    try:
+        await c.join(room)
+        m = await c.chat(room, "one")
+        r = await c.expect("react", {"room": room, "target": m["seq"], "emoji": "✅", "on": True}, want="ack")
+        wait_doc(room, m["seq"], lambda x: x["v"] == r["seq"], "the reaction archived")
+    finally:
+        await c.close()
+    for node in (REDIS.masters() if is_cluster(REDIS) else [REDIS]):
+        node.command("FLUSHALL")
+    c = await ChatClient.open(SRV.port, "hal")
+    try:
+        j = await c.join(room)
+        assert j["seq"] == r["seq"], f"join after the flush: {j}, last event {r['seq']}"
+        n = await c.chat(room, "two")
+        assert n["seq"] == r["seq"] + 1, n
+    finally:
+        await c.close()

@@ -1019,6 +1019,120 @@ TEST(regression_decode_raw_nul_refused)
     proto_req_free(&req);
 }
 
+/* ------------------------------------------------ room events (1.1) */
+
+TEST(decode_edit_delete_react)
+{
+    proto_req_t req;
+    const char *why;
+    CHECK_EQ_INT(dec("{\"type\":\"edit\",\"id\":\"e1\",\"payload\":{\"room\":\"r\",\"target\":7,"
+                     "\"content\":\"new\",\"attachments\":[{\"type\":\"t\",\"url\":\"https://x.org\"}]}}",
+                     &req, &why), PROTO_OK);
+    CHECK_EQ_INT(req.type, PROTO_EDIT);
+    CHECK_EQ_INT(req.target, 7);
+    CHECK_STR_EQ(req.content, "new");
+    CHECK(req.attachments != NULL);
+    proto_req_free(&req);
+
+    CHECK_EQ_INT(dec("{\"type\":\"delete\",\"payload\":{\"room\":\"r\",\"target\":9007199254740992}}",
+                     &req, &why), PROTO_OK);
+    CHECK_EQ_INT(req.type, PROTO_DELETE);
+    CHECK(req.target == INT64_C(9007199254740992));
+    proto_req_free(&req);
+
+    CHECK_EQ_INT(dec("{\"type\":\"react\",\"payload\":{\"room\":\"r\",\"target\":1,"
+                     "\"emoji\":\"\xF0\x9F\x91\x8D\",\"on\":false}}", &req, &why), PROTO_OK);
+    CHECK_EQ_INT(req.type, PROTO_REACT);
+    CHECK_STR_EQ(req.emoji, "\xF0\x9F\x91\x8D");
+    CHECK_EQ_INT(req.on, 0);
+    proto_req_free(&req);
+}
+
+TEST(decode_events_bad)
+{
+    EXPECT("{\"type\":\"edit\",\"payload\":{\"room\":\"r\",\"content\":\"x\"}}", PROTO_E_BAD_REQUEST);
+    EXPECT("{\"type\":\"edit\",\"payload\":{\"room\":\"r\",\"target\":0,\"content\":\"x\"}}", PROTO_E_BAD_REQUEST);
+    EXPECT("{\"type\":\"edit\",\"payload\":{\"room\":\"r\",\"target\":1.5,\"content\":\"x\"}}", PROTO_E_BAD_REQUEST);
+    EXPECT("{\"type\":\"edit\",\"payload\":{\"room\":\"r\",\"target\":\"3\",\"content\":\"x\"}}", PROTO_E_BAD_REQUEST);
+    EXPECT("{\"type\":\"edit\",\"payload\":{\"room\":\"r\",\"target\":3}}", PROTO_E_BAD_REQUEST);
+    EXPECT("{\"type\":\"edit\",\"payload\":{\"room\":\"r\",\"target\":3,\"content\":\"\"}}", PROTO_E_BAD_REQUEST);
+    EXPECT_LIM("{\"type\":\"edit\",\"payload\":{\"room\":\"r\",\"target\":3,\"content\":\"xxxx\"}}", 3,
+               PROTO_E_TOO_LARGE);
+    EXPECT("{\"type\":\"delete\",\"payload\":{\"room\":\"r\",\"target\":-1}}", PROTO_E_BAD_REQUEST);
+    EXPECT("{\"type\":\"delete\",\"payload\":{\"target\":2}}", PROTO_E_BAD_REQUEST);
+    EXPECT("{\"type\":\"react\",\"payload\":{\"room\":\"r\",\"target\":1,\"emoji\":\"\",\"on\":true}}",
+           PROTO_E_BAD_REQUEST);
+    EXPECT("{\"type\":\"react\",\"payload\":{\"room\":\"r\",\"target\":1,\"emoji\":\"a\\tb\",\"on\":true}}",
+           PROTO_E_BAD_REQUEST);
+    EXPECT("{\"type\":\"react\",\"payload\":{\"room\":\"r\",\"target\":1,"
+           "\"emoji\":\"123456789012345678901234567890123\",\"on\":true}}", PROTO_E_TOO_LARGE);
+    EXPECT("{\"type\":\"react\",\"payload\":{\"room\":\"r\",\"target\":1,"
+           "\"emoji\":\"12345678901234567890123456789012\",\"on\":true}}", PROTO_OK);
+    EXPECT("{\"type\":\"react\",\"payload\":{\"room\":\"r\",\"target\":1,\"emoji\":\"x\",\"on\":1}}",
+           PROTO_E_BAD_REQUEST);
+    EXPECT("{\"type\":\"react\",\"payload\":{\"room\":\"r\",\"target\":1,\"emoji\":\"x\"}}", PROTO_E_BAD_REQUEST);
+}
+
+TEST(event_tails)
+{
+    proto_req_t req;
+    const char *why;
+    CHECK_EQ_INT(dec("{\"type\":\"react\",\"payload\":{\"room\":\"r\",\"target\":4,\"emoji\":\"x\",\"on\":true}}",
+                     &req, &why), PROTO_OK);
+    char *t = proto_encode_event_tail(PROTO_EV_REACTION, "ann", &req, "c1");
+    CHECK_STR_EQ(t, "\"sender\":\"ann\",\"target\":4,\"emoji\":\"x\",\"on\":true,\"cid\":\"c1\"}");
+    free(t);
+    t = proto_encode_event_tail(PROTO_EV_DELETE, "ann", &req, NULL);
+    CHECK_STR_EQ(t, "\"sender\":\"ann\",\"target\":4}");
+    free(t);
+    proto_req_free(&req);
+    CHECK_EQ_INT(dec("{\"type\":\"edit\",\"payload\":{\"room\":\"r\",\"target\":2,\"content\":\"c\"}}",
+                     &req, &why), PROTO_OK);
+    t = proto_encode_event_tail(PROTO_EV_EDIT, "ann", &req, NULL);
+    CHECK_STR_EQ(t, "\"sender\":\"ann\",\"target\":2,\"content\":\"c\",\"attachments\":[]}");
+    free(t);
+    proto_req_free(&req);
+    CHECK_STR_EQ(proto_event_name(PROTO_EV_EDIT), "edit");
+    CHECK_STR_EQ(proto_err_name(PROTO_E_NOT_FOUND), "not_found");
+}
+
+TEST(fold_message)
+{
+    const char *m = "{\"room\":\"r\",\"seq\":3,\"ts\":5,\"sender\":\"a\",\"content\":\"old\",\"attachments\":[]}";
+    char *f = proto_fold_message(m, strlen(m), NULL, 0);
+    CHECK_STR_EQ(f, "{\"room\":\"r\",\"seq\":3,\"ts\":5,\"sender\":\"a\",\"content\":\"old\","
+                    "\"attachments\":[],\"reactions\":[]}");
+    free(f);
+    const char *st = "{\"c\":\"new\",\"a\":{},\"e\":9,\"r\":[{\"e\":\"x\",\"u\":[[\"b\",4,6],[\"c\",5,7]]},"
+                     "{\"e\":\"y\",\"u\":{}}],\"v\":[4,5]}";
+    f = proto_fold_message(m, strlen(m), st, strlen(st));
+    CHECK_STR_EQ(f, "{\"room\":\"r\",\"seq\":3,\"ts\":5,\"sender\":\"a\",\"content\":\"new\","
+                    "\"attachments\":[],\"edited\":9,\"reactions\":[{\"emoji\":\"x\",\"count\":2,"
+                    "\"users\":[\"b\",\"c\"]}]}");
+    free(f);
+    const char *gone = "{\"d\":1,\"v\":{}}";
+    const char *m2 = "{\"room\":\"r\",\"seq\":3,\"ts\":5,\"sender\":\"a\",\"content\":\"\",\"attachments\":[],"
+                     "\"deleted\":true}";
+    f = proto_fold_message(m2, strlen(m2), gone, strlen(gone));
+    CHECK_STR_EQ(f, "{\"room\":\"r\",\"seq\":3,\"ts\":5,\"sender\":\"a\",\"content\":\"\",\"attachments\":[],"
+                    "\"deleted\":true,\"reactions\":[]}");
+    free(f);
+    /* 25 users: count 25, 20 names. */
+    char big[2048] = "{\"r\":[{\"e\":\"z\",\"u\":[";
+    for (int i = 0; i < 25; i++) {
+        char one[32];
+        snprintf(one, sizeof(one), "%s[\"u%02d\",%d,1]", i ? "," : "", i, i + 10);
+        strcat(big, one);
+    }
+    strcat(big, "]}]}");
+    f = proto_fold_message(m, strlen(m), big, strlen(big));
+    CHECK(f != NULL && strstr(f, "\"count\":25") != NULL && strstr(f, "\"u19\"") != NULL &&
+          strstr(f, "\"u20\"") == NULL);
+    free(f);
+    CHECK(proto_fold_message("nope", 4, NULL, 0) == NULL);
+    CHECK(proto_fold_message(m, strlen(m), "[1]", 3) == NULL);
+}
+
 int main(void)
 {
     return unit_main();

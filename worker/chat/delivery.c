@@ -39,16 +39,22 @@ void delivery_free_frames(frame_t *f)
     }
 }
 
-/* Builds a frame from "payload" JSON text: the WebSocket frame is made
- * here, once, and every member's queue takes a reference to it. */
-static frame_t *delivery_frame(int64_t seq, uint64_t ts_us, const char *payload, size_t len)
+/* Builds a frame of type ("chat", "edit", ...) from "payload" JSON text:
+ * the WebSocket frame is made here, once, and every member's queue takes a
+ * reference to it. */
+static frame_t *delivery_frame(int64_t seq, uint64_t ts_us, const char *type, const char *payload,
+                               size_t len)
 {
-    static const char head[] = "{\"type\":\"chat\",\"payload\":";
+    char head[48];
+    int hn = snprintf(head, sizeof(head), "{\"type\":\"%s\",\"payload\":", type);
+    if (hn < 0 || (size_t)hn >= sizeof(head)) {
+        return NULL;
+    }
     frame_t *f = malloc(sizeof(*f));
     if (f == NULL) {
         return NULL;
     }
-    f->wf = wsframe_text(head, sizeof(head) - 1, payload, len, "}", 1);
+    f->wf = wsframe_text(head, (size_t)hn, payload, len, "}", 1);
     if (f->wf == NULL) {
         free(f);
         return NULL;
@@ -181,13 +187,11 @@ static void delivery_on_fetch(void *arg, redisReply *reply)
     r->syncing = 0;
     if (reply != NULL && reply->type == REDIS_REPLY_ARRAY) {
         for (size_t i = 0; i < reply->elements; i++) {
-            int64_t seq;
-            const char *p;
-            size_t len;
-            if (store_entry(reply->element[i], &seq, &p, &len) != 0 || seq <= r->last_seq) {
+            store_entry_t e;
+            if (store_entry(reply->element[i], &e) != 0 || e.seq <= r->last_seq) {
                 continue;
             }
-            frame_t *f = delivery_frame(seq, 0, p, len);
+            frame_t *f = delivery_frame(e.seq, 0, e.type, e.payload, e.len);
             if (f != NULL) {
                 delivery_fan_out(ch, r, f);
                 delivery_free_frame(f);
@@ -251,17 +255,15 @@ static void delivery_on_replay(void *arg, redisReply *reply)
     /* Recovered only when the log still holds every missed message. */
     int64_t want = call->upto - call->since;
     int ok = reply != NULL && reply->type == REDIS_REPLY_ARRAY && (int64_t)reply->elements == want;
-    int64_t seq = 0;
-    const char *p;
-    size_t len;
-    if (ok && (store_entry(reply->element[0], &seq, &p, &len) != 0 || seq != call->since + 1)) {
+    store_entry_t e;
+    if (ok && (store_entry(reply->element[0], &e) != 0 || e.seq != call->since + 1)) {
         ok = 0;
     }
     delivery_send_joined(m, call->upto, ok);
     if (ok) {
         for (size_t i = 0; i < reply->elements && c->state == CONN_WS; i++) {
-            if (store_entry(reply->element[i], &seq, &p, &len) == 0) {
-                frame_t *f = delivery_frame(seq, 0, p, len);
+            if (store_entry(reply->element[i], &e) == 0) {
+                frame_t *f = delivery_frame(e.seq, 0, e.type, e.payload, e.len);
                 if (f == NULL) {
                     conn_close(c, 1011, "out of memory");
                     break;
@@ -364,9 +366,9 @@ static void delivery_on_last_seq(void *arg, redisReply *reply)
     room_call_free(call);
 }
 
-void delivery_on_published(chat_t *ch, room_t *r, const char *msg, size_t len)
+void delivery_on_published(chat_t *ch, room_t *r, int event, const char *msg, size_t len)
 {
-    /* "<seq> <ts_us> <payload>" */
+    /* "<seq> <ts_us> <payload>", or "<seq> <ts_us> <type> <payload>" */
     char *end;
     long long seq = strtoll(msg, &end, 10);
     if (*end != ' ') {
@@ -376,8 +378,18 @@ void delivery_on_published(chat_t *ch, room_t *r, const char *msg, size_t len)
     if (*end != ' ' || seq <= 0) {
         return;
     }
+    char type[16] = "chat";
     const char *payload = end + 1;
-    frame_t *f = delivery_frame(seq, ts, payload, len - (size_t)(payload - msg));
+    if (event) {
+        const char *sp = memchr(payload, ' ', len - (size_t)(payload - msg));
+        if (sp == NULL || (size_t)(sp - payload) >= sizeof(type)) {
+            return;
+        }
+        memcpy(type, payload, (size_t)(sp - payload));
+        type[sp - payload] = '\0';
+        payload = sp + 1;
+    }
+    frame_t *f = delivery_frame(seq, ts, type, payload, len - (size_t)(payload - msg));
     if (f != NULL) {
         delivery_accept(ch, r, f);
     }

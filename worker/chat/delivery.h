@@ -14,8 +14,9 @@
 
 #include "room.h"
 
-/* A published message "<seq> <ts_us> <payload>" (after the 'C' tag) for r. */
-void delivery_on_published(chat_t *ch, room_t *r, const char *msg, size_t len);
+/* A published event for r, after its tag: "<seq> <ts_us> <payload>" for a
+ * chat ('C'), "<seq> <ts_us> <type> <payload>" for the others ('E'). */
+void delivery_on_published(chat_t *ch, room_t *r, int event, const char *msg, size_t len);
 
 /* r's subscription is live: learn where the room stands (first time) or
  * fetch what was published while it was not, and start waiting members. */

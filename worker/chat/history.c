@@ -78,38 +78,38 @@ static void history_on_log(void *arg, redisReply *reply)
     chat_t *ch = call->room->chat;
     conn_t *c = call->conn;
     const char *id = call->has_id ? call->id : NULL;
+    const redisReply *entries;
+    int64_t lowest;
+    int ended;
     if (c->state != CONN_WS) {
         room_call_free(call);
         return;
     }
-    if (reply == NULL || reply->type != REDIS_REPLY_ARRAY) {
+    if (store_history_reply(reply, &entries, &lowest, &ended) != 0) {
         session_send_error(c, id, PROTO_E_UNAVAILABLE, "history unavailable, retry");
         room_call_free(call);
         return;
     }
-    call->texts = calloc(reply->elements + 1, sizeof(char *));
+    call->texts = calloc(entries->elements + 1, sizeof(char *));
     if (call->texts == NULL) {
         session_send_error(c, id, PROTO_E_INTERNAL, "out of memory");
         room_call_free(call);
         return;
     }
-    int64_t oldest = call->before;
-    for (size_t i = 0; i < reply->elements; i++) {
-        int64_t seq;
-        const char *payload;
-        size_t len;
-        if (store_entry(reply->element[i], &seq, &payload, &len) != 0 ||
-            (call->texts[call->ntexts] = strndup(payload, len)) == NULL) {
+    for (size_t i = 0; i < entries->elements; i++) {
+        store_entry_t e;
+        /* Messages with their edits, delete and reactions folded in. */
+        if (store_entry(entries->element[i], &e) != 0 ||
+            (call->texts[call->ntexts] = proto_fold_message(e.payload, e.len, e.state, e.slen)) == NULL) {
             continue;
         }
         call->ntexts++;
-        oldest = seq;
     }
     size_t want = (size_t)call->upto + 1;
     /* The recent log ran out before the page did: older messages live in
-     * the archive, below the oldest the log still has. */
-    if (ch->archive != NULL && call->ntexts < want && (oldest < 0 || oldest > 1) &&
-        archive_find(ch->archive, call->room->name, oldest, (int)(want - call->ntexts),
+     * the archive, below the lowest seq the log still has. */
+    if (ch->archive != NULL && call->ntexts < want && ended && lowest > 1 &&
+        archive_find(ch->archive, call->room->name, lowest, (int)(want - call->ntexts),
                      history_on_archive, call) == 0) {
         return;
     }
@@ -127,13 +127,13 @@ void history_request(conn_t *c, const proto_req_t *req)
     call->upto = req->limit;
     int64_t before = req->has_before ? req->before : -1;
     call->before = before;
-    if (before == 0 || store_history(chat_of(c)->bus, req->room, before, req->limit + 1, history_on_log, call) != 0) {
-        if (before == 0) {
-            /* Nothing precedes seq 1: answer without asking the store. */
-            redisReply empty = { .type = REDIS_REPLY_ARRAY };
-            history_on_log(call, &empty);
-            return;
-        }
+    if (before == 0) {
+        /* Nothing precedes seq 1: answer without asking the store. */
+        history_answer(c, id, req->room, NULL, 0, (size_t)req->limit);
+        room_call_free(call);
+        return;
+    }
+    if (store_history(chat_of(c)->bus, req->room, before, req->limit + 1, history_on_log, call) != 0) {
         room_call_free(call);
         session_send_error(c, id, PROTO_E_UNAVAILABLE, "history unavailable, retry");
     }

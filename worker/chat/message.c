@@ -14,8 +14,12 @@ static void message_on_sent(void *arg, int status, const store_ack_t *ack);
 static int message_store(chat_t *ch, room_call_t *call)
 {
     conn_t *c = call->conn;
-    return store_send(ch->bus, call->room->name, session_of(c)->auth.user, call->has_id ? call->id : NULL,
-                      call->tail, message_on_sent, call);
+    const char *user = session_of(c)->auth.user;
+    const char *id = call->has_id ? call->id : NULL;
+    if (call->event.kind == NULL) {
+        return store_send(ch->bus, call->room->name, user, id, call->tail, message_on_sent, call);
+    }
+    return store_event(ch->bus, call->room->name, user, id, call->tail, &call->event, message_on_sent, call);
 }
 
 static void message_failed(room_call_t *call, const char *why)
@@ -75,6 +79,24 @@ static void message_on_sent(void *arg, int status, const store_ack_t *ack)
         }
         message_failed(call, "archive unavailable, retry");
         return;
+    case STORE_NOT_FOUND:
+        if (c->state == CONN_WS) {
+            session_send_error(c, id, PROTO_E_NOT_FOUND, "no such message in this room");
+        }
+        room_call_free(call);
+        return;
+    case STORE_FORBIDDEN:
+        if (c->state == CONN_WS) {
+            session_send_error(c, id, PROTO_E_FORBIDDEN, "not your message");
+        }
+        room_call_free(call);
+        return;
+    case STORE_TOO_MANY:
+        if (c->state == CONN_WS) {
+            session_send_error(c, id, PROTO_E_TOO_LARGE, "a message has at most 20 different reactions");
+        }
+        room_call_free(call);
+        return;
     case STORE_NOT_DURABLE:
         /* Stored, but not yet on enough replicas: a failover now could
          * lose it. The resend with the same id answers as a duplicate
@@ -101,6 +123,38 @@ void message_chat(conn_t *c, const proto_req_t *req)
         session_send_error(c, id, PROTO_E_INTERNAL, "out of memory");
         return;
     }
+    if (message_store(ch, call) != 0) {
+        room_call_free(call);
+        session_send_error(c, id, PROTO_E_UNAVAILABLE, "storage unavailable, retry");
+    }
+}
+
+void message_event(conn_t *c, const proto_req_t *req)
+{
+    chat_t *ch = chat_of(c);
+    const char *id = req->has_id ? req->id : NULL;
+    proto_event_t kind = req->type == PROTO_EDIT ? PROTO_EV_EDIT
+                         : req->type == PROTO_DELETE ? PROTO_EV_DELETE : PROTO_EV_REACTION;
+    room_call_t *call = room_request_call(c, req);
+    if (call == NULL) {
+        return;
+    }
+    call->tail = proto_encode_event_tail(kind, session_of(c)->auth.user, req, id);
+    size_t elen = req->emoji != NULL ? strlen(req->emoji) + 1 : 0;
+    call->emoji = elen > 0 ? malloc(elen) : NULL;
+    if (call->tail == NULL || (elen > 0 && call->emoji == NULL)) {
+        room_call_free(call);
+        session_send_error(c, id, PROTO_E_INTERNAL, "out of memory");
+        return;
+    }
+    if (elen > 0) {
+        memcpy(call->emoji, req->emoji, elen);
+    }
+    call->event.kind = proto_event_name(kind);
+    call->event.target = req->target;
+    call->event.admin = session_of(c)->auth.admin;
+    call->event.emoji = call->emoji;
+    call->event.on = req->on;
     if (message_store(ch, call) != 0) {
         room_call_free(call);
         session_send_error(c, id, PROTO_E_UNAVAILABLE, "storage unavailable, retry");

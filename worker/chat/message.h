@@ -12,4 +12,8 @@
 /* The chat request. */
 void message_chat(conn_t *c, const proto_req_t *req);
 
+/* The edit, delete and react requests: room events on a message, stored
+ * and acked like a chat (the target is checked in the same store step). */
+void message_event(conn_t *c, const proto_req_t *req);
+
 #endif

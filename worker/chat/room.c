@@ -132,6 +132,7 @@ void room_call_free(room_call_t *call)
     }
     free(call->texts);
     free(call->tail);
+    free(call->emoji);
     free(call);
 }
 
@@ -310,9 +311,10 @@ void room_on_bus_message(chat_t *ch, const char *channel, size_t clen, const cha
     if (r == NULL || len < 2) {
         return;
     }
-    /* 'C': a chat message with its seq; 'X': ephemeral (member, typing). */
-    if (msg[0] == 'C') {
-        delivery_on_published(ch, r, msg + 1, len - 1);
+    /* 'C': a chat message with its seq, 'E' another room event with its
+     * seq and type; 'X': ephemeral (member, typing). */
+    if (msg[0] == 'C' || msg[0] == 'E') {
+        delivery_on_published(ch, r, msg[0] == 'E', msg + 1, len - 1);
     } else if (msg[0] == 'X') {
         presence_relay(r, msg + 1, len - 1);
     }

@@ -12,6 +12,7 @@
 #include <stdint.h>
 
 #include "../../proto/proto.h"
+#include "../data/store.h"
 #include "../net/wsframe.h"
 #include "chat.h"
 #include "session.h"
@@ -71,6 +72,8 @@ typedef struct room_call_s {
     int64_t upto;
     int64_t before;             /* history: the request's before, -1 = newest */
     char *tail;                 /* chat: the encoded payload tail, owned */
+    store_event_t event;        /* edit, delete, react (kind NULL for chat) */
+    char *emoji;                /* react: event.emoji's bytes, owned */
     int seeded;                 /* chat: the counter was seeded once already */
     char **texts;               /* history: payloads from Redis, newest first, owned */
     size_t ntexts;

@@ -116,6 +116,13 @@ void session_on_text(conn_t *c, const char *text, size_t len)
             presence_typing(c, &req);
         }
         break;
+    case PROTO_EDIT:
+    case PROTO_DELETE:
+    case PROTO_REACT:
+        if (session_rate_ok(c, id)) {
+            message_event(c, &req);
+        }
+        break;
     case PROTO_HISTORY:
         history_request(c, &req);
         break;

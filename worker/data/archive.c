@@ -3,6 +3,7 @@
 #include "hashslot.h"
 #include "store.h"
 #include "../../common/log.h"
+#include "../../proto/proto.h"
 
 #include <inttypes.h>
 #include <stdio.h>
@@ -35,8 +36,10 @@ typedef struct {
     char *id;                   /* stream entry id */
     unsigned slot;              /* whose queue it came from (in a cluster) */
     char *room;
-    int64_t seq;
-    char *payload;
+    int64_t seq;                /* the entry's own seq (a chat's, or an event's) */
+    int64_t target;             /* the message it writes: seq for a chat */
+    char *payload;              /* the chat payload (an event's: as it stands after it) */
+    char *state;                /* an event's: the message's state record; NULL for a chat */
 } entry_t;
 
 typedef struct job_s {
@@ -128,35 +131,152 @@ static int archive_doc(const entry_t *e, bson_t *doc, bson_oid_t *oid)
         cJSON_Delete(p);
         return -1;
     }
-    archive_oid(e->room, e->seq, oid);
+    cJSON *st = e->state != NULL ? cJSON_Parse(e->state) : NULL;
+    if (e->state != NULL && !cJSON_IsObject(st)) {
+        cJSON_Delete(st);
+        cJSON_Delete(p);
+        return -1;
+    }
+    /* An event's state record overrides the payload: see store_event_lua. */
+    const cJSON *deleted = cJSON_GetObjectItemCaseSensitive(st, "d");
+    int gone = deleted != NULL && !cJSON_IsFalse(deleted) && !cJSON_IsNull(deleted);
+    const cJSON *c = cJSON_GetObjectItemCaseSensitive(st, "c");
+    const cJSON *a2 = cJSON_GetObjectItemCaseSensitive(st, "a");
+    const cJSON *edited = cJSON_GetObjectItemCaseSensitive(st, "e");
+    if (cJSON_IsString(c)) {
+        content = c;
+    }
+    if (cJSON_IsArray(a2) || cJSON_IsObject(a2)) {
+        att = a2;       /* Lua's cjson writes an empty list as {} */
+    }
+    archive_oid(e->room, e->target, oid);
     BSON_APPEND_OID(doc, "_id", oid);
     BSON_APPEND_UTF8(doc, "roomId", e->room);
-    BSON_APPEND_INT64(doc, "seq", e->seq);
+    BSON_APPEND_INT64(doc, "seq", e->target);
     BSON_APPEND_UTF8(doc, "sender", sender->valuestring);
-    BSON_APPEND_UTF8(doc, "content", content->valuestring);
+    if (!gone) {
+        BSON_APPEND_UTF8(doc, "content", content->valuestring);
+    }
     BSON_APPEND_DATE_TIME(doc, "timestamp", (int64_t)ts->valuedouble);
     /* The wire's ts again as a plain integer: exact on every server,
      * whatever it does with dates. */
     BSON_APPEND_INT64(doc, "ts", (int64_t)ts->valuedouble);
     bson_t arr;
-    BSON_APPEND_ARRAY_BEGIN(doc, "attachments", &arr);
     const cJSON *a;
     int i = 0;
-    cJSON_ArrayForEach(a, att) {
-        char key[16];
-        snprintf(key, sizeof(key), "%d", i++);
-        bson_t item;
-        bson_append_document_begin(&arr, key, -1, &item);
-        BSON_APPEND_UTF8(&item, "type", cJSON_GetObjectItemCaseSensitive(a, "type")->valuestring);
-        BSON_APPEND_UTF8(&item, "url", cJSON_GetObjectItemCaseSensitive(a, "url")->valuestring);
-        bson_append_document_end(&arr, &item);
+    if (!gone) {
+        BSON_APPEND_ARRAY_BEGIN(doc, "attachments", &arr);
+        cJSON_ArrayForEach(a, att) {
+            const cJSON *t = cJSON_GetObjectItemCaseSensitive(a, "type");
+            const cJSON *u = cJSON_GetObjectItemCaseSensitive(a, "url");
+            if (!cJSON_IsString(t) || !cJSON_IsString(u)) {
+                continue;
+            }
+            char key[16];
+            snprintf(key, sizeof(key), "%d", i++);
+            bson_t item;
+            bson_append_document_begin(&arr, key, -1, &item);
+            BSON_APPEND_UTF8(&item, "type", t->valuestring);
+            BSON_APPEND_UTF8(&item, "url", u->valuestring);
+            bson_append_document_end(&arr, &item);
+        }
+        bson_append_array_end(doc, &arr);
     }
-    bson_append_array_end(doc, &arr);
     if (cJSON_IsString(cid)) {
         BSON_APPEND_UTF8(doc, "cid", cid->valuestring);
     }
+    if (st != NULL) {
+        if (gone) {
+            BSON_APPEND_BOOL(doc, "deleted", true);
+        } else if (cJSON_IsNumber(edited)) {
+            BSON_APPEND_INT64(doc, "edited", (int64_t)edited->valuedouble);
+        }
+        /* Every reacting user, not only the 20 a client is shown: a later
+         * event on the message starts from this. */
+        BSON_APPEND_ARRAY_BEGIN(doc, "reactions", &arr);
+        const cJSON *r = cJSON_GetObjectItemCaseSensitive(st, "r");
+        if (gone || !cJSON_IsArray(r)) {
+            r = NULL;
+        }
+        i = 0;
+        cJSON_ArrayForEach(a, r) {
+            const cJSON *emoji = cJSON_GetObjectItemCaseSensitive(a, "e");
+            const cJSON *users = cJSON_GetObjectItemCaseSensitive(a, "u");
+            if (!cJSON_IsString(emoji) || !cJSON_IsArray(users) || cJSON_GetArraySize(users) == 0) {
+                continue;
+            }
+            char key[16];
+            snprintf(key, sizeof(key), "%d", i++);
+            bson_t item, list;
+            bson_append_document_begin(&arr, key, -1, &item);
+            BSON_APPEND_UTF8(&item, "emoji", emoji->valuestring);
+            BSON_APPEND_INT32(&item, "count", cJSON_GetArraySize(users));
+            BSON_APPEND_ARRAY_BEGIN(&item, "users", &list);
+            const cJSON *who;
+            int k = 0;
+            cJSON_ArrayForEach(who, users) {
+                const cJSON *name = cJSON_GetArrayItem(who, 0);
+                if (cJSON_IsString(name)) {
+                    char uk[16];
+                    snprintf(uk, sizeof(uk), "%d", k++);
+                    BSON_APPEND_UTF8(&list, uk, name->valuestring);
+                }
+            }
+            bson_append_array_end(&item, &list);
+            bson_append_document_end(&arr, &item);
+        }
+        bson_append_array_end(doc, &arr);
+        BSON_APPEND_INT64(doc, "v", e->seq);
+    }
+    cJSON_Delete(st);
     cJSON_Delete(p);
     return 0;
+}
+
+/*
+ * An event rewrites its message's document with the state after it, and
+ * only over an older state: the filter wants the document's v (the seq of
+ * the event it holds) below this one's. Entries of one room may be written
+ * out of order (two workers, a retried batch), and this keeps the newest
+ * state whatever the order, a delete included. When no document matched
+ * (none yet, or a newer one) the insert adds it, or fails on the key,
+ * which counts as done. Returns the number of operations queued.
+ */
+static int archive_queue_state(mongoc_bulk_operation_t *bulk, const entry_t *e, bson_t *doc,
+                               const bson_oid_t *oid)
+{
+    bson_error_t err;
+    int queued = 0;
+    bson_t *sel = BCON_NEW("_id", BCON_OID(oid), "$or", "[",
+                           "{", "v", "{", "$lt", BCON_INT64(e->seq), "}", "}",
+                           "{", "v", "{", "$exists", BCON_BOOL(false), "}", "}", "]");
+    bson_t set = BSON_INITIALIZER;
+    bson_iter_t it;
+    if (bson_iter_init(&it, doc)) {
+        while (bson_iter_next(&it)) {
+            if (strcmp(bson_iter_key(&it), "_id") != 0) {
+                bson_append_iter(&set, NULL, 0, &it);
+            }
+        }
+    }
+    bson_t *upd = bson_new();
+    BSON_APPEND_DOCUMENT(upd, "$set", &set);
+    bson_iter_t d;
+    if (bson_iter_init_find(&d, doc, "deleted")) {
+        bson_t *unset = BCON_NEW("content", BCON_UTF8(""), "attachments", BCON_UTF8(""), "edited", BCON_UTF8(""));
+        BSON_APPEND_DOCUMENT(upd, "$unset", unset);
+        bson_destroy(unset);
+    }
+    if (mongoc_bulk_operation_update_one_with_opts(bulk, sel, upd, NULL, &err)) {
+        queued++;
+    }
+    if (mongoc_bulk_operation_insert_with_opts(bulk, doc, NULL, &err)) {
+        queued++;
+    }
+    bson_destroy(upd);
+    bson_destroy(&set);
+    bson_destroy(sel);
+    return queued;
 }
 
 /* 1 when a failed bulk write failed only on duplicate keys (11000): the
@@ -209,7 +329,9 @@ static void archive_do_write(job_t *j, mongoc_collection_t *col)
             bson_destroy(&doc);
             continue;
         }
-        if (mongoc_bulk_operation_insert_with_opts(bulk, &doc, NULL, &err)) {
+        if (j->entries[i].state != NULL) {
+            queued += (size_t)archive_queue_state(bulk, &j->entries[i], &doc, &oid);
+        } else if (mongoc_bulk_operation_insert_with_opts(bulk, &doc, NULL, &err)) {
             queued++;
         }
         bson_destroy(&doc);
@@ -226,6 +348,53 @@ static void archive_do_write(job_t *j, mongoc_collection_t *col)
     mongoc_bulk_operation_destroy(bulk);
 }
 
+/* A document's reactions as history shows them: {emoji, count, users},
+ * at most 20 names each (the document keeps them all). */
+static void archive_reactions(bson_iter_t *it, cJSON *out)
+{
+    bson_iter_t ri;
+    if (!bson_iter_recurse(it, &ri)) {
+        return;
+    }
+    while (bson_iter_next(&ri)) {
+        bson_iter_t fi;
+        const char *emoji = NULL;
+        cJSON *users = cJSON_CreateArray();
+        int count = 0;
+        if (users == NULL) {
+            return;
+        }
+        if (BSON_ITER_HOLDS_DOCUMENT(&ri) && bson_iter_recurse(&ri, &fi)) {
+            while (bson_iter_next(&fi)) {
+                if (strcmp(bson_iter_key(&fi), "emoji") == 0 && BSON_ITER_HOLDS_UTF8(&fi)) {
+                    emoji = bson_iter_utf8(&fi, NULL);
+                } else if (strcmp(bson_iter_key(&fi), "users") == 0 && BSON_ITER_HOLDS_ARRAY(&fi)) {
+                    bson_iter_t ui;
+                    if (bson_iter_recurse(&fi, &ui)) {
+                        while (bson_iter_next(&ui)) {
+                            if (!BSON_ITER_HOLDS_UTF8(&ui)) {
+                                continue;
+                            }
+                            if (count++ < PROTO_REACTIONS_MAX) {
+                                cJSON_AddItemToArray(users, cJSON_CreateString(bson_iter_utf8(&ui, NULL)));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        cJSON *r = emoji != NULL && count > 0 ? cJSON_CreateObject() : NULL;
+        if (r == NULL) {
+            cJSON_Delete(users);
+            continue;
+        }
+        cJSON_AddStringToObject(r, "emoji", emoji);
+        cJSON_AddNumberToObject(r, "count", count);
+        cJSON_AddItemToObject(r, "users", users);
+        cJSON_AddItemToArray(out, r);
+    }
+}
+
 /* Turns a stored document back into the chat payload clients know. */
 static char *archive_payload(const bson_t *d)
 {
@@ -235,8 +404,10 @@ static char *archive_payload(const bson_t *d)
         return NULL;
     }
     const char *room = "", *sender = "", *content = "", *cid = NULL;
-    int64_t seq = 0, ts = 0;
+    int64_t seq = 0, ts = 0, edited = -1;
+    int deleted = 0;
     cJSON *att = cJSON_CreateArray();
+    cJSON *reactions = cJSON_CreateArray();
     if (bson_iter_init(&it, d)) {
         while (bson_iter_next(&it)) {
             const char *k = bson_iter_key(&it);
@@ -253,6 +424,13 @@ static char *archive_payload(const bson_t *d)
             } else if (strcmp(k, "ts") == 0 && (BSON_ITER_HOLDS_INT64(&it) || BSON_ITER_HOLDS_INT32(&it) ||
                                                  BSON_ITER_HOLDS_DOUBLE(&it))) {
                 ts = bson_iter_as_int64(&it);
+            } else if (strcmp(k, "edited") == 0 && (BSON_ITER_HOLDS_INT64(&it) || BSON_ITER_HOLDS_INT32(&it) ||
+                                                     BSON_ITER_HOLDS_DOUBLE(&it))) {
+                edited = bson_iter_as_int64(&it);
+            } else if (strcmp(k, "deleted") == 0 && BSON_ITER_HOLDS_BOOL(&it)) {
+                deleted = bson_iter_bool(&it);
+            } else if (strcmp(k, "reactions") == 0 && BSON_ITER_HOLDS_ARRAY(&it) && reactions != NULL) {
+                archive_reactions(&it, reactions);
             } else if (strcmp(k, "timestamp") == 0 && BSON_ITER_HOLDS_DATE_TIME(&it) && ts == 0) {
                 ts = bson_iter_date_time(&it);
             } else if (strcmp(k, "attachments") == 0 && BSON_ITER_HOLDS_ARRAY(&it) && att != NULL) {
@@ -288,16 +466,54 @@ static char *archive_payload(const bson_t *d)
     cJSON_AddNumberToObject(p, "seq", (double)seq);
     cJSON_AddNumberToObject(p, "ts", (double)ts);
     cJSON_AddStringToObject(p, "sender", sender);
-    cJSON_AddStringToObject(p, "content", content);
+    cJSON_AddStringToObject(p, "content", deleted ? "" : content);
     if (att != NULL) {
+        if (deleted) {
+            cJSON_Delete(att);
+            att = cJSON_CreateArray();
+        }
         cJSON_AddItemToObject(p, "attachments", att);
     }
     if (cid != NULL) {
         cJSON_AddStringToObject(p, "cid", cid);
     }
+    if (deleted) {
+        cJSON_AddTrueToObject(p, "deleted");
+    } else if (edited >= 0) {
+        cJSON_AddNumberToObject(p, "edited", (double)edited);
+    }
+    if (reactions != NULL) {
+        if (deleted) {
+            cJSON_Delete(reactions);
+            reactions = cJSON_CreateArray();
+        }
+        cJSON_AddItemToObject(p, "reactions", reactions);
+    }
     char *s = cJSON_PrintUnformatted(p);
     cJSON_Delete(p);
     return s;
+}
+
+static void archive_max_event(job_t *j, mongoc_collection_t *col)
+{
+    bson_t *filter = BCON_NEW("roomId", BCON_UTF8(j->room), "v", "{", "$exists", BCON_BOOL(true), "}");
+    bson_t *opts = BCON_NEW("sort", "{", "v", BCON_INT32(-1), "}", "limit", BCON_INT64(1));
+    mongoc_cursor_t *cur = mongoc_collection_find_with_opts(col, filter, opts, NULL);
+    const bson_t *d;
+    bson_error_t err;
+    if (mongoc_cursor_next(cur, &d)) {
+        bson_iter_t it;
+        if (bson_iter_init_find(&it, d, "v") && bson_iter_as_int64(&it) > j->max_seq) {
+            j->max_seq = bson_iter_as_int64(&it);
+        }
+    }
+    if (mongoc_cursor_error(cur, &err)) {
+        j->ok = 0;
+        snprintf(j->err, sizeof(j->err), "%s", err.message);
+    }
+    mongoc_cursor_destroy(cur);
+    bson_destroy(filter);
+    bson_destroy(opts);
 }
 
 static void archive_do_find(job_t *j, mongoc_collection_t *col)
@@ -340,6 +556,11 @@ static void archive_do_find(job_t *j, mongoc_collection_t *col)
             j->max_seq = cJSON_IsNumber(s) ? (int64_t)s->valuedouble : 0;
             cJSON_Delete(p);
         }
+        /* Edits, deletes and reactions take seqs too, and the last of a
+         * room may be above its last message: the documents keep theirs. */
+        if (j->ok) {
+            archive_max_event(j, col);
+        }
     }
 }
 
@@ -353,6 +574,8 @@ static void archive_do_indexes(job_t *j, mongoc_collection_t *col)
                            "name", BCON_UTF8("roomId_timestamp"), "}",
                            "{", "key", "{", "sender", BCON_INT32(1), "timestamp", BCON_INT32(-1), "}",
                            "name", BCON_UTF8("sender_timestamp"), "}",
+                           "{", "key", "{", "roomId", BCON_INT32(1), "v", BCON_INT32(-1), "}",
+                           "name", BCON_UTF8("roomId_v"), "}",
                            "]");
     j->ok = mongoc_collection_write_command_with_opts(col, cmd, NULL, NULL, &err);
     if (!j->ok) {
@@ -404,6 +627,7 @@ static void job_free(job_t *j)
         free(j->entries[i].id);
         free(j->entries[i].room);
         free(j->entries[i].payload);
+        free(j->entries[i].state);
     }
     free(j->entries);
     for (int i = 0; i < j->nfound; i++) {
@@ -567,11 +791,19 @@ static size_t archive_collect(job_t *j, const redisReply *list, unsigned slot)
             continue;
         }
         const redisReply *f = e->element[1];
+        const char *msg = NULL, *state = NULL;
         for (size_t k = 0; k + 1 < f->elements; k += 2) {
+            if (f->element[k]->type != REDIS_REPLY_STRING || f->element[k + 1]->type != REDIS_REPLY_STRING) {
+                continue;
+            }
             if (strcmp(f->element[k]->str, "r") == 0) {
                 room = f->element[k + 1]->str;
             } else if (strcmp(f->element[k]->str, "m") == 0) {
                 payload = f->element[k + 1]->str;
+            } else if (strcmp(f->element[k]->str, "o") == 0) {
+                msg = f->element[k + 1]->str;
+            } else if (strcmp(f->element[k]->str, "s") == 0) {
+                state = f->element[k + 1]->str;
             }
         }
         entry_t *en = &j->entries[j->n];
@@ -590,13 +822,24 @@ static size_t archive_collect(job_t *j, const redisReply *list, unsigned slot)
             continue;
         }
         en->room = strdup(room);
-        en->payload = strdup(payload);
         en->seq = strtoll(seqp + 6, NULL, 10);
-        if (en->room == NULL || en->payload == NULL) {
+        en->target = en->seq;
+        /* An event (edit, delete, reaction) writes its message as it
+         * stands after it, from the message ('o') and its state ('s'). */
+        const char *tseq = msg != NULL ? strstr(msg, "\"seq\":") : NULL;
+        if (msg != NULL && state != NULL && tseq != NULL) {
+            en->target = strtoll(tseq + 6, NULL, 10);
+            en->payload = strdup(msg);
+            en->state = strdup(state);
+        } else {
+            en->payload = strdup(payload);
+        }
+        if (en->room == NULL || en->payload == NULL || (msg != NULL && state != NULL && en->state == NULL)) {
             j->n--;
             free(en->id);
             free(en->room);
             free(en->payload);
+            free(en->state);
         }
     }
     return list->elements;

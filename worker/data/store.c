@@ -89,42 +89,219 @@ static const char store_commit_lua[] =
     "local es = redis.call('XRANGE', KEYS[2], (d + 1) .. '-0', s .. '-1')\n"
     "if ARGV[4] == '1' and #es > 0 then\n"
     "  local fresh = redis.call('EXISTS', KEYS[3]) == 0\n"
-    "  for _, e in ipairs(es) do redis.call('XADD', KEYS[3], '*', 'r', ARGV[5], 'm', e[2][2]) end\n"
+    "  for _, e in ipairs(es) do redis.call('XADD', KEYS[3], '*', 'r', ARGV[5], unpack(e[2])) end\n"
     "  if fresh then redis.pcall('XGROUP', 'CREATE', KEYS[3], 'archivers', '0') end\n"
     "end\n"
     "local last = es[#es]\n"
     "if last and last[1] == s .. '-1' then\n"
     "  local tm = redis.call('TIME')\n"
     "  local us = tm[1] .. string.format('%06d', tonumber(tm[2]))\n"
-    "  redis.call(ARGV[3], ARGV[2], 'C' .. s .. ' ' .. us .. ' ' .. last[2][2])\n"
+    "  local f = last[2]\n"
+    "  if f[3] == 't' then\n"
+    "    redis.call(ARGV[3], ARGV[2], 'E' .. s .. ' ' .. us .. ' ' .. f[4] .. ' ' .. f[2])\n"
+    "  else\n"
+    "    redis.call(ARGV[3], ARGV[2], 'C' .. s .. ' ' .. us .. ' ' .. f[2])\n"
+    "  end\n"
     "end\n"
     "return s\n";
 
 /*
- * A read of a room whose acks wait for replicas: only what is below the
- * durable mark may be seen. KEYS durable mark, seq, log. ARGV 'f' (XRANGE
- * from ARGV[2] to ARGV[3], -1 = newest), 'r' (XREVRANGE below ARGV[2],
- * -1 = newest) or 'l' (no entries); ARGV[4] count. Returns {durable, seq
- * or -1 when the room has no counter, entries}.
+ * Every read of the log. KEYS durable mark, seq, log, deleted entries
+ * (zset), message states (hash). ARGV mode: 'f' (entries from ARGV[2] to
+ * ARGV[3], -1 = newest, at most ARGV[4]), 'h' (history: up to ARGV[4]
+ * chat messages below ARGV[2], -1 = newest, newest first, each with its
+ * state record) or 'l' (none); ARGV[5] '1' when acks wait for replicas:
+ * then only what is below the durable mark may be seen.
+ * A deleted message and its edits are no longer in the stream: scrubbed
+ * copies of them ("<type> <payload>", scored by seq) fill the holes.
+ * Returns {durable, seq or -1 when the room has no counter, entries
+ * {seq, type, payload[, state]}, the lowest seq looked at, 1 when the log
+ * has nothing below it}.
  */
 static const char store_read_lua[] =
-    "local d = tonumber(redis.call('GET', KEYS[1]) or '0')\n"
     "local top = tonumber(redis.call('GET', KEYS[2]) or '-1')\n"
-    "local r = {}\n"
-    "if ARGV[1] == 'f' then\n"
-    "  local to = tonumber(ARGV[3])\n"
-    "  if to < 0 or to > d then to = d end\n"
-    "  if to >= tonumber(ARGV[2]) then\n"
-    "    r = redis.call('XRANGE', KEYS[3], ARGV[2] .. '-0', to .. '-1', 'COUNT', ARGV[4])\n"
+    "local d = top\n"
+    "if ARGV[5] == '1' then d = tonumber(redis.call('GET', KEYS[1]) or '0') end\n"
+    "local holes = redis.call('EXISTS', KEYS[4]) == 1\n"
+    "local function entry(e)\n"
+    "  local f, t, m = e[2], 'chat', nil\n"
+    "  for i = 1, #f, 2 do\n"
+    "    if f[i] == 'm' then m = f[i + 1] elseif f[i] == 't' then t = f[i + 1] end\n"
     "  end\n"
-    "elseif ARGV[1] == 'r' then\n"
-    "  local up = tonumber(ARGV[2]) - 1\n"
-    "  if up < 0 or up > d then up = d end\n"
-    "  if up >= 1 then\n"
-    "    r = redis.call('XREVRANGE', KEYS[3], up .. '-1', '-', 'COUNT', ARGV[4])\n"
-    "  end\n"
+    "  return {tonumber(string.match(e[1], '^(%d+)')), t, m}\n"
     "end\n"
-    "return {d, top, r}\n";
+    "local function fill(es, lo, hi, rev, n)\n"
+    "  local out = {}\n"
+    "  for _, e in ipairs(es) do out[#out + 1] = entry(e) end\n"
+    "  if not holes then return out end\n"
+    "  local z\n"
+    "  if rev then z = redis.call('ZREVRANGEBYSCORE', KEYS[4], hi, lo, 'WITHSCORES', 'LIMIT', 0, n)\n"
+    "  else z = redis.call('ZRANGEBYSCORE', KEYS[4], lo, hi, 'WITHSCORES', 'LIMIT', 0, n) end\n"
+    "  if #z == 0 then return out end\n"
+    "  for i = 1, #z, 2 do\n"
+    "    local sp = string.find(z[i], ' ', 1, true)\n"
+    "    out[#out + 1] = {tonumber(z[i + 1]), string.sub(z[i], 1, sp - 1), string.sub(z[i], sp + 1)}\n"
+    "  end\n"
+    "  if rev then table.sort(out, function(x, y) return x[1] > y[1] end)\n"
+    "  else table.sort(out, function(x, y) return x[1] < y[1] end) end\n"
+    "  while #out > n do out[#out] = nil end\n"
+    "  return out\n"
+    "end\n"
+    "if ARGV[1] == 'f' then\n"
+    "  local a, to, n = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])\n"
+    "  if to < 0 or to > d then to = d end\n"
+    "  if to < a then return {d, top, {}, a, 0} end\n"
+    "  local es = redis.call('XRANGE', KEYS[3], a .. '-0', to .. '-1', 'COUNT', n)\n"
+    "  local hi = to\n"
+    "  if #es == n then hi = tonumber(string.match(es[#es][1], '^(%d+)')) end\n"
+    "  return {d, top, fill(es, a, hi, false, n), a, 0}\n"
+    "elseif ARGV[1] == 'h' then\n"
+    "  local up, n = tonumber(ARGV[2]) - 1, tonumber(ARGV[4])\n"
+    "  if up < 0 or up > d then up = d end\n"
+    "  local out, low, ended = {}, up + 1, 0\n"
+    "  local k = n * 2 + 16\n"
+    "  while #out < n do\n"
+    "    if up < 1 then ended = 1 break end\n"
+    "    local es = redis.call('XREVRANGE', KEYS[3], up .. '-1', '-', 'COUNT', k)\n"
+    "    local lo = 1\n"
+    "    if #es == k then lo = tonumber(string.match(es[#es][1], '^(%d+)')) end\n"
+    "    local got = fill(es, lo, up, true, k)\n"
+    "    if #got == 0 then ended = 1 break end\n"
+    "    for _, e in ipairs(got) do\n"
+    "      low = e[1]\n"
+    "      if e[2] == 'chat' then\n"
+    "        e[4] = redis.call('HGET', KEYS[5], e[1])\n"
+    "        out[#out + 1] = e\n"
+    "        if #out == n then break end\n"
+    "      end\n"
+    "    end\n"
+    "    if #out < n and #es < k then ended = 1 break end\n"
+    "    up = low - 1\n"
+    "  end\n"
+    "  return {d, top, out, low, ended}\n"
+    "end\n"
+    "return {d, top, {}, 0, 0}\n";
+
+/*
+ * A room event (edit, delete, reaction) on a message in the log. KEYS:
+ * seq, log, dedup, archive queue, archived cursor, message states, deleted
+ * entries, durable mark. ARGV: payload head, tail, dedup window, log cap,
+ * channel, "1" when the request has an id, "1" when archiving, room,
+ * publish verb, "1" when the ack waits for replicas, kind, user, target,
+ * "1" when the user is an admin, emoji, "1" for on.
+ * Answers {seq, ts, duplicate} as the send script does, or {-2} when the
+ * target is not a message of the log (or is deleted), {-3} when the user
+ * may not do this to it, {-4} when it has 20 distinct emoji already.
+ * The state record of a message (KEYS[6], field seq) is what history
+ * folds in: c/a the edited content, e the edit's ts, d deleted, r the
+ * reactions [{e = emoji, u = {{user, seq, ts}, ...}}], o the seq and ts
+ * of each (emoji, user) reaction taken back, v the seqs of its events.
+ * A delete takes the message and each of its events out of the stream
+ * and keeps content-free copies in KEYS[7], so no read finds the content
+ * again. With the archive, an event's entry also carries the message
+ * ('o') and its state ('s') after the event, from which the archive
+ * rewrites its document.
+ */
+static const char store_event_lua[] =
+    "local dd = ARGV[6] == '1' and redis.call('GET', KEYS[3])\n"
+    "if dd then\n"
+    "  if ARGV[10] == '1' then redis.call('SET', KEYS[3], dd, 'KEEPTTL') end\n"
+    "  local s, t = string.match(dd, '^(%d+):(%d+)$')\n"
+    "  return {tonumber(s), tonumber(t), 1}\n"
+    "end\n"
+    "local target = tonumber(ARGV[13])\n"
+    "if ARGV[10] == '1' and target > tonumber(redis.call('GET', KEYS[8]) or '0') then return {-2, 0, 0} end\n"
+    "local found = redis.call('XRANGE', KEYS[2], target .. '-1', target .. '-1')\n"
+    "if #found == 0 or found[1][2][3] == 't' then return {-2, 0, 0} end\n"
+    "local orig = found[1][2][2]\n"
+    "local msg = cjson.decode(orig)\n"
+    "local raw = redis.call('HGET', KEYS[6], target)\n"
+    "local st = raw and cjson.decode(raw) or {}\n"
+    "if st.d then return {-2, 0, 0} end\n"
+    "local kind, user, emoji = ARGV[11], ARGV[12], ARGV[15]\n"
+    "if kind == 'edit' and msg.sender ~= user then return {-3, 0, 0} end\n"
+    "if kind == 'delete' and msg.sender ~= user and ARGV[14] ~= '1' then return {-3, 0, 0} end\n"
+    "local ri, ui\n"
+    "if kind == 'reaction' then\n"
+    "  if type(st.r) ~= 'table' then st.r = {} end\n"
+    "  for i, x in ipairs(st.r) do if x.e == emoji then ri = i end end\n"
+    "  if ri then for i, u in ipairs(st.r[ri].u) do if u[1] == user then ui = i end end end\n"
+    "  if ARGV[16] == '1' and ui then return {st.r[ri].u[ui][2], st.r[ri].u[ui][3], 1} end\n"
+    "  if ARGV[16] ~= '1' and not ui then\n"
+    "    local o = type(st.o) == 'table' and st.o[emoji .. '\\n' .. user]\n"
+    "    if o then return {o[1], o[2], 1} end\n"
+    "    return {target, msg.ts, 1}\n"
+    "  end\n"
+    "  if ARGV[16] == '1' and not ri and #st.r >= 20 then return {-4, 0, 0} end\n"
+    "end\n"
+    "local seq = redis.call('INCR', KEYS[1])\n"
+    "local tm = redis.call('TIME')\n"
+    "local ms = tonumber(tm[1]) * 1000 + math.floor(tonumber(tm[2]) / 1000)\n"
+    "local us = tm[1] .. string.format('%06d', tonumber(tm[2]))\n"
+    "local p = ARGV[1] .. seq .. ',\"ts\":' .. string.format('%d', ms) .. ',' .. ARGV[2]\n"
+    "if type(st.v) ~= 'table' then st.v = {} end\n"
+    "if kind == 'edit' then\n"
+    "  local ev = cjson.decode(p)\n"
+    "  st.c, st.a, st.e = ev.content, ev.attachments, ms\n"
+    "elseif kind == 'reaction' then\n"
+    "  if ARGV[16] == '1' then\n"
+    "    if not ri then table.insert(st.r, {e = emoji, u = {}}) ri = #st.r end\n"
+    "    table.insert(st.r[ri].u, {user, seq, ms})\n"
+    "    if type(st.o) == 'table' then st.o[emoji .. '\\n' .. user] = nil end\n"
+    "  else\n"
+    "    table.remove(st.r[ri].u, ui)\n"
+    "    if #st.r[ri].u == 0 then table.remove(st.r, ri) end\n"
+    "    if type(st.o) ~= 'table' then st.o = {} end\n"
+    "    st.o[emoji .. '\\n' .. user] = {seq, ms}\n"
+    "  end\n"
+    "else\n"
+    "  local function gone(e, extra)\n"
+    "    local cid = e.cid and (',\"cid\":' .. cjson.encode(e.cid)) or ''\n"
+    "    return '{\"room\":' .. cjson.encode(e.room) .. ',\"seq\":' .. string.format('%d', e.seq) ..\n"
+    "      ',\"ts\":' .. string.format('%d', e.ts) .. ',\"sender\":' .. cjson.encode(e.sender) .. extra ..\n"
+    "      ',\"content\":\"\",\"attachments\":[],\"deleted\":true' .. cid .. '}'\n"
+    "  end\n"
+    "  orig = gone(msg, '')\n"
+    "  redis.call('XDEL', KEYS[2], target .. '-1')\n"
+    "  redis.call('ZADD', KEYS[7], target, 'chat ' .. orig)\n"
+    "  for _, es in ipairs(st.v) do\n"
+    "    local x = redis.call('XRANGE', KEYS[2], es .. '-1', es .. '-1')\n"
+    "    if #x > 0 then\n"
+    "      local f, t, m = x[1][2], nil, nil\n"
+    "      for i = 1, #f, 2 do if f[i] == 'm' then m = f[i + 1] elseif f[i] == 't' then t = f[i + 1] end end\n"
+    "      if t == 'edit' then m = gone(cjson.decode(m), ',\"target\":' .. target) end\n"
+    "      redis.call('XDEL', KEYS[2], es .. '-1')\n"
+    "      redis.call('ZADD', KEYS[7], es, t .. ' ' .. m)\n"
+    "    end\n"
+    "  end\n"
+    "  st = {d = 1, v = {}}\n"
+    "end\n"
+    "if kind ~= 'delete' then table.insert(st.v, seq) end\n"
+    "local sj = cjson.encode(st)\n"
+    "redis.call('HSET', KEYS[6], target, sj)\n"
+    "local archive = ARGV[7] == '1'\n"
+    "local fields = {'m', p, 't', kind}\n"
+    "if archive then\n"
+    "  fields[5], fields[6], fields[7], fields[8] = 'o', orig, 's', sj\n"
+    "  redis.call('XADD', KEYS[2], seq .. '-1', unpack(fields))\n"
+    "  if ARGV[10] ~= '1' then\n"
+    "    local fresh = redis.call('EXISTS', KEYS[4]) == 0\n"
+    "    redis.call('XADD', KEYS[4], '*', 'r', ARGV[8], unpack(fields))\n"
+    "    if fresh then redis.pcall('XGROUP', 'CREATE', KEYS[4], 'archivers', '0') end\n"
+    "  end\n"
+    "  local done = tonumber(redis.call('GET', KEYS[5]) or '0')\n"
+    "  local keep = math.min(done + 1, seq - tonumber(ARGV[4]) + 1)\n"
+    "  if keep > 1 then redis.call('XTRIM', KEYS[2], 'MINID', '~', keep .. '-0') end\n"
+    "else\n"
+    "  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], seq .. '-1', unpack(fields))\n"
+    "end\n"
+    "if ARGV[6] == '1' then\n"
+    "  redis.call('SET', KEYS[3], seq .. ':' .. string.format('%d', ms), 'EX', ARGV[3])\n"
+    "end\n"
+    "if ARGV[10] ~= '1' then\n"
+    "  redis.call(ARGV[9], ARGV[5], 'E' .. seq .. ' ' .. us .. ' ' .. kind .. ' ' .. p)\n"
+    "end\n"
+    "return {seq, ms, 0}\n";
 
 /* A write with no effect (the durable mark set to itself), so that a WAIT
  * after it covers every write before it on this node. KEYS durable mark,
@@ -234,7 +411,7 @@ static const char store_heartbeat_lua[] =
  * may then be stored in another order than sent (never lost or doubled).
  */
 enum {
-    STORE_SEND, STORE_COMMIT, STORE_READ, STORE_TOUCH, STORE_MEMBER, STORE_REAP_ROOM,
+    STORE_SEND, STORE_EVENT, STORE_COMMIT, STORE_READ, STORE_TOUCH, STORE_MEMBER, STORE_REAP_ROOM,
     STORE_DEAD, STORE_HEARTBEAT, STORE_REAP_LEGACY, STORE_NSCRIPTS
 };
 
@@ -243,6 +420,7 @@ static struct {
     char sha[41];
 } store_scripts[STORE_NSCRIPTS] = {
     [STORE_SEND] = { store_send_lua, "" },
+    [STORE_EVENT] = { store_event_lua, "" },
     [STORE_COMMIT] = { store_commit_lua, "" },
     [STORE_READ] = { store_read_lua, "" },
     [STORE_TOUCH] = { store_touch_lua, "" },
@@ -584,7 +762,9 @@ static void store_on_sent(redisAsyncContext *ac, void *arg, redisReply *r)
     st->ack.ts = r->element[1]->integer;
     st->ack.duplicate = r->element[2]->integer != 0;
     if (st->ack.seq < 0) {
-        store_send_done(st, STORE_NO_COUNTER);
+        /* The scripts' refusals: see store_send_lua and store_event_lua. */
+        store_send_done(st, st->ack.seq == -1 ? STORE_NO_COUNTER : st->ack.seq == -2 ? STORE_NOT_FOUND
+                            : st->ack.seq == -3 ? STORE_FORBIDDEN : STORE_TOO_MANY);
         return;
     }
     if (!store_waits(st->bus)) {
@@ -597,8 +777,10 @@ static void store_on_sent(redisAsyncContext *ac, void *arg, redisReply *r)
     }
 }
 
-int store_send(bus_t *b, const char *room, const char *sender, const char *id,
-               const char *tail, store_send_cb_t *cb, void *arg)
+/* What the send and event scripts share: their first ten arguments and
+ * keys, then the event's own. */
+static int store_submit(bus_t *b, const char *room, const char *sender, const char *id,
+                        const char *tail, const store_event_t *ev, store_send_cb_t *cb, void *arg)
 {
     char kseq[160], klog[160], chan[160], head[200], win[24], cap[24];
     store_key(kseq, sizeof(kseq), room, "seq");
@@ -612,8 +794,11 @@ int store_send(bus_t *b, const char *room, const char *sender, const char *id,
     char kdedup[400];
     snprintf(kdedup, sizeof(kdedup), "chatd:{%s}:d:%zu:%s:%s", room, strlen(sender), sender,
              id != NULL ? id : "");
-    char karch[160], kqueue[200];
+    char karch[160], kqueue[200], kstate[160], kgone[160], kdur[160], target[24];
     store_key(karch, sizeof(karch), room, "archived");
+    store_key(kstate, sizeof(kstate), room, "st");
+    store_key(kgone, sizeof(kgone), room, "gone");
+    store_key(kdur, sizeof(kdur), room, "durable");
     store_queue_key(b, room, kqueue, sizeof(kqueue));
     size_t rlen = strlen(room);
     store_send_t *st = malloc(sizeof(*st) + rlen + 1);
@@ -625,28 +810,54 @@ int store_send(bus_t *b, const char *room, const char *sender, const char *id,
     st->arg = arg;
     memset(&st->ack, 0, sizeof(st->ack));
     memcpy(st->room, room, rlen + 1);
-    const char *argv[] = { "5", kseq, klog, kdedup, kqueue, karch,
-                           head, tail, win, cap, chan, id != NULL ? "1" : "0",
-                           bus_env(b)->cfg->mongo_uri[0] != '\0' ? "1" : "0", room,
-                           bus_publish_verb(b), store_waits(b) ? "1" : "0" };
-    if (store_evalv_on(b, store_waits(b), STORE_SEND, NULL, store_on_sent, st, 16, argv) != 0) {
+    const char *archiving = bus_env(b)->cfg->mongo_uri[0] != '\0' ? "1" : "0";
+    const char *waits = store_waits(b) ? "1" : "0";
+    int rc;
+    if (ev == NULL) {
+        const char *argv[] = { "5", kseq, klog, kdedup, kqueue, karch,
+                               head, tail, win, cap, chan, id != NULL ? "1" : "0", archiving, room,
+                               bus_publish_verb(b), waits };
+        rc = store_evalv_on(b, store_waits(b), STORE_SEND, NULL, store_on_sent, st, 16, argv);
+    } else {
+        snprintf(target, sizeof(target), "%" PRId64, ev->target);
+        const char *argv[] = { "8", kseq, klog, kdedup, kqueue, karch, kstate, kgone, kdur,
+                               head, tail, win, cap, chan, id != NULL ? "1" : "0", archiving, room,
+                               bus_publish_verb(b), waits, ev->kind, sender, target,
+                               ev->admin ? "1" : "0", ev->emoji != NULL ? ev->emoji : "",
+                               ev->on ? "1" : "0" };
+        rc = store_evalv_on(b, store_waits(b), STORE_EVENT, NULL, store_on_sent, st, 25, argv);
+    }
+    if (rc != 0) {
         free(st);
         return -1;
     }
     return 0;
 }
 
+int store_send(bus_t *b, const char *room, const char *sender, const char *id,
+               const char *tail, store_send_cb_t *cb, void *arg)
+{
+    return store_submit(b, room, sender, id, tail, NULL, cb, arg);
+}
+
+int store_event(bus_t *b, const char *room, const char *sender, const char *id, const char *tail,
+                const store_event_t *ev, store_send_cb_t *cb, void *arg)
+{
+    return store_submit(b, room, sender, id, tail, ev, cb, arg);
+}
+
 /* ------------------------------------------------------------ reads */
 
 /*
- * With --ack-replicas, reads go through the read script and see only what
- * is below the room's durable mark. When the room's counter is above the
+ * Every read of the log goes through the read script, which fills the
+ * holes a delete left with content-free copies. With --ack-replicas it
+ * sees only what is below the room's durable mark. When the room's counter is above the
  * mark (a commit was lost with its node, or a sender's wait timed out and
  * the replicas caught up later) and the read wants what is above, the
  * mark is healed first: a no-op write, a WAIT after it (which covers every
  * message before it), then a commit up to the counter.
  */
-enum { STORE_READ_FWD, STORE_READ_REV, STORE_READ_LAST };
+enum { STORE_READ_FWD, STORE_READ_HIST, STORE_READ_LAST };
 
 typedef struct {
     bus_t *bus;
@@ -702,7 +913,7 @@ static void store_on_touched(redisAsyncContext *ac, void *arg, redisReply *r)
 static void store_on_read(void *arg, redisReply *r)
 {
     store_read_t *rd = arg;
-    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements != 3 ||
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements != 5 ||
         r->element[0]->type != REDIS_REPLY_INTEGER || r->element[1]->type != REDIS_REPLY_INTEGER ||
         r->element[2]->type != REDIS_REPLY_ARRAY) {
         store_read_done(rd, NULL);
@@ -711,8 +922,8 @@ static void store_on_read(void *arg, redisReply *r)
     int64_t durable = r->element[0]->integer, top = r->element[1]->integer;
     int wants_above = rd->kind == STORE_READ_LAST ||
                       (rd->kind == STORE_READ_FWD && (rd->z < 0 || rd->z > durable)) ||
-                      (rd->kind == STORE_READ_REV && (rd->a < 0 || rd->a - 1 > durable));
-    if (top > durable && wants_above && !rd->healed) {
+                      (rd->kind == STORE_READ_HIST && (rd->a < 0 || rd->a - 1 > durable));
+    if (store_waits(rd->bus) && top > durable && wants_above && !rd->healed) {
         rd->healed = 1;
         char kd[160], kseq[160];
         store_key(kd, sizeof(kd), rd->room, "durable");
@@ -723,8 +934,12 @@ static void store_on_read(void *arg, redisReply *r)
         }
         return;
     }
-    if (rd->kind != STORE_READ_LAST) {
+    if (rd->kind == STORE_READ_FWD) {
         store_read_done(rd, r->element[2]);
+        return;
+    }
+    if (rd->kind == STORE_READ_HIST) {
+        store_read_done(rd, r);
         return;
     }
     /* Shaped as GET's answer: nil for a room without a counter. */
@@ -741,16 +956,19 @@ static void store_on_read(void *arg, redisReply *r)
 
 static int store_read_send(store_read_t *rd)
 {
-    char kd[160], kseq[160], klog[160], a[24], z[24], n[24];
+    char kd[160], kseq[160], klog[160], kgone[160], kstate[160], a[24], z[24], n[24];
     store_key(kd, sizeof(kd), rd->room, "durable");
     store_key(kseq, sizeof(kseq), rd->room, "seq");
     store_key(klog, sizeof(klog), rd->room, "log");
+    store_key(kgone, sizeof(kgone), rd->room, "gone");
+    store_key(kstate, sizeof(kstate), rd->room, "st");
     snprintf(a, sizeof(a), "%" PRId64, rd->a);
     snprintf(z, sizeof(z), "%" PRId64, rd->z);
     snprintf(n, sizeof(n), "%ld", rd->count);
-    const char *mode = rd->kind == STORE_READ_FWD ? "f" : rd->kind == STORE_READ_REV ? "r" : "l";
-    const char *argv[] = { "3", kd, kseq, klog, mode, a, z, n };
-    return store_evalv(rd->bus, STORE_READ, store_on_read, NULL, rd, 8, argv);
+    const char *mode = rd->kind == STORE_READ_FWD ? "f" : rd->kind == STORE_READ_HIST ? "h" : "l";
+    const char *argv[] = { "5", kd, kseq, klog, kgone, kstate, mode, a, z, n,
+                           store_waits(rd->bus) ? "1" : "0" };
+    return store_evalv(rd->bus, STORE_READ, store_on_read, NULL, rd, 11, argv);
 }
 
 static int store_read(bus_t *b, int kind, const char *room, int64_t a, int64_t z, long count,
@@ -779,47 +997,13 @@ static int store_read(bus_t *b, int kind, const char *room, int64_t a, int64_t z
 int store_range(bus_t *b, const char *room, int64_t from, int64_t to, long count,
                 store_cb_t *cb, void *arg)
 {
-    if (store_waits(b)) {
-        return store_read(b, STORE_READ_FWD, room, from, to, count, cb, arg);
-    }
-    char klog[160], a[32], z[32], n[24];
-    store_key(klog, sizeof(klog), room, "log");
-    snprintf(a, sizeof(a), "%" PRId64 "-0", from);
-    if (to < 0) {
-        snprintf(z, sizeof(z), "+");
-    } else {
-        snprintf(z, sizeof(z), "%" PRId64 "-1", to);
-    }
-    snprintf(n, sizeof(n), "%ld", count);
-    const char *argv[] = { "XRANGE", klog, a, z, "COUNT", n };
-    size_t lens[6];
-    for (int i = 0; i < 6; i++) {
-        lens[i] = strlen(argv[i]);
-    }
-    return store_call(b, cb, arg, 6, argv, lens);
+    return store_read(b, STORE_READ_FWD, room, from, to, count, cb, arg);
 }
 
 int store_history(bus_t *b, const char *room, int64_t before, long count,
                   store_cb_t *cb, void *arg)
 {
-    if (store_waits(b)) {
-        return store_read(b, STORE_READ_REV, room, before, -1, count, cb, arg);
-    }
-    char klog[160], a[32], n[24];
-    store_key(klog, sizeof(klog), room, "log");
-    if (before < 0) {
-        snprintf(a, sizeof(a), "+");
-    } else {
-        snprintf(a, sizeof(a), "%" PRId64 "-0", before);
-    }
-    snprintf(n, sizeof(n), "%ld", count);
-    /* "<before>-0" sorts below "<before>-1", the entry of seq before. */
-    const char *argv[] = { "XREVRANGE", klog, a, "-", "COUNT", n };
-    size_t lens[6];
-    for (int i = 0; i < 6; i++) {
-        lens[i] = strlen(argv[i]);
-    }
-    return store_call(b, cb, arg, 6, argv, lens);
+    return store_read(b, STORE_READ_HIST, room, before, -1, count, cb, arg);
 }
 
 int store_last_seq(bus_t *b, const char *room, store_cb_t *cb, void *arg)
@@ -963,21 +1147,36 @@ void store_typing(bus_t *b, const char *room, const char *user, int active)
     free(frame);
 }
 
-int store_entry(const redisReply *e, int64_t *seq, const char **payload, size_t *len)
+int store_entry(const redisReply *e, store_entry_t *out)
 {
-    if (e->type != REDIS_REPLY_ARRAY || e->elements != 2 ||
-        e->element[0]->type != REDIS_REPLY_STRING || e->element[1]->type != REDIS_REPLY_ARRAY ||
-        e->element[1]->elements != 2 || e->element[1]->element[1]->type != REDIS_REPLY_STRING) {
+    if (e->type != REDIS_REPLY_ARRAY || e->elements < 3 || e->element[0]->type != REDIS_REPLY_INTEGER ||
+        e->element[1]->type != REDIS_REPLY_STRING || e->element[2]->type != REDIS_REPLY_STRING ||
+        e->element[0]->integer <= 0) {
         return -1;
     }
-    char *end;
-    long long s = strtoll(e->element[0]->str, &end, 10);
-    if (*end != '-' || s <= 0) {
+    out->seq = e->element[0]->integer;
+    out->type = e->element[1]->str;
+    out->payload = e->element[2]->str;
+    out->len = e->element[2]->len;
+    out->state = NULL;
+    out->slen = 0;
+    if (e->elements > 3 && e->element[3]->type == REDIS_REPLY_STRING) {
+        out->state = e->element[3]->str;
+        out->slen = e->element[3]->len;
+    }
+    return 0;
+}
+
+int store_history_reply(const redisReply *r, const redisReply **entries, int64_t *lowest, int *ended)
+{
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements != 5 ||
+        r->element[2]->type != REDIS_REPLY_ARRAY || r->element[3]->type != REDIS_REPLY_INTEGER ||
+        r->element[4]->type != REDIS_REPLY_INTEGER) {
         return -1;
     }
-    *seq = s;
-    *payload = e->element[1]->element[1]->str;
-    *len = e->element[1]->element[1]->len;
+    *entries = r->element[2];
+    *lowest = r->element[3]->integer;
+    *ended = r->element[4]->integer != 0;
     return 0;
 }
 

@@ -40,7 +40,10 @@ enum {
     STORE_OK = 0,
     STORE_UNAVAILABLE,          /* Redis lost or erred: not known to be stored */
     STORE_NOT_DURABLE,          /* stored, but the replicas did not confirm in time */
-    STORE_NO_COUNTER            /* the room has no counter: seed it from the archive */
+    STORE_NO_COUNTER,           /* the room has no counter: seed it from the archive */
+    STORE_NOT_FOUND,            /* an event's target is not a message of the log */
+    STORE_FORBIDDEN,            /* the user may not do this to the target */
+    STORE_TOO_MANY              /* a new emoji on a message that has 20 */
 };
 typedef struct store_ack_s {
     int64_t seq;
@@ -66,6 +69,26 @@ size_t store_channel(const char *room, char *out, size_t outlen);
 int store_send(bus_t *b, const char *room, const char *sender, const char *id,
                const char *tail, store_send_cb_t *cb, void *arg);
 
+/* A room event besides chat. */
+typedef struct store_event_s {
+    const char *kind;           /* "edit", "delete", "reaction" */
+    int64_t target;             /* the message's seq */
+    int admin;                  /* the user may delete anyone's message */
+    const char *emoji;          /* reaction */
+    int on;                     /* reaction */
+} store_event_t;
+
+/*
+ * Accepts a room event the way store_send accepts a chat (same dedup,
+ * seq, durability and callback), checking its target in the same atomic
+ * step: cb may also get STORE_NOT_FOUND, STORE_FORBIDDEN or STORE_TOO_MANY,
+ * or STORE_OK with duplicate set and the seq of the event that made the
+ * state a reaction asks for (nothing is stored or broadcast then). tail is
+ * proto_encode_event_tail()'s text.
+ */
+int store_event(bus_t *b, const char *room, const char *sender, const char *id, const char *tail,
+                const store_event_t *ev, store_send_cb_t *cb, void *arg);
+
 /* The archive queue the send script appends room's messages to: one
  * stream for one Redis, one per slot in a cluster (a key in the room's
  * slot). */
@@ -74,13 +97,14 @@ size_t store_queue_key(const bus_t *b, const char *room, char *out, size_t outle
 /* The cluster archive queue of one hash slot. */
 size_t store_slot_queue(unsigned slot, char *out, size_t outlen);
 
-/* Log entries with from <= seq <= to (to < 0: up to the newest), at most
- * count; an XRANGE reply. */
+/* Log entries (events of every type) with from <= seq <= to (to < 0: up
+ * to the newest), at most count; an array of entries (store_entry). */
 int store_range(bus_t *b, const char *room, int64_t from, int64_t to, long count,
                 store_cb_t *cb, void *arg);
 
-/* Up to count entries with seq < before (before < 0: the newest), newest
- * first; an XREVRANGE reply. */
+/* Up to count chat messages with seq < before (before < 0: the newest),
+ * newest first, each with its state record; read the reply with
+ * store_history_reply(). */
 int store_history(bus_t *b, const char *room, int64_t before, long count,
                   store_cb_t *cb, void *arg);
 
@@ -115,8 +139,24 @@ void store_member(bus_t *b, const char *room, const char *user, int joined);
 /* Publishes a typing event. Fire and forget. */
 void store_typing(bus_t *b, const char *room, const char *user, int active);
 
-/* Parses one stream entry: its seq and payload. Returns 0 or -1. */
-int store_entry(const redisReply *e, int64_t *seq, const char **payload, size_t *len);
+/* One entry of a read: pointers into the reply. */
+typedef struct store_entry_s {
+    int64_t seq;
+    const char *type;           /* "chat", "edit", "delete", "reaction" */
+    const char *payload;        /* the frame's payload JSON, len bytes */
+    size_t len;
+    const char *state;          /* history: the message's state record, or NULL */
+    size_t slen;
+} store_entry_t;
+
+/* Parses one entry of a store_range or store_history reply. Returns 0 or
+ * -1. */
+int store_entry(const redisReply *e, store_entry_t *out);
+
+/* Splits a store_history reply: the entries (newest first), the lowest seq
+ * the log was read down to, and whether the log has nothing below it.
+ * Returns 0, or -1 when r is not such a reply. */
+int store_history_reply(const redisReply *r, const redisReply **entries, int64_t *lowest, int *ended);
 
 /* Called by the bus when a node's command link ac comes up (loads the
  * scripts there), and once a second (heartbeat, reaping). */

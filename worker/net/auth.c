@@ -117,6 +117,10 @@ static int auth_jwt(const char *token, const char *secret, int64_t now, auth_t *
     if (auth_take_rooms(jwt, out, why) != 0) {
         goto done;
     }
+    /* Only the JSON literal true makes an admin: not "true", not 1. */
+    char *admin = jwt_get_grants_json(jwt, "admin");
+    out->admin = admin != NULL && strcmp(admin, "true") == 0;
+    free(admin);
     rc = 0;
 done:
     jwt_free(jwt);

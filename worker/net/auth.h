@@ -18,6 +18,7 @@ typedef struct auth_s {
     /* The rooms claim as NUL-terminated patterns back to back, ending in
      * an empty string; NULL when the token has no claim (all rooms). */
     char *rooms;
+    int admin;                  /* the token's claim "admin": true (may delete any message) */
 } auth_t;
 
 /*

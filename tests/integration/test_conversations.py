@@ -1,0 +1,494 @@
+"""
+Integration tests of protocol 1.1's room events: edit, delete and react,
+against real chatd processes and a real Redis (a Redis Cluster with
+CHATD_IT_REDIS=cluster).
+
+Every rule of "Room events" and "Messages with their state" is checked
+from the outside: who may do what (forbidden, not_found), the shared seq,
+acks and deduplication, broadcasts, history with the state folded in,
+recovery replay of the events themselves (a client that reconnects with
+since ends in the state of one that stayed, also under concurrent events
+from several connections), and delete-means-gone read directly in Redis.
+
+Run: /usr/bin/python3 tests/integration/run.py test_conversations
+"""
+
+import asyncio
+import json
+import os
+import random
+
+import harness
+from harness import Chatd, make_redis, make_jwt
+from chatclient import connect, itest
+
+REDIS = None
+SRV = None          # --workers 2
+JWT_SRV = None      # --jwt-secret, for the admin claim
+TAG = os.urandom(3).hex()
+FAST = ["--rate", "100000", "--burst", "100000"]
+SECRET = "conversations-secret-" + TAG
+
+
+def setup_module():
+    global REDIS, SRV, JWT_SRV
+    REDIS = make_redis("redis-conv")
+    SRV = Chatd(REDIS, workers=2, args=FAST, name="conv").start()
+    JWT_SRV = Chatd(REDIS, workers=1, args=FAST + ["--jwt-secret", SECRET], name="conv-jwt").start()
+
+
+def teardown_module():
+    for srv in (JWT_SRV, SRV):
+        if srv is not None:
+            srv.stop()
+    if REDIS is not None:
+        REDIS.stop()
+
+
+def R(name):
+    return f"{name}-{TAG}"
+
+
+def rcmd(*args):
+    """A command on the node that holds the keys of its first key's room."""
+    return REDIS.command(*args)
+
+
+async def token_client(user, admin=False):
+    claims = {"sub": user, "exp": 4102444800}
+    if admin:
+        claims["admin"] = True
+    tok = make_jwt(claims, SECRET)
+    from chatclient import ChatClient, track
+    return track(await ChatClient.open(JWT_SRV.port, user, path=f"/ws?token={tok}"))
+
+
+async def history(c, room, **kw):
+    p = {"room": room, "limit": 100}
+    p.update(kw)
+    return await c.expect("history", p, want="history")
+
+
+def by_seq(msgs):
+    return {m["seq"]: m for m in msgs}
+
+
+# --------------------------------------------------------------------------
+# a client-side model of a room: what a client that applies every event
+# it receives ends up showing
+
+
+def fold(frames, room):
+    """{seq: message} from chat/edit/delete/reaction frames of room, applied
+    in seq order the way the contract says a client should."""
+    msgs = {}
+    reacts = {}
+    evs = sorted(((f["type"], f["payload"]) for f in frames
+                  if f.get("type") in ("chat", "edit", "delete", "reaction")
+                  and f["payload"].get("room") == room), key=lambda x: x[1]["seq"])
+    for t, p in evs:
+        if t == "chat":
+            m = {k: p[k] for k in ("seq", "sender", "content", "attachments")}
+            m["deleted"] = bool(p.get("deleted"))
+            msgs[p["seq"]] = m
+            reacts[p["seq"]] = {}
+        elif p["target"] in msgs:
+            m = msgs[p["target"]]
+            if t == "edit":
+                m["content"], m["attachments"], m["edited"] = p["content"], p["attachments"], p["ts"]
+            elif t == "delete":
+                m.update(content="", attachments=[], deleted=True)
+                m.pop("edited", None)
+                reacts[p["target"]] = {}
+            else:
+                users = reacts[p["target"]].setdefault(p["emoji"], [])
+                if p["on"] and p["sender"] not in users:
+                    users.append(p["sender"])
+                elif not p["on"] and p["sender"] in users:
+                    users.remove(p["sender"])
+    for seq, m in msgs.items():
+        m["reactions"] = {e: sorted(u) for e, u in reacts[seq].items() if u}
+    return msgs
+
+
+def shape(history_msgs):
+    """History messages in fold()'s shape."""
+    out = {}
+    for h in history_msgs:
+        m = {k: h[k] for k in ("seq", "sender", "content", "attachments")}
+        m["deleted"] = bool(h.get("deleted"))
+        if "edited" in h:
+            m["edited"] = h["edited"]
+        m["reactions"] = {r["emoji"]: sorted(r["users"]) for r in h.get("reactions", [])}
+        out[h["seq"]] = m
+    return out
+
+
+# --------------------------------------------------------------------------
+# edit
+
+
+@itest(30)
+async def test_edit_broadcast_ack_and_history():
+    room = R("edit")
+    a = await connect(SRV, "ed-alice")
+    b = await connect(SRV, "ed-bob")
+    await a.join(room)
+    await b.join(room)
+    ack = await a.chat(room, "helo wrld", id="m1")
+    e = await a.expect("edit", {"room": room, "target": ack["seq"], "content": "hello world",
+                                "attachments": [{"type": "link", "url": "https://example.org/x"}]},
+                       id="e1", want="ack")
+    assert e["seq"] == ack["seq"] + 1 and e["duplicate"] is False and e["room"] == room, e
+    _, f = await b.wait(lambda f: f.get("type") == "edit", what="the edit broadcast")
+    p = f["payload"]
+    assert p == {"room": room, "seq": e["seq"], "ts": e["ts"], "sender": "ed-alice",
+                 "target": ack["seq"], "content": "hello world",
+                 "attachments": [{"type": "link", "url": "https://example.org/x"}], "cid": "e1"}, p
+    h = await history(b, room)
+    assert [m["seq"] for m in h["messages"]] == [ack["seq"]], h    # messages only, never events
+    m = h["messages"][0]
+    assert m["content"] == "hello world" and m["edited"] == e["ts"] and m["reactions"] == [] \
+        and "deleted" not in m and m["attachments"][0]["url"] == "https://example.org/x", m
+    # the next chat takes the seq after the edit: events share the numbering
+    ack2 = await b.chat(room, "next")
+    assert ack2["seq"] == e["seq"] + 1
+
+
+@itest(30)
+async def test_edit_rules():
+    room = R("editrules")
+    a = await connect(SRV, "er-alice")
+    b = await connect(SRV, "er-bob")
+    await a.join(room)
+    await b.join(room)
+    ack = await a.chat(room, "mine")
+    await b.expect("edit", {"room": room, "target": ack["seq"], "content": "yours?"}, want="error:forbidden")
+    await a.expect("edit", {"room": room, "target": ack["seq"] + 50, "content": "x"}, want="error:not_found")
+    ed = await a.expect("edit", {"room": room, "target": ack["seq"], "content": "v2"}, want="ack")
+    # an event is not a message
+    await a.expect("edit", {"room": room, "target": ed["seq"], "content": "x"}, want="error:not_found")
+    await a.expect("edit", {"room": room, "target": ack["seq"], "content": ""}, want="error:bad_request")
+    await a.expect("edit", {"room": room, "target": ack["seq"], "content": "x" * 16385}, want="error:too_large")
+    await a.expect("edit", {"room": room, "target": "1", "content": "x"}, want="error:bad_request")
+    await a.expect("edit", {"room": room, "target": 0, "content": "x"}, want="error:bad_request")
+    await a.expect("edit", {"room": room, "target": ack["seq"], "content": "x",
+                            "attachments": [{"type": "f", "url": "javascript:alert(1)"}]}, want="error:bad_request")
+    other = await connect(SRV, "er-carol")
+    await other.expect("edit", {"room": room, "target": ack["seq"], "content": "x"}, want="error:not_joined")
+    # dedup: the same id answers the first ack and is not broadcast again
+    d1 = await a.expect("edit", {"room": room, "target": ack["seq"], "content": "v3"}, id="same", want="ack")
+    d2 = await a.expect("edit", {"room": room, "target": ack["seq"], "content": "v4"}, id="same", want="ack")
+    assert d2["seq"] == d1["seq"] and d2["duplicate"] is True and d1["duplicate"] is False
+    await asyncio.sleep(0.3)
+    assert [p["content"] for p in b.of_type("edit", room)] == ["v2", "v3"], b.of_type("edit", room)
+    h = await history(a, room)
+    assert h["messages"][-1]["content"] == "v3"
+
+
+# --------------------------------------------------------------------------
+# delete
+
+
+@itest(30)
+async def test_delete_rules_and_history():
+    room = R("del")
+    a = await connect(SRV, "dl-alice")
+    b = await connect(SRV, "dl-bob")
+    await a.join(room)
+    await b.join(room)
+    m1 = await a.chat(room, "secret one", attachments=[{"type": "img", "url": "https://example.org/1.png"}])
+    m2 = await a.chat(room, "keep")
+    await b.expect("delete", {"room": room, "target": m1["seq"]}, want="error:forbidden")
+    d = await a.expect("delete", {"room": room, "target": m1["seq"]}, id="d1", want="ack")
+    _, f = await b.wait(lambda f: f.get("type") == "delete", what="the delete broadcast")
+    assert f["payload"] == {"room": room, "seq": d["seq"], "ts": d["ts"], "sender": "dl-alice",
+                            "target": m1["seq"], "cid": "d1"}, f
+    # a deleted message is not_found for every further event
+    await a.expect("delete", {"room": room, "target": m1["seq"]}, want="error:not_found")
+    await a.expect("edit", {"room": room, "target": m1["seq"], "content": "back"}, want="error:not_found")
+    await b.expect("react", {"room": room, "target": m1["seq"], "emoji": "👍", "on": True},
+                   want="error:not_found")
+    # ...but a resend of the delete with its id is its duplicate
+    again = await a.expect("delete", {"room": room, "target": m1["seq"]}, id="d1", want="ack")
+    assert again["seq"] == d["seq"] and again["duplicate"] is True
+    h = await history(b, room)
+    got = by_seq(h["messages"])
+    assert sorted(got) == [m1["seq"], m2["seq"]], h
+    gone = got[m1["seq"]]
+    assert gone["deleted"] is True and gone["content"] == "" and gone["attachments"] == [] \
+        and gone["sender"] == "dl-alice", gone
+    assert got[m2["seq"]]["content"] == "keep" and "deleted" not in got[m2["seq"]]
+
+
+@itest(30)
+async def test_admin_deletes_anyone_others_may_not():
+    room = R("admin")
+    alice = await token_client("ad-alice")
+    bob = await token_client("ad-bob")
+    boss = await token_client("ad-boss", admin=True)
+    for c in (alice, bob, boss):
+        await c.join(room)
+    m = await alice.chat(room, "spam")
+    await bob.expect("delete", {"room": room, "target": m["seq"]}, want="error:forbidden")
+    # the admin claim allows delete, not edit
+    await boss.expect("edit", {"room": room, "target": m["seq"], "content": "x"}, want="error:forbidden")
+    d = await boss.expect("delete", {"room": room, "target": m["seq"]}, want="ack")
+    _, f = await alice.wait(lambda f: f.get("type") == "delete", what="the delete broadcast")
+    assert f["payload"]["sender"] == "ad-boss" and f["payload"]["seq"] == d["seq"]
+
+
+@itest(30)
+async def test_delete_means_gone_in_redis_and_replay():
+    room = R("gone")
+    a = await connect(SRV, "gn-alice")
+    await a.join(room)
+    secret = "TOPSECRET-" + TAG
+    m = await a.chat(room, secret + " first", attachments=[{"type": "doc", "url": "https://example.org/" + secret}])
+    await a.expect("edit", {"room": room, "target": m["seq"], "content": secret + " edited"}, want="ack")
+    await a.expect("react", {"room": room, "target": m["seq"], "emoji": "🎉", "on": True}, want="ack")
+    keep = await a.chat(room, "unrelated")
+    before = json.dumps(harness_dump(room))
+    assert secret in before, "the test's secret should be in Redis before the delete"
+    d = await a.expect("delete", {"room": room, "target": m["seq"]}, want="ack")
+    dump = harness_dump(room)
+    assert secret not in json.dumps(dump), f"content still in Redis after the delete: {dump}"
+    # a client that replays from the start sees the events, scrubbed
+    late = await connect(SRV, "gn-late")
+    j = await late.join(room, since=0)
+    assert j["recovered"] is True and j["seq"] == d["seq"], j
+    await late.wait(lambda f: f.get("type") == "delete", what="the replayed delete")
+    evs = [f for f in late.frames if f.get("type") in ("chat", "edit", "delete", "reaction")]
+    assert [f["payload"]["seq"] for f in evs] == list(range(1, d["seq"] + 1)), evs
+    assert secret not in json.dumps(evs), evs
+    first = evs[0]["payload"]
+    assert evs[0]["type"] == "chat" and first["deleted"] is True and first["content"] == "" \
+        and first["attachments"] == [], first
+    assert [f["type"] for f in evs] == ["chat", "edit", "reaction", "chat", "delete"], evs
+    h = await history(late, room)
+    assert secret not in json.dumps(h)
+    assert by_seq(h["messages"])[keep["seq"]]["content"] == "unrelated"
+
+
+def harness_dump(room):
+    """Every value Redis holds under the room's keys, as text."""
+    out = {}
+    pattern = f"chatd:{{{room}}}*"
+    node = REDIS.master_of(f"chatd:{{{room}}}") if harness.is_cluster(REDIS) else REDIS
+    keys = node.command("KEYS", pattern)
+    assert keys, f"no keys match {pattern}"
+    for key in keys:
+        k = key.decode() if isinstance(key, bytes) else key
+        t = REDIS.command("TYPE", k)
+        t = t.decode() if isinstance(t, bytes) else t
+        if t == "stream":
+            v = REDIS.command("XRANGE", k, "-", "+")
+        elif t == "hash":
+            v = REDIS.command("HGETALL", k)
+        elif t == "zset":
+            v = REDIS.command("ZRANGE", k, 0, -1)
+        elif t == "set":
+            v = REDIS.command("SMEMBERS", k)
+        else:
+            v = REDIS.command("GET", k)
+        out[k] = _text(v)
+    return out
+
+
+def _text(v):
+    if isinstance(v, bytes):
+        return v.decode("utf-8", "replace")
+    if isinstance(v, (list, tuple)):
+        return [_text(x) for x in v]
+    if isinstance(v, dict):
+        return {_text(k): _text(x) for k, x in v.items()}
+    return v
+
+
+# --------------------------------------------------------------------------
+# reactions
+
+
+@itest(30)
+async def test_reactions_toggle_duplicates_and_history():
+    room = R("react")
+    a = await connect(SRV, "rx-alice")
+    b = await connect(SRV, "rx-bob")
+    await a.join(room)
+    await b.join(room)
+    m = await a.chat(room, "react to me")
+    on = await b.expect("react", {"room": room, "target": m["seq"], "emoji": "👍", "on": True}, want="ack")
+    assert on["duplicate"] is False
+    _, f = await a.wait(lambda f: f.get("type") == "reaction", what="the reaction broadcast")
+    assert f["payload"] == {"room": room, "seq": on["seq"], "ts": on["ts"], "sender": "rx-bob",
+                            "target": m["seq"], "emoji": "👍", "on": True, "cid": f["payload"]["cid"]}, f
+    # already on: duplicate with the seq that set it, not broadcast
+    again = await b.expect("react", {"room": room, "target": m["seq"], "emoji": "👍", "on": True}, want="ack")
+    assert again["duplicate"] is True and again["seq"] == on["seq"] and again["ts"] == on["ts"], again
+    await a.expect("react", {"room": room, "target": m["seq"], "emoji": "👍", "on": True}, want="ack")
+    await a.expect("react", {"room": room, "target": m["seq"], "emoji": "❤️", "on": True}, want="ack")
+    h = by_seq((await history(a, room))["messages"])[m["seq"]]
+    assert h["reactions"] == [{"emoji": "👍", "count": 2, "users": ["rx-bob", "rx-alice"]},
+                              {"emoji": "❤️", "count": 1, "users": ["rx-alice"]}], h
+    off = await b.expect("react", {"room": room, "target": m["seq"], "emoji": "👍", "on": False}, want="ack")
+    assert off["duplicate"] is False and off["seq"] > on["seq"]
+    off2 = await b.expect("react", {"room": room, "target": m["seq"], "emoji": "👍", "on": False}, want="ack")
+    assert off2["duplicate"] is True and off2["seq"] == off["seq"], off2
+    # never reacted: the message's own seq set the state
+    never = await b.expect("react", {"room": room, "target": m["seq"], "emoji": "🎉", "on": False}, want="ack")
+    assert never["duplicate"] is True and never["seq"] == m["seq"], never
+    await asyncio.sleep(0.3)
+    assert len(a.of_type("reaction", room)) == 4, a.of_type("reaction", room)
+    h = by_seq((await history(a, room))["messages"])[m["seq"]]
+    assert h["reactions"] == [{"emoji": "👍", "count": 1, "users": ["rx-alice"]},
+                              {"emoji": "❤️", "count": 1, "users": ["rx-alice"]}], h
+
+
+@itest(60)
+async def test_reaction_limits():
+    room = R("rxlim")
+    a = await connect(SRV, "rl-alice")
+    await a.join(room)
+    m = await a.chat(room, "many emoji")
+    for i in range(20):
+        await a.expect("react", {"room": room, "target": m["seq"], "emoji": f"e{i}", "on": True}, want="ack")
+    await a.expect("react", {"room": room, "target": m["seq"], "emoji": "e20", "on": True}, want="error:too_large")
+    # an emoji already there still takes more users
+    b = await connect(SRV, "rl-bob")
+    await b.join(room)
+    await b.expect("react", {"room": room, "target": m["seq"], "emoji": "e0", "on": True}, want="ack")
+    await a.expect("react", {"room": room, "target": m["seq"], "emoji": "x" * 33, "on": True}, want="error:too_large")
+    await a.expect("react", {"room": room, "target": m["seq"], "emoji": "", "on": True}, want="error:bad_request")
+    await a.expect("react", {"room": room, "target": m["seq"], "emoji": "a\nb", "on": True}, want="error:bad_request")
+    await a.expect("react", {"room": room, "target": m["seq"], "emoji": "👍", "on": "yes"}, want="error:bad_request")
+    await a.expect("react", {"room": room, "target": m["seq"], "emoji": 5, "on": True}, want="error:bad_request")
+    # at most 20 names per emoji, the count stays exact
+    m2 = await a.chat(room, "popular")
+    users = [await connect(SRV, f"rl-u{i:02d}") for i in range(25)]
+    for u in users:
+        await u.join(room)
+        await u.expect("react", {"room": room, "target": m2["seq"], "emoji": "🔥", "on": True}, want="ack")
+    h = by_seq((await history(a, room))["messages"])[m2["seq"]]
+    r = h["reactions"]
+    assert len(r) == 1 and r[0]["count"] == 25 and len(r[0]["users"]) == 20, r
+    assert r[0]["users"] == [f"rl-u{i:02d}" for i in range(20)], r
+
+
+# --------------------------------------------------------------------------
+# recovery converges
+
+
+@itest(90)
+async def test_recovery_converges_under_concurrent_events():
+    """Three writers edit, delete and react concurrently; a steady client,
+    one that drops and rejoins with since, and history all end in the same
+    state."""
+    room = R("conv")
+    writers = [await connect(SRV, f"cv-w{i}") for i in range(3)]
+    steady = await connect(SRV, "cv-steady")
+    for c in writers + [steady]:
+        await c.join(room)
+    rng = random.Random(7)
+    emojis = ["👍", "❤️", "😂"]
+    mine = {i: [] for i in range(3)}
+
+    async def writer(i, rounds):
+        c = writers[i]
+        for k in range(rounds):
+            roll = rng.random()
+            if roll < 0.35 or not mine[i]:
+                a = await c.chat(room, f"w{i}-{k}")
+                mine[i].append(a["seq"])
+            elif roll < 0.55:
+                await c.request("edit", {"room": room, "target": rng.choice(mine[i]), "content": f"w{i}-{k} edited"})
+            elif roll < 0.65:
+                t = rng.choice(mine[i])
+                mine[i].remove(t)
+                await c.request("delete", {"room": room, "target": t})
+            else:
+                owner = rng.randrange(3)
+                if mine[owner]:
+                    await c.request("react", {"room": room, "target": rng.choice(mine[owner]),
+                                              "emoji": rng.choice(emojis), "on": rng.random() < 0.7})
+
+    dropper = await connect(SRV, "cv-drop")
+    await dropper.join(room)
+    frames_seen = []
+    task = asyncio.gather(*(writer(i, 60) for i in range(3)))
+    for _ in range(4):
+        await asyncio.sleep(0.15)
+        last = max([f["payload"]["seq"] for f in dropper.frames
+                    if f.get("type") in ("chat", "edit", "delete", "reaction")] + [0])
+        frames_seen += dropper.frames
+        await dropper.close()
+        dropper = await connect(SRV, "cv-drop")
+        j = await dropper.join(room, since=last)
+        assert j["recovered"] is True, j
+    await task
+    top = (await steady.chat(room, "the end"))["seq"]
+    await steady.wait(lambda f: f.get("type") == "chat" and f["payload"]["seq"] == top, what="the end")
+    await dropper.wait(lambda f: f.get("type") == "chat" and f["payload"].get("seq") == top, what="the end")
+    frames_seen += dropper.frames
+    want = fold(steady.frames, room)
+    got = fold(frames_seen, room)
+    assert got == want, f"rejoining client differs: {diff(got, want)}"
+    h = shape((await history(steady, room))["messages"])
+    assert h == want, f"history differs from the live state: {diff(h, want)}"
+    late = await connect(SRV, "cv-late")
+    await late.join(room, since=0)
+    await late.wait(lambda f: f.get("type") == "chat" and f["payload"].get("seq") == top, what="the end")
+    assert fold(late.frames, room) == want, "a full replay differs from the live state"
+    n_ev = len([f for f in steady.frames if f.get("type") in ("edit", "delete", "reaction")])
+    print(f"    converge: {top} seqs, {n_ev} edit/delete/reaction events, {len(want)} messages")
+
+
+def diff(a, b):
+    keys = sorted(set(a) | set(b))
+    out = [(k, a.get(k), b.get(k)) for k in keys if a.get(k) != b.get(k)]
+    return out[:3]
+
+
+@itest(90)
+async def test_events_with_ack_replicas():
+    """With --ack-replicas 1 an event is acked once a replica holds it and
+    broadcast by the commit: members get each event with its type, a
+    replay sends them again, history folds them."""
+    pair = None
+    if harness.is_cluster(REDIS):
+        store = REDIS
+    else:
+        primary = harness.Redis(name="redis-conv-primary").start()
+        replica = harness.Redis(name="redis-conv-replica",
+                                extra_args=["--replicaof", "127.0.0.1", str(primary.port)]).start()
+        pair = (primary, replica)
+        store = primary
+        harness.wait_for(lambda: "master_link_status:up" in replica.command("INFO", "replication").decode(),
+                         10, what="the replica linked")
+    srv = Chatd(store, workers=2, name="conv-acks", args=FAST + ["--ack-replicas", "1"]).start()
+    try:
+        room = R("acks")
+        a = await connect(srv, "ak-alice")
+        b = await connect(srv, "ak-bob")
+        await a.join(room)
+        await b.join(room)
+        m = await a.chat(room, "durable")
+        e = await a.expect("edit", {"room": room, "target": m["seq"], "content": "durable, edited"}, want="ack")
+        r = await b.expect("react", {"room": room, "target": m["seq"], "emoji": "👍", "on": True}, want="ack")
+        m2 = await b.chat(room, "to delete")
+        d = await b.expect("delete", {"room": room, "target": m2["seq"]}, want="ack")
+        assert [m["seq"], e["seq"], r["seq"], m2["seq"], d["seq"]] == list(range(1, 6))
+        await a.wait(lambda f: f.get("type") == "delete", what="the delete broadcast")
+        assert [f["type"] for f in a.frames if f.get("type") in ("chat", "edit", "reaction", "delete")] == \
+            ["chat", "edit", "reaction", "chat", "delete"]
+        c = await connect(srv, "ak-carol")
+        await c.join(room, since=0)
+        await c.wait(lambda f: f.get("type") == "delete", what="the replayed delete")
+        assert fold(c.frames, room) == fold(a.frames, room)
+        h = by_seq((await history(c, room))["messages"])
+        assert h[m["seq"]]["content"] == "durable, edited" and h[m["seq"]]["reactions"][0]["count"] == 1
+        assert h[m2["seq"]]["deleted"] is True
+    finally:
+        srv.stop()
+        if pair is not None:
+            for x in pair:
+                x.stop()
