@@ -24,6 +24,7 @@ static const struct {
     { "typing", PROTO_TYPING }, { "history", PROTO_HISTORY },
     { "presence", PROTO_PRESENCE }, { "ping", PROTO_PING },
     { "edit", PROTO_EDIT }, { "delete", PROTO_DELETE }, { "react", PROTO_REACT },
+    { "read", PROTO_READ }, { "rooms", PROTO_ROOMS },
 };
 
 int proto_utf8_valid(const uint8_t *s, size_t len)
@@ -86,7 +87,35 @@ static int proto_name_valid(const char *s, size_t len, size_t max, int colon_ok)
 
 int proto_room_valid(const char *room)
 {
-    return proto_name_valid(room, strnlen(room, PROTO_ROOM_MAX + 1), PROTO_ROOM_MAX, 1);
+    size_t n = strnlen(room, PROTO_ROOM_MAX + 1);
+    if (n > PROTO_ROOM_PLAIN_MAX && strncmp(room, "dm:", 3) == 0) {
+        char a[PROTO_USER_MAX + 1], b[PROTO_USER_MAX + 1];
+        return proto_dm_users(room, a, b) == 1;
+    }
+    return proto_name_valid(room, n, PROTO_ROOM_PLAIN_MAX, 1);
+}
+
+int proto_dm_users(const char *room, char *a, char *b)
+{
+    if (strncmp(room, "dm:", 3) != 0) {
+        return 0;
+    }
+    const char *first = room + 3;
+    const char *colon = strchr(first, ':');
+    if (colon == NULL) {
+        return -1;
+    }
+    size_t na = (size_t)(colon - first);
+    const char *second = colon + 1;
+    size_t nb = strnlen(second, PROTO_USER_MAX + 1);
+    if (!proto_user_valid(first, na) || !proto_user_valid(second, nb)) {
+        return -1;
+    }
+    memcpy(a, first, na);
+    a[na] = '\0';
+    memcpy(b, second, nb + 1);
+    /* Bytewise, as the contract says: strcmp compares unsigned chars. */
+    return strcmp(a, b) < 0 ? 1 : -1;
 }
 
 int proto_user_valid(const char *user, size_t len)
@@ -232,12 +261,12 @@ static proto_err_t proto_decode_react(const cJSON *payload, proto_req_t *req, co
 static proto_err_t proto_decode_payload(const cJSON *payload, const proto_limits_t *lim,
                                         proto_req_t *req, const char **why)
 {
-    if (req->type == PROTO_PING) {
+    if (req->type == PROTO_PING || req->type == PROTO_ROOMS) {
         return PROTO_OK;
     }
     const cJSON *room = cJSON_GetObjectItemCaseSensitive(payload, "room");
     if (!cJSON_IsString(room) || !proto_room_valid(room->valuestring)) {
-        *why = "'room' must match [A-Za-z0-9_.:-]{1,128}";
+        *why = "'room' must match [A-Za-z0-9_.:-]{1,128} (or be dm:A:B)";
         return PROTO_E_BAD_REQUEST;
     }
     req->room = room->valuestring;
@@ -262,6 +291,12 @@ static proto_err_t proto_decode_payload(const cJSON *payload, const proto_limits
     }
     case PROTO_DELETE:
         return proto_decode_target(payload, req, why);
+    case PROTO_READ:
+        if (!proto_get_int(cJSON_GetObjectItemCaseSensitive(payload, "seq"), 0, INT64_C(1) << 53, &req->seq)) {
+            *why = "'seq' must be an integer >= 0";
+            return PROTO_E_BAD_REQUEST;
+        }
+        return PROTO_OK;
     case PROTO_REACT:
         return proto_decode_react(payload, req, why);
     case PROTO_TYPING: {
@@ -462,14 +497,61 @@ char *proto_encode_welcome(const char *user, const char *session, int heartbeat,
     return proto_print(root, ok);
 }
 
-char *proto_encode_joined(const char *id, const char *room, int64_t seq, int recovered)
+char *proto_encode_joined(const char *id, const char *room, int64_t seq, int recovered,
+                          int64_t read_seq, int unread)
 {
     cJSON *p = NULL;
     cJSON *root = proto_frame("joined", id, &p);
     int ok = root != NULL &&
              cJSON_AddStringToObject(p, "room", room) != NULL &&
              cJSON_AddNumberToObject(p, "seq", (double)seq) != NULL &&
-             cJSON_AddBoolToObject(p, "recovered", recovered) != NULL;
+             cJSON_AddBoolToObject(p, "recovered", recovered) != NULL &&
+             cJSON_AddNumberToObject(p, "readSeq", (double)read_seq) != NULL &&
+             cJSON_AddNumberToObject(p, "unread", unread) != NULL;
+    return proto_print(root, ok);
+}
+
+char *proto_encode_ok(const char *id)
+{
+    cJSON *p = NULL;
+    return proto_print(proto_frame("ok", id, &p), 1);
+}
+
+char *proto_encode_receipt(const char *room, const char *user, int64_t seq)
+{
+    cJSON *p = NULL;
+    cJSON *root = proto_frame("receipt", NULL, &p);
+    int ok = root != NULL &&
+             cJSON_AddStringToObject(p, "room", room) != NULL &&
+             cJSON_AddStringToObject(p, "user", user) != NULL &&
+             cJSON_AddNumberToObject(p, "seq", (double)seq) != NULL;
+    return proto_print(root, ok);
+}
+
+char *proto_encode_notify(const char *room, const char *from, int64_t seq)
+{
+    cJSON *p = NULL;
+    cJSON *root = proto_frame("notify", NULL, &p);
+    int ok = root != NULL &&
+             cJSON_AddStringToObject(p, "room", room) != NULL &&
+             cJSON_AddStringToObject(p, "from", from) != NULL &&
+             cJSON_AddNumberToObject(p, "seq", (double)seq) != NULL;
+    return proto_print(root, ok);
+}
+
+char *proto_encode_rooms(const char *id, const proto_room_state_t *rooms, size_t n)
+{
+    cJSON *p = NULL, *arr = NULL;
+    cJSON *root = proto_frame("rooms", id, &p);
+    int ok = root != NULL && (arr = cJSON_AddArrayToObject(p, "rooms")) != NULL;
+    for (size_t i = 0; ok && i < n; i++) {
+        cJSON *r = cJSON_CreateObject();
+        ok = r != NULL && cJSON_AddItemToArray(arr, r) &&
+             cJSON_AddStringToObject(r, "room", rooms[i].room) != NULL &&
+             cJSON_AddNumberToObject(r, "seq", (double)rooms[i].seq) != NULL &&
+             cJSON_AddNumberToObject(r, "readSeq", (double)rooms[i].read_seq) != NULL &&
+             cJSON_AddNumberToObject(r, "unread", rooms[i].unread) != NULL;
+    }
     return proto_print(root, ok);
 }
 

@@ -14,7 +14,8 @@
 
 #define PROTO_ID_CHARS 64          /* the contract counts characters */
 #define PROTO_ID_MAX (PROTO_ID_CHARS * 4)  /* bytes: 64 characters of UTF-8 */
-#define PROTO_ROOM_MAX 128
+#define PROTO_ROOM_MAX 132         /* a direct-message room; others 128 */
+#define PROTO_ROOM_PLAIN_MAX 128
 #define PROTO_USER_MAX 64
 #define PROTO_ATTACH_MAX 10
 #define PROTO_URL_MAX 2048
@@ -33,7 +34,9 @@ typedef enum {
     PROTO_PING,
     PROTO_EDIT,
     PROTO_DELETE,
-    PROTO_REACT
+    PROTO_REACT,
+    PROTO_READ,
+    PROTO_ROOMS
 } proto_type_t;
 
 /* Error codes of the contract, in its order. */
@@ -76,6 +79,7 @@ typedef struct proto_req_s {
     int64_t target;             /* edit, delete, react: the message's seq */
     const char *emoji;          /* react */
     int on;                     /* react */
+    int64_t seq;                /* read */
 } proto_req_t;
 
 typedef struct proto_limits_s {
@@ -98,8 +102,18 @@ void proto_req_free(proto_req_t *req);
  * surrogates, nothing above U+10FFFF), else 0. */
 int proto_utf8_valid(const uint8_t *s, size_t len);
 
-/* Name rules of the contract. Return 1 when valid. */
+/* Name rules of the contract. Return 1 when valid. A room name is up to
+ * 128 characters, or a direct-message room's "dm:A:B" up to 132. */
 int proto_room_valid(const char *room);
+
+/*
+ * A direct-message room "dm:A:B": A and B are two different valid user
+ * names, A sorting before B bytewise. Returns 1 and copies the two names
+ * (each PROTO_USER_MAX + 1 bytes) when room is one; 0 when it is not a
+ * "dm:" name at all; -1 when it starts with "dm:" but is not well formed
+ * (such names are refused: no one could tell whose they are).
+ */
+int proto_dm_users(const char *room, char *a, char *b);
 int proto_user_valid(const char *user, size_t len);
 
 /*
@@ -110,7 +124,20 @@ char *proto_encode_error(const char *id, proto_err_t code, const char *message);
 char *proto_encode_pong(const char *id);
 char *proto_encode_welcome(const char *user, const char *session, int heartbeat,
                            int max_message, int max_content, int rate, int burst);
-char *proto_encode_joined(const char *id, const char *room, int64_t seq, int recovered);
+char *proto_encode_joined(const char *id, const char *room, int64_t seq, int recovered,
+                          int64_t read_seq, int unread);
+char *proto_encode_ok(const char *id);
+char *proto_encode_receipt(const char *room, const char *user, int64_t seq);
+char *proto_encode_notify(const char *room, const char *from, int64_t seq);
+
+/* One room of the rooms answer. */
+typedef struct proto_room_state_s {
+    const char *room;
+    int64_t seq;
+    int64_t read_seq;
+    int unread;
+} proto_room_state_t;
+char *proto_encode_rooms(const char *id, const proto_room_state_t *rooms, size_t n);
 char *proto_encode_left(const char *id, const char *room);
 char *proto_encode_ack(const char *id, const char *room, int64_t seq, int64_t ts, int duplicate);
 char *proto_encode_typing(const char *room, const char *user, int active);

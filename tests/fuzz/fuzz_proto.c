@@ -135,16 +135,21 @@ static void check_num(const cJSON *obj, const char *name, double want)
 /* Invariants of a successfully decoded request. */
 static void check_decoded(const proto_req_t *req, const proto_limits_t *lim)
 {
-    CHECK(req->type >= PROTO_JOIN && req->type <= PROTO_REACT);
+    CHECK(req->type >= PROTO_JOIN && req->type <= PROTO_ROOMS);
     CHECK(req->root != NULL);
     if (req->has_id) {
         size_t n = strlen(req->id);
         CHECK(n >= 1 && n <= PROTO_ID_MAX);
     }
-    if (req->type == PROTO_PING) {
+    if (req->type == PROTO_PING || req->type == PROTO_ROOMS) {
         return;
     }
     CHECK(req->room != NULL && proto_room_valid(req->room));
+    char a[PROTO_USER_MAX + 1], b[PROTO_USER_MAX + 1];
+    int dm = proto_dm_users(req->room, a, b);
+    CHECK(dm >= -1 && dm <= 1);
+    CHECK(dm != 1 || (strcmp(a, b) < 0 && proto_user_valid(a, strlen(a)) && proto_user_valid(b, strlen(b))));
+    CHECK(strlen(req->room) <= PROTO_ROOM_PLAIN_MAX || dm == 1);
     switch (req->type) {
     case PROTO_JOIN:
         CHECK(!req->has_since || (req->since >= 0 && req->since <= (INT64_C(1) << 53)));
@@ -170,6 +175,9 @@ static void check_decoded(const proto_req_t *req, const proto_limits_t *lim)
         break;
     case PROTO_DELETE:
         CHECK(req->target >= 1 && req->target <= (INT64_C(1) << 53));
+        break;
+    case PROTO_READ:
+        CHECK(req->seq >= 0 && req->seq <= (INT64_C(1) << 53));
         break;
     case PROTO_REACT: {
         CHECK(req->target >= 1 && req->target <= (INT64_C(1) << 53));
@@ -275,7 +283,7 @@ static void exercise_encoders(const proto_req_t *req, proto_err_t rc, const char
     free(json);
 
     int64_t seq = req->has_since ? req->since : req->has_before ? req->before : 0;
-    json = proto_encode_joined(id, room, seq, req->has_since);
+    json = proto_encode_joined(id, room, seq, req->has_since, seq, (int)(seq & 127));
     root = parse_back(json, "joined");
     check_id(root, id);
     check_str(payload_of(root), "room", room);

@@ -119,7 +119,7 @@ static void on_text(void *ud, conn_t *c, const char *text, size_t len)
     } else if (req.type == PROTO_PING) {
         json = proto_encode_pong(req.has_id ? req.id : NULL);
     } else if (req.type == PROTO_JOIN) {
-        json = proto_encode_joined(req.has_id ? req.id : NULL, req.room, 0, 0);
+        json = proto_encode_joined(req.has_id ? req.id : NULL, req.room, 0, 0, 0, 0);
     } else {
         json = proto_encode_error(req.has_id ? req.id : NULL, PROTO_E_NOT_JOINED,
                                   "join the room first");

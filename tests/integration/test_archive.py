@@ -497,3 +497,165 @@ async def test_flushed_redis_continues_after_the_last_event():
         assert n["seq"] == r["seq"] + 1, n
     finally:
         await c.close()
+
+
+@atest(120)
+async def test_events_on_messages_only_the_archive_holds():
+    """Messages that left the Redis log (recovery window 10 here) can still
+    be edited, reacted to and deleted: chatd reads them from MongoDB once,
+    and the archive's document follows. A seq that is no message is still
+    not_found; the state kept in Redis for such a message goes once the
+    archive holds its events."""
+    room = R("oldtargets")
+    a = await ChatClient.open(SRV.port, "ivy")
+    b = await ChatClient.open(SRV.port, "jon")
+    try:
+        await a.join(room)
+        await b.join(room)
+        old = await send_all(a, room, 3, "old")
+        await b.expect("react", {"room": room, "target": old[1]["seq"], "emoji": "👀", "on": True}, want="ack")
+        # the log is trimmed a stream node (100 entries) at a time
+        recent = await send_all(a, room, 150, "fill")
+        wait_archived_upto(room, recent[-1]["seq"])
+        await send_all(a, room, 70, "fill2")
+        log = REDIS.command("XRANGE", f"chatd:{{{room}}}:log", "-", "+", "COUNT", 1)
+        first = int(log[0][0].decode().split("-")[0])
+        assert first > old[2]["seq"], f"the old messages should have left the log (first {first})"
+        e = await a.expect("edit", {"room": room, "target": old[0]["seq"], "content": "edited long after"},
+                           want="ack")
+        r = await a.expect("react", {"room": room, "target": old[1]["seq"], "emoji": "👀", "on": True}, want="ack")
+        assert r["duplicate"] is False
+        dup = await b.expect("react", {"room": room, "target": old[1]["seq"], "emoji": "👀", "on": True},
+                             want="ack")
+        assert dup["duplicate"] is True, "jon's reaction came back from the archive"
+        await b.expect("edit", {"room": room, "target": old[0]["seq"], "content": "x"}, want="error:forbidden")
+        d = await a.expect("delete", {"room": room, "target": old[2]["seq"]}, want="ack")
+        await a.expect("edit", {"room": room, "target": old[2]["seq"], "content": "x"}, want="error:not_found")
+        # a seq of the archive that is an event, not a message
+        await a.expect("edit", {"room": room, "target": 4, "content": "x"}, want="error:not_found")
+        doc0 = wait_doc(room, old[0]["seq"], lambda x: x["v"] == e["seq"], "the edit archived")
+        assert doc0["content"] == "edited long after" and doc0["edited"] == e["ts"], doc0
+        doc1 = wait_doc(room, old[1]["seq"], lambda x: x["v"] == r["seq"], "the reaction archived")
+        assert doc1["reactions"] == [{"emoji": "👀", "count": 2, "users": ["jon", "ivy"]}], doc1
+        doc2 = wait_doc(room, old[2]["seq"], lambda x: x["deleted"] is True, "the delete archived")
+        assert "content" not in doc2["fields"], doc2
+        f = await a.request("history", {"room": room, "limit": 3, "before": old[2]["seq"] + 1})
+        msgs = {m["seq"]: m for m in f["payload"]["messages"]}
+        assert sorted(msgs) == [x["seq"] for x in old], f
+        assert msgs[old[0]["seq"]]["content"] == "edited long after"
+        assert msgs[old[2]["seq"]]["deleted"] is True
+        # once archived, the states kept for them in Redis go with the next trims
+        more = await send_all(a, room, 200, "more")
+        wait_archived_upto(room, more[-1]["seq"])
+        await send_all(a, room, 130, "trim")
+        left = REDIS.command("HKEYS", f"chatd:{{{room}}}:st")
+        assert all(int(k) > old[2]["seq"] for k in left), f"states of archived messages kept: {left}"
+        assert d["seq"] > r["seq"]
+    finally:
+        await a.close()
+        await b.close()
+
+
+@atest(120)
+async def test_archive_converges_on_the_live_state():
+    """Three writers edit, delete and react concurrently; both workers
+    archive the queue, so entries of the room may be written out of order.
+    Every archived document ends equal to what a connected client shows."""
+    import random
+    room = R("converge")
+    writers = [await ChatClient.open(SRV.port, f"cw{i}") for i in range(3)]
+    watcher = await ChatClient.open(SRV.port, "cwatch")
+    try:
+        for c in writers + [watcher]:
+            await c.join(room)
+        rng = random.Random(11)
+        mine = {i: [] for i in range(3)}
+
+        async def writer(i):
+            c = writers[i]
+            for k in range(50):
+                roll = rng.random()
+                if roll < 0.4 or not mine[i]:
+                    mine[i].append((await c.chat(room, f"w{i}-{k}"))["seq"])
+                elif roll < 0.6:
+                    await c.request("edit", {"room": room, "target": rng.choice(mine[i]), "content": f"w{i}-{k}*"})
+                elif roll < 0.7:
+                    t = rng.choice(mine[i])
+                    mine[i].remove(t)
+                    await c.request("delete", {"room": room, "target": t})
+                else:
+                    owner = rng.randrange(3)
+                    if mine[owner]:
+                        await c.request("react", {"room": room, "target": rng.choice(mine[owner]),
+                                                  "emoji": rng.choice(["a", "b"]), "on": rng.random() < 0.7})
+        await asyncio.gather(*(writer(i) for i in range(3)))
+        top = (await watcher.chat(room, "end"))["seq"]
+        await watcher.wait(lambda f: f.get("type") == "chat" and f["payload"]["seq"] == top, what="the end")
+        live = {}
+        for f in sorted((f for f in watcher.frames if f.get("type") in ("chat", "edit", "delete", "reaction")),
+                        key=lambda f: f["payload"]["seq"]):
+            p = f["payload"]
+            if f["type"] == "chat":
+                live[p["seq"]] = {"content": p["content"], "deleted": None, "reactions": {}}
+            elif f["type"] == "edit":
+                live[p["target"]]["content"] = p["content"]
+            elif f["type"] == "delete":
+                live[p["target"]] = {"content": None, "deleted": True, "reactions": {}}
+            else:
+                us = live[p["target"]]["reactions"].setdefault(p["emoji"], [])
+                if p["on"] and p["sender"] not in us:
+                    us.append(p["sender"])
+                elif not p["on"] and p["sender"] in us:
+                    us.remove(p["sender"])
+
+        def archived():
+            return {d["seq"]: {"content": d["content"] if "content" in d["fields"] else None,
+                               "deleted": d["deleted"],
+                               "reactions": {r["emoji"]: r["users"] for r in (d["reactions"] or [])}}
+                    for d in MONGO.docs(room)}
+        want = {s: dict(m, reactions={e: u for e, u in m["reactions"].items() if u}) for s, m in live.items()}
+        got = {}
+
+        def same():
+            nonlocal got
+            got = archived()
+            return got == want
+        try:
+            wait_for(same, 40, interval=0.5, what="the archive to match the live state")
+        except AssertionError:
+            bad = [(s, got.get(s), want.get(s)) for s in sorted(set(got) | set(want)) if got.get(s) != want.get(s)]
+            raise AssertionError(f"{len(bad)} documents differ, first (seq, archive, live): {bad[:3]}") from None
+        n_ev = len([f for f in watcher.frames if f.get("type") in ("edit", "delete", "reaction")])
+        print(f"    archive converge: {len(want)} messages, {n_ev} events, seqs up to {top}")
+    finally:
+        for c in writers + [watcher]:
+            await c.close()
+
+
+@atest(120)
+async def test_archive_latency_stays_low_after_many_rooms():
+    """In a cluster each slot has its own queue, and a worker reads the
+    queues it sent to. Once a queue is drained it must stop being read,
+    or every slot ever used would be polled in turn and a new message
+    would wait behind hundreds of empty queues. After 400 rooms, a new
+    room's message still reaches MongoDB within seconds."""
+    c = await ChatClient.open(SRV.port, "lat")
+    try:
+        rooms = [R(f"lat{i}") for i in range(400)]
+        for r in rooms:
+            await c.join(r)
+            await c.chat(r, "x")
+            await c.leave(r)        # at most --max-rooms (100) at once
+        wait_for(lambda: all(MONGO.docs(r) for r in rooms[-3:]), 60, interval=0.5,
+                 what="the first rooms archived")
+        time.sleep(3)       # every queue read empty once since
+        room = R("latnew")
+        await c.join(room)
+        t0 = time.monotonic()
+        await c.chat(room, "late")
+        wait_for(lambda: MONGO.docs(room), 20, interval=0.2, what="the new room's message archived")
+        took = time.monotonic() - t0
+        print(f"    archive latency after 400 rooms: {took:.1f}s")
+        assert took < 5, f"a new message took {took:.1f}s to reach the archive"
+    finally:
+        await c.close()

@@ -38,7 +38,7 @@ def setup_module():
 
 
 def teardown_module():
-    for srv in (JWT_SRV, SRV):
+    for srv in list(_EXTRA.values()) + [JWT_SRV, SRV]:
         if srv is not None:
             srv.stop()
     if REDIS is not None:
@@ -492,3 +492,202 @@ async def test_events_with_ack_replicas():
         if pair is not None:
             for x in pair:
                 x.stop()
+
+
+# --------------------------------------------------------------------------
+# read receipts and unread counts
+
+
+@itest(30)
+async def test_read_cursor_receipts_and_unread():
+    room = R("read")
+    a = await connect(SRV, "rd-alice")
+    b = await connect(SRV, "rd-bob")
+    b2 = await connect(SRV, "rd-bob")          # bob's other device, not in the room
+    await a.join(room)
+    j = await b.join(room)
+    assert j["readSeq"] == 0 and j["unread"] == 0, j
+    acks = [await a.chat(room, f"m{i}") for i in range(3)]
+    own = await b.chat(room, "mine")            # never unread for bob
+    r = await b.expect("read", {"room": room, "seq": acks[1]["seq"]}, want="ok")
+    assert r == {} or r.get("room") is None, r
+    _, f = await b2.wait(lambda f: f.get("type") == "receipt", what="the receipt on bob's other device")
+    assert f["payload"] == {"room": room, "user": "rd-bob", "seq": acks[1]["seq"]}, f
+    _, f = await a.wait(lambda f: f.get("type") == "receipt", what="the receipt in the room")
+    assert f["payload"]["user"] == "rd-bob"
+    await asyncio.sleep(0.2)
+    assert not b.of_type("receipt"), "the reading connection itself gets no receipt"
+    # never backwards: no change, no receipt
+    await b.expect("read", {"room": room, "seq": 1}, want="ok")
+    await asyncio.sleep(0.3)
+    assert len(b2.of_type("receipt")) == 1, b2.of_type("receipt")
+    b3 = await connect(SRV, "rd-bob")
+    j = await b3.join(room)
+    assert j["readSeq"] == acks[1]["seq"] and j["unread"] == 1, j      # m2; bob's own is not counted
+    # events take seqs but are not messages; a deleted message is not unread
+    await a.expect("react", {"room": room, "target": acks[0]["seq"], "emoji": "x", "on": True}, want="ack")
+    await a.expect("delete", {"room": room, "target": acks[2]["seq"]}, want="ack")
+    b4 = await connect(SRV, "rd-bob")
+    j = await b4.join(room)
+    assert j["readSeq"] == acks[1]["seq"] and j["unread"] == 0, j
+    # a cursor past the room's seq stops at it
+    top = j["seq"]
+    await b4.expect("read", {"room": room, "seq": top + 1000}, want="ok")
+    j = await (await connect(SRV, "rd-bob")).join(room)
+    assert j["readSeq"] == top, j
+    await b.expect("read", {"room": room, "seq": -1}, want="error:bad_request")
+    await b.expect("read", {"room": room}, want="error:bad_request")
+    await b2.expect("read", {"room": room, "seq": 1}, want="error:not_joined")
+    assert own["seq"] < top
+
+
+@itest(60)
+async def test_unread_counts_to_100():
+    room = R("many")
+    a = await connect(SRV, "mn-alice")
+    await a.join(room)
+    for i in range(120):
+        await a.send("chat", {"room": room, "content": f"n{i}"}, id=f"n{i}")
+    await a.wait(lambda f: f.get("type") == "ack" and f.get("id") == "n119", 20, what="the last ack")
+    b = await connect(SRV, "mn-bob")
+    j = await b.join(room)
+    assert j["unread"] == 100 and j["readSeq"] == 0, j
+    await b.expect("read", {"room": room, "seq": 30}, want="ok")
+    j = await (await connect(SRV, "mn-bob")).join(room)
+    assert j["unread"] == 90, j
+
+
+@itest(30)
+async def test_receipts_in_a_big_room_reach_only_the_reader():
+    """Over memberEvents users a room hears no receipts; the reader's own
+    other connections still do."""
+    srv = _extra_server("small-member-events", ["--member-events", "2"])
+    room = R("bigroom")
+    users = [await connect(srv, f"br-u{i}") for i in range(3)]
+    for u in users:
+        await u.join(room)
+    mine = await connect(srv, "br-u0")
+    m = await users[1].chat(room, "hello")
+    await users[0].expect("read", {"room": room, "seq": m["seq"]}, want="ok")
+    await mine.wait(lambda f: f.get("type") == "receipt", what="the receipt on the reader's other connection")
+    await asyncio.sleep(0.3)
+    assert not users[1].of_type("receipt") and not users[2].of_type("receipt")
+
+
+_EXTRA = {}
+
+
+def _extra_server(name, args):
+    if name not in _EXTRA:
+        _EXTRA[name] = Chatd(REDIS, workers=2, args=FAST + args, name=f"conv-{name}").start()
+    return _EXTRA[name]
+
+
+@itest(30)
+async def test_rooms_lists_rooms_newest_activity_first():
+    rooms = [R(f"list{i}") for i in range(3)]
+    u = await connect(SRV, "ls-user")
+    other = await connect(SRV, "ls-other")
+    for r in rooms:
+        await u.join(r)
+        await other.join(r)
+    await other.chat(rooms[0], "a")
+    await asyncio.sleep(0.01)
+    await other.chat(rooms[2], "b")
+    await other.chat(rooms[2], "c")
+    await asyncio.sleep(0.01)
+    await other.chat(rooms[1], "d")
+    await u.expect("read", {"room": rooms[2], "seq": 1}, want="ok")
+    got = (await u.expect("rooms", want="rooms"))["rooms"]
+    mine = [x for x in got if x["room"] in rooms]
+    assert [x["room"] for x in mine] == [rooms[1], rooms[2], rooms[0]], got
+    assert mine[1] == {"room": rooms[2], "seq": 2, "readSeq": 1, "unread": 1}, mine
+    assert mine[0]["unread"] == 1 and mine[2]["unread"] == 1
+    # a user who never joined a room has none of it
+    nobody = await connect(SRV, "ls-nobody")
+    assert (await nobody.expect("rooms", want="rooms"))["rooms"] == []
+
+
+# --------------------------------------------------------------------------
+# direct messages
+
+
+def dm(a, b):
+    x, y = sorted([a, b])
+    return f"dm:{x}:{y}"
+
+
+@itest(30)
+async def test_dm_rooms_belong_to_their_two_users():
+    a = await connect(SRV, "dm-ann")
+    b = await connect(SRV, "dm-ben")
+    c = await connect(SRV, "dm-cat")
+    room = dm("dm-ann", "dm-ben")
+    await a.join(room)
+    await b.join(room)
+    await c.expect("join", {"room": room}, want="error:forbidden")
+    await a.expect("join", {"room": "dm:dm-ben:dm-ann"}, want="error:forbidden")    # not sorted
+    await a.expect("join", {"room": "dm:dm-ann:dm-ann"}, want="error:forbidden")    # not two users
+    await a.expect("join", {"room": "dm:dm-ann"}, want="error:forbidden")
+    await a.expect("join", {"room": "dm:dm-ann:bad name"}, want="error:bad_request")
+    # names of 64 characters make a 132-character room
+    long_a, long_b = "a" * 64, "b" * 64
+    la = await connect(SRV, long_a)
+    j = await la.join(f"dm:{long_a}:{long_b}")
+    assert j["seq"] == 0
+    await la.expect("join", {"room": "x" * 129}, want="error:bad_request")
+    # a token's rooms claim does not apply to the user's own direct conversations
+    tok = make_jwt({"sub": "dm-tok", "exp": 4102444800, "rooms": ["only-this"]}, SECRET)
+    from chatclient import ChatClient, track
+    t = track(await ChatClient.open(JWT_SRV.port, "dm-tok", path=f"/ws?token={tok}"))
+    await t.join(dm("dm-tok", "dm-zed"))
+    await t.expect("join", {"room": "elsewhere"}, want="error:forbidden")
+
+
+@itest(40)
+async def test_dm_notify_reaches_the_other_user_anywhere():
+    room = dm("nt-ann", "nt-ben")
+    a = await connect(SRV, "nt-ann")
+    await a.join(room)
+    # ben on both workers of this server and on another server, in no room
+    bens = [await connect(SRV, "nt-ben") for _ in range(4)]
+    far = await connect(_extra_server("far", []), "nt-ben")
+    joined = await connect(SRV, "nt-ben")
+    await joined.join(room)
+    await asyncio.sleep(0.3)      # their user channels subscribed
+    m = await a.chat(room, "psst")
+    for c in bens + [far]:
+        _, f = await c.wait(lambda f: f.get("type") == "notify", what=f"notify on {c.user}")
+        assert f["payload"] == {"room": room, "from": "nt-ann", "seq": m["seq"]}, f
+    await joined.wait(lambda f: f.get("type") == "chat", what="the chat in the joined connection")
+    await asyncio.sleep(0.3)
+    assert not joined.of_type("notify"), "a connection in the room gets the chat, not a notify"
+    assert not a.of_type("notify"), "the sender is not notified"
+    # the conversation is in ben's rooms though he never joined it... on this connection
+    fresh = await connect(SRV, "nt-cy")
+    room2 = dm("nt-ann", "nt-cy")
+    await a.join(room2)
+    await a.chat(room2, "hi cy")
+    got = (await fresh.expect("rooms", want="rooms"))["rooms"]
+    assert got == [{"room": room2, "seq": 1, "readSeq": 0, "unread": 1}], got
+
+
+@itest(30)
+async def test_deleted_head_of_the_log_still_replays():
+    """A deleted first message leaves a hole at the head of the log, not
+    its end: the periodic clean-up (every 64 messages) keeps its
+    content-free copy while it is inside the recovery window, so a full
+    replay still recovers and shows it deleted."""
+    room = R("head")
+    a = await connect(SRV, "hd-alice")
+    await a.join(room)
+    first = await a.chat(room, "soon gone")
+    await a.expect("delete", {"room": room, "target": first["seq"]}, want="ack")
+    for i in range(70):
+        await a.send("chat", {"room": room, "content": f"h{i}"}, id=f"h{i}")
+    await a.wait(lambda f: f.get("type") == "ack" and f.get("id") == "h69", 10, what="the last ack")
+    late = await connect(SRV, "hd-late")
+    j = await late.join(room, since=0)
+    assert j["recovered"] is True and j["seq"] == 72, j
+    _, f = await late.wait(lambda f: f.get("type") == "chat", what="the first replayed message")
+    assert f["payload"]["seq"] == 1 and f["payload"]["deleted"] is True, f

@@ -109,6 +109,34 @@ TEST(room_name_lengths)
     free(r129);
 }
 
+TEST(dm_room_names)
+{
+    char a[PROTO_USER_MAX + 1], b[PROTO_USER_MAX + 1];
+    CHECK_EQ_INT(proto_dm_users("general", a, b), 0);
+    CHECK_EQ_INT(proto_dm_users("dm:ann:ben", a, b), 1);
+    CHECK_STR_EQ(a, "ann");
+    CHECK_STR_EQ(b, "ben");
+    CHECK_EQ_INT(proto_dm_users("dm:ben:ann", a, b), -1);
+    CHECK_EQ_INT(proto_dm_users("dm:ann:ann", a, b), -1);
+    CHECK_EQ_INT(proto_dm_users("dm:ann", a, b), -1);
+    CHECK_EQ_INT(proto_dm_users("dm::ann", a, b), -1);
+    CHECK_EQ_INT(proto_dm_users("dm:ann:b:c", a, b), -1);
+    /* Bytewise: upper case sorts before lower case. */
+    CHECK_EQ_INT(proto_dm_users("dm:Zed:ann", a, b), 1);
+    char *ua = repeat('a', 64), *ub = repeat('b', 64), *uc = repeat('c', 65);
+    char room[200];
+    snprintf(room, sizeof(room), "dm:%s:%s", ua, ub);
+    CHECK_EQ_INT(proto_room_valid(room), 1);            /* 132 characters */
+    CHECK_EQ_INT(proto_dm_users(room, a, b), 1);
+    snprintf(room, sizeof(room), "dm:%s:%s", ua, uc);
+    CHECK_EQ_INT(proto_room_valid(room), 0);
+    snprintf(room, sizeof(room), "dm:%s:%s", ub, ua);   /* long, but not sorted */
+    CHECK_EQ_INT(proto_room_valid(room), 0);
+    free(ua);
+    free(ub);
+    free(uc);
+}
+
 TEST(room_name_chars)
 {
     CHECK_EQ_INT(proto_room_valid("ABCxyz019_.:-"), 1);
@@ -818,14 +846,16 @@ TEST(encode_welcome)
 TEST(encode_joined_left)
 {
     const cJSON *p;
-    cJSON *r = FRAME(proto_encode_joined("j", "lobby", 123456789012LL, 1), "joined", "j", &p);
+    cJSON *r = FRAME(proto_encode_joined("j", "lobby", 123456789012LL, 1, 77, 100), "joined", "j", &p);
     REQUIRE(r != NULL);
     CHECK_STR_EQ(pstr(p, "room"), "lobby");
     CHECK_EQ_INT(pnum(p, "seq"), 123456789012LL);
     CHECK_EQ_INT(pbool(p, "recovered"), 1);
+    CHECK_EQ_INT(pnum(p, "readSeq"), 77);
+    CHECK_EQ_INT(pnum(p, "unread"), 100);
     cJSON_Delete(r);
 
-    r = FRAME(proto_encode_joined(NULL, "r", 0, 0), "joined", NULL, &p);
+    r = FRAME(proto_encode_joined(NULL, "r", 0, 0, 0, 0), "joined", NULL, &p);
     REQUIRE(r != NULL);
     CHECK_EQ_INT(pnum(p, "seq"), 0);
     CHECK_EQ_INT(pbool(p, "recovered"), 0);
@@ -1131,6 +1161,47 @@ TEST(fold_message)
     free(f);
     CHECK(proto_fold_message("nope", 4, NULL, 0) == NULL);
     CHECK(proto_fold_message(m, strlen(m), "[1]", 3) == NULL);
+}
+
+TEST(decode_read_rooms)
+{
+    proto_req_t req;
+    const char *why;
+    CHECK_EQ_INT(dec("{\"type\":\"read\",\"payload\":{\"room\":\"r\",\"seq\":12}}", &req, &why), PROTO_OK);
+    CHECK_EQ_INT(req.type, PROTO_READ);
+    CHECK_EQ_INT(req.seq, 12);
+    proto_req_free(&req);
+    CHECK_EQ_INT(dec("{\"type\":\"rooms\",\"id\":\"x\"}", &req, &why), PROTO_OK);
+    CHECK_EQ_INT(req.type, PROTO_ROOMS);
+    proto_req_free(&req);
+    EXPECT("{\"type\":\"read\",\"payload\":{\"room\":\"r\",\"seq\":-1}}", PROTO_E_BAD_REQUEST);
+    EXPECT("{\"type\":\"read\",\"payload\":{\"room\":\"r\"}}", PROTO_E_BAD_REQUEST);
+    EXPECT("{\"type\":\"read\",\"payload\":{\"seq\":1}}", PROTO_E_BAD_REQUEST);
+}
+
+TEST(encode_v11_frames)
+{
+    const cJSON *p;
+    cJSON *r = FRAME(proto_encode_ok("k"), "ok", "k", &p);
+    REQUIRE(r != NULL);
+    cJSON_Delete(r);
+    r = FRAME(proto_encode_receipt("rm", "u", 9), "receipt", NULL, &p);
+    REQUIRE(r != NULL);
+    CHECK_STR_EQ(pstr(p, "user"), "u");
+    CHECK_EQ_INT(pnum(p, "seq"), 9);
+    cJSON_Delete(r);
+    r = FRAME(proto_encode_notify("dm:a:b", "a", 3), "notify", NULL, &p);
+    REQUIRE(r != NULL);
+    CHECK_STR_EQ(pstr(p, "from"), "a");
+    cJSON_Delete(r);
+    proto_room_state_t rs[2] = { { "x", 5, 2, 3 }, { "y", 1, 1, 0 } };
+    r = FRAME(proto_encode_rooms("q", rs, 2), "rooms", "q", &p);
+    REQUIRE(r != NULL);
+    const cJSON *arr = cJSON_GetObjectItemCaseSensitive(p, "rooms");
+    CHECK(cJSON_GetArraySize(arr) == 2);
+    CHECK_STR_EQ(pstr(cJSON_GetArrayItem(arr, 0), "room"), "x");
+    CHECK_EQ_INT(pnum(cJSON_GetArrayItem(arr, 0), "unread"), 3);
+    cJSON_Delete(r);
 }
 
 int main(void)

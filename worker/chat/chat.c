@@ -1,4 +1,5 @@
 #include "chat.h"
+#include "inbox.h"
 #include "presence.h"
 #include "room.h"
 #include "session.h"
@@ -57,24 +58,30 @@ size_t chat_conn_size(void)
 
 /* ---- what the data wing reports ---- */
 
+/* Room channels are "chatd:{R}", user channels "chatd:u:{U}": each side
+ * ignores the other's. */
 static void chat_on_message(void *ud, const char *channel, size_t clen, const char *msg, size_t len)
 {
     room_on_bus_message(ud, channel, clen, msg, len);
+    inbox_on_bus_message(ud, channel, clen, msg, len);
 }
 
 static void chat_on_subscribed(void *ud, const char *channel, size_t clen, int subscribed)
 {
     room_on_bus_subscribed(ud, channel, clen, subscribed);
+    inbox_on_bus_subscribed(ud, channel, clen, subscribed);
 }
 
 static void chat_on_sub_up(void *ud)
 {
     room_on_bus_up(ud);
+    inbox_on_bus_up(ud);
 }
 
 static void chat_on_sub_down(void *ud)
 {
     room_on_bus_down(ud);
+    inbox_on_bus_down(ud);
 }
 
 static void chat_on_cmd_up(void *ud)
@@ -97,10 +104,12 @@ const bus_handlers_t *chat_bus_handlers(void)
 void chat_tick(chat_t *ch)
 {
     room_tick(ch);
+    inbox_tick(ch);
     metrics_set(&ch->metrics->rooms, ch->nrooms);
 }
 
 void chat_free(chat_t *ch)
 {
     room_free_all(ch);
+    inbox_free_all(ch);
 }

@@ -26,6 +26,7 @@
 #include "../net/net.h"
 
 typedef struct room_s room_t;
+typedef struct inbox_s inbox_t;
 
 typedef struct chat_s {
     uv_loop_t *loop;
@@ -38,6 +39,9 @@ typedef struct chat_s {
     room_t **rooms;             /* hash table of rooms with local members */
     size_t rooms_cap;
     size_t nrooms;
+    inbox_t **inboxes;          /* hash table of users with local sessions */
+    size_t inboxes_cap;
+    size_t ninboxes;
     uint64_t next_serial;       /* sessions and memberships */
     pool_t members_pool;        /* memberships (pool.h: dense, recycled) */
 } chat_t;

@@ -229,7 +229,9 @@ static void delivery_fetch(chat_t *ch, room_t *r, int64_t from, int64_t to)
 static void delivery_send_joined(member_t *m, int64_t seq, int recovered)
 {
     const char *id = m->join != NULL && m->join->id[0] != '\0' ? m->join->id : NULL;
-    session_send_json(m->conn, proto_encode_joined(id, m->room->name, seq, recovered));
+    int64_t read_seq = m->join != NULL ? m->join->read_seq : 0;
+    int unread = m->join != NULL ? m->join->unread : 0;
+    session_send_json(m->conn, proto_encode_joined(id, m->room->name, seq, recovered, read_seq, unread));
 }
 
 /* Sends the held live frames after a replay and goes live. */
@@ -255,9 +257,14 @@ static void delivery_on_replay(void *arg, redisReply *reply)
     /* Recovered only when the log still holds every missed message. */
     int64_t want = call->upto - call->since;
     int ok = reply != NULL && reply->type == REDIS_REPLY_ARRAY && (int64_t)reply->elements == want;
-    store_entry_t e;
+    store_entry_t e = { .seq = -1 };
     if (ok && (store_entry(reply->element[0], &e) != 0 || e.seq != call->since + 1)) {
         ok = 0;
+    }
+    if (!ok) {
+        log_info("event=replay_incomplete room=%s since=%" PRId64 " upto=%" PRId64 " got=%zu first=%" PRId64,
+                 call->room->name, call->since, call->upto,
+                 reply != NULL && reply->type == REDIS_REPLY_ARRAY ? reply->elements : 0, e.seq);
     }
     delivery_send_joined(m, call->upto, ok);
     if (ok) {
@@ -286,6 +293,9 @@ static void delivery_on_replay(void *arg, redisReply *reply)
 void delivery_start_member(chat_t *ch, member_t *m)
 {
     room_t *r = m->room;
+    if (!m->join->read_ready) {
+        return;     /* unread_join() starts it when the read state comes */
+    }
     int64_t seq = r->last_seq;
     int64_t since = m->join->since;
     if (since < 0 || since >= seq || seq - since > ch->cfg->recovery_window) {

@@ -1,5 +1,6 @@
 #include "message.h"
 #include "room.h"
+#include "inbox.h"
 #include "../data/archive.h"
 #include "../data/store.h"
 #include "../../common/log.h"
@@ -10,6 +11,24 @@
 #include <string.h>
 
 static void message_on_sent(void *arg, int status, const store_ack_t *ack);
+
+/* A message accepted in a direct conversation: the other user's
+ * connections that have not joined it hear of it, wherever they are, and
+ * the room joins that user's rooms. */
+static void message_notify(chat_t *ch, const char *room, const char *from, int64_t seq)
+{
+    char a[PROTO_USER_MAX + 1], b[PROTO_USER_MAX + 1];
+    if (proto_dm_users(room, a, b) != 1) {
+        return;
+    }
+    const char *to = strcmp(from, a) == 0 ? b : a;
+    store_user_room(ch->bus, to, room);
+    char *frame = proto_encode_notify(room, from, seq);
+    if (frame != NULL) {
+        inbox_send(ch, to, room, NULL, frame);
+        free(frame);
+    }
+}
 
 static int message_store(chat_t *ch, room_call_t *call)
 {
@@ -53,6 +72,42 @@ static void message_on_archive_max(void *arg, int64_t seq)
     }
 }
 
+/* The archive's copy of an event's target that the log no longer holds:
+ * the event goes to the store again, with it. */
+static void message_on_archived_target(void *arg, int found, const char *payload, const char *state)
+{
+    room_call_t *call = arg;
+    chat_t *ch = call->room->chat;
+    conn_t *c = call->conn;
+    const char *id = call->has_id ? call->id : NULL;
+    if (c->state != CONN_WS) {
+        room_call_free(call);
+        return;
+    }
+    if (found < 0) {
+        message_failed(call, "archive unavailable, retry");
+        return;
+    }
+    if (found != 1) {
+        session_send_error(c, id, PROTO_E_NOT_FOUND, "no such message in this room");
+        room_call_free(call);
+        return;
+    }
+    call->seeded = 1;
+    call->seed_msg = strdup(payload);
+    call->seed_state = strdup(state);
+    call->event.seed_msg = call->seed_msg;
+    call->event.seed_state = call->seed_state;
+    if (call->seed_msg == NULL || call->seed_state == NULL) {
+        session_send_error(c, id, PROTO_E_INTERNAL, "out of memory");
+        room_call_free(call);
+        return;
+    }
+    if (message_store(ch, call) != 0) {
+        message_failed(call, "storage unavailable, retry");
+    }
+}
+
 static void message_on_sent(void *arg, int status, const store_ack_t *ack)
 {
     room_call_t *call = arg;
@@ -64,6 +119,9 @@ static void message_on_sent(void *arg, int status, const store_ack_t *ack)
         if (!ack->duplicate) {
             metrics_add(&ch->metrics->messages_received, 1);
             archive_note_room(ch->archive, call->room->name);
+            if (call->event.kind == NULL) {
+                message_notify(ch, call->room->name, session_of(c)->auth.user, ack->seq);
+            }
         }
         if (c->state == CONN_WS) {
             session_send_json(c, proto_encode_ack(id, call->room->name, ack->seq, ack->ts, ack->duplicate));
@@ -78,6 +136,12 @@ static void message_on_sent(void *arg, int status, const store_ack_t *ack)
             }
         }
         message_failed(call, "archive unavailable, retry");
+        return;
+    case STORE_IN_ARCHIVE:
+        if (call->seeded || c->state != CONN_WS || ch->archive == NULL ||
+            archive_get(ch->archive, call->room->name, call->event.target, message_on_archived_target, call) != 0) {
+            message_failed(call, "archive unavailable, retry");
+        }
         return;
     case STORE_NOT_FOUND:
         if (c->state == CONN_WS) {

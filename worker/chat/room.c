@@ -1,6 +1,7 @@
 #include "room.h"
 #include "delivery.h"
 #include "presence.h"
+#include "unread.h"
 #include "../data/bus.h"
 #include "../data/store.h"
 #include "../net/conn.h"
@@ -133,6 +134,8 @@ void room_call_free(room_call_t *call)
     free(call->texts);
     free(call->tail);
     free(call->emoji);
+    free(call->seed_msg);
+    free(call->seed_state);
     free(call);
 }
 
@@ -185,14 +188,27 @@ void room_join(conn_t *c, const proto_req_t *req)
 {
     chat_t *ch = chat_of(c);
     const char *id = req->has_id ? req->id : NULL;
-    if (!auth_room_allowed(&session_of(c)->auth, req->room)) {
+    char dm_a[PROTO_USER_MAX + 1], dm_b[PROTO_USER_MAX + 1];
+    int dm = proto_dm_users(req->room, dm_a, dm_b);
+    const char *user = session_of(c)->auth.user;
+    if (dm < 0) {
+        session_send_error(c, id, PROTO_E_FORBIDDEN, "a dm: room must be dm:A:B with A < B, two user names");
+        return;
+    }
+    if (dm > 0 && strcmp(user, dm_a) != 0 && strcmp(user, dm_b) != 0) {
+        session_send_error(c, id, PROTO_E_FORBIDDEN, "a direct conversation of two other users");
+        return;
+    }
+    /* A direct conversation belongs to its two users, whatever a token's
+     * rooms claim says. */
+    if (dm == 0 && !auth_room_allowed(&session_of(c)->auth, req->room)) {
         session_send_error(c, id, PROTO_E_FORBIDDEN, "your token does not allow this room");
         return;
     }
     member_t *m = room_member_of(c, req->room);
     if (m != NULL) {
         /* Already a member: nothing changes, the client learns where it is. */
-        session_send_json(c, proto_encode_joined(id, req->room, m->last_seq, 0));
+        unread_rejoined(c, id, m);
         return;
     }
     if (session_of(c)->nrooms >= ch->cfg->max_rooms) {
@@ -226,6 +242,7 @@ void room_join(conn_t *c, const proto_req_t *req)
     }
     m->join->serial = ++ch->next_serial;
     m->join->started_ms = uv_now(ch->loop);
+    m->join->read_ready = 0;
     m->join->since = req->has_since ? req->since : -1;
     m->join->held = m->join->held_tail = NULL;
     memcpy(m->join->id, req->has_id ? req->id : "", idlen + 1);
@@ -243,9 +260,9 @@ void room_join(conn_t *c, const proto_req_t *req)
         presence_member(ch, r, session_of(c)->auth.user, 1);
     }
     room_subscribe(ch, r);
-    if (r->sub == SUB_LIVE && r->last_seq >= 0) {
-        delivery_start_member(ch, m);
-    }
+    /* joined carries the user's read cursor and unread count: the member
+     * starts once both the room and those are known. */
+    unread_join(ch, m);
 }
 
 void room_leave(conn_t *c, const proto_req_t *req)
@@ -296,7 +313,7 @@ room_call_t *room_request_call(conn_t *c, const proto_req_t *req)
 static room_t *room_of_channel(chat_t *ch, const char *channel, size_t clen)
 {
     char name[PROTO_ROOM_MAX + 1];
-    if (clen < 9 || clen - 8 > PROTO_ROOM_MAX + 1 || memcmp(channel, "chatd:{", 7) != 0 ||
+    if (clen < 9 || clen - 8 > PROTO_ROOM_MAX || memcmp(channel, "chatd:{", 7) != 0 ||
         channel[clen - 1] != '}') {
         return NULL;
     }
@@ -362,6 +379,15 @@ void room_on_bus_down(chat_t *ch)
  * that holds them is failing over that can take a while, but a client
  * must not wait forever: past ROOM_JOIN_WAIT_MS it is told to retry.
  */
+void room_refuse_join(chat_t *ch, member_t *m)
+{
+    conn_t *c = m->conn;
+    char id[PROTO_ID_MAX + 1];
+    snprintf(id, sizeof(id), "%s", m->join->id);
+    room_member_remove(ch, m);
+    session_send_error(c, id[0] != '\0' ? id : NULL, PROTO_E_UNAVAILABLE, "storage unavailable, retry");
+}
+
 static void room_expire_joins(chat_t *ch, room_t *r)
 {
     uint64_t now = uv_now(ch->loop);
@@ -371,12 +397,9 @@ static void room_expire_joins(chat_t *ch, room_t *r)
         if (m->state != MEMBER_WAITING || now - m->join->started_ms < ROOM_JOIN_WAIT_MS) {
             continue;
         }
-        conn_t *c = m->conn;
-        char id[PROTO_ID_MAX + 1];
-        snprintf(id, sizeof(id), "%s", m->join->id);
-        log_warn("event=join_expired room=%s sub=%d last_seq=%" PRId64, r->name, r->sub, r->last_seq);
-        room_member_remove(ch, m);
-        session_send_error(c, id[0] != '\0' ? id : NULL, PROTO_E_UNAVAILABLE, "storage unavailable, retry");
+        log_warn("event=join_expired room=%s sub=%d last_seq=%" PRId64 " read_state=%d", r->name, r->sub,
+                 r->last_seq, m->join->read_ready);
+        room_refuse_join(ch, m);
     }
 }
 

@@ -45,6 +45,9 @@ struct room_s {
 typedef struct member_join_s {
     uint64_t serial;            /* tells a replay reply which join it answers */
     uint64_t started_ms;        /* loop time of the join request */
+    int64_t read_seq;           /* the user's read cursor, once read_ready */
+    int unread;
+    int read_ready;
     int64_t since;              /* the join's since, -1 when none */
     struct held_s *held, *held_tail;  /* live frames held back during replay */
     char id[];                  /* the join's request id, "" when none */
@@ -74,6 +77,8 @@ typedef struct room_call_s {
     char *tail;                 /* chat: the encoded payload tail, owned */
     store_event_t event;        /* edit, delete, react (kind NULL for chat) */
     char *emoji;                /* react: event.emoji's bytes, owned */
+    char *seed_msg;             /* an event on an archived message: its payload, */
+    char *seed_state;           /* and its state, owned */
     int seeded;                 /* chat: the counter was seeded once already */
     char **texts;               /* history: payloads from Redis, newest first, owned */
     size_t ntexts;
@@ -82,6 +87,10 @@ typedef struct room_call_s {
 /* join and leave requests. */
 void room_join(conn_t *c, const proto_req_t *req);
 void room_leave(conn_t *c, const proto_req_t *req);
+
+/* Answers a join still waiting with `unavailable` and ends the
+ * membership. */
+void room_refuse_join(chat_t *ch, member_t *m);
 
 /* Ends every membership of c (on disconnect). */
 void room_leave_all(conn_t *c);

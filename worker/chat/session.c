@@ -1,4 +1,6 @@
 #include "session.h"
+#include "inbox.h"
+#include "unread.h"
 #include "history.h"
 #include "message.h"
 #include "presence.h"
@@ -44,6 +46,7 @@ void session_start(conn_t *c, auth_t *auth)
     s->refill_ms = (uint32_t)uv_now(ch->loop);
     metrics_add(&ch->metrics->connections, 1);
     log_debug("event=session_start session=%s user=%s", id, s->auth.user);
+    inbox_add(c);
     const config_t *cfg = ch->cfg;
     session_send_json(c, proto_encode_welcome(s->auth.user, id, cfg->heartbeat, cfg->max_message,
                                               cfg->max_content, cfg->rate, cfg->burst));
@@ -116,6 +119,12 @@ void session_on_text(conn_t *c, const char *text, size_t len)
             presence_typing(c, &req);
         }
         break;
+    case PROTO_READ:
+        unread_read(c, &req);
+        break;
+    case PROTO_ROOMS:
+        unread_rooms(c, &req);
+        break;
     case PROTO_EDIT:
     case PROTO_DELETE:
     case PROTO_REACT:
@@ -140,6 +149,7 @@ void session_end(conn_t *c)
         return;
     }
     room_leave_all(c);
+    inbox_remove(c);
     metrics_slot_t *ms = chat_of(c)->metrics;
     if (metrics_get(&ms->connections) > 0) {
         metrics_add(&ms->connections, (uint64_t)-1);

@@ -26,6 +26,8 @@ typedef struct session_s {
     uint32_t refill_ms;         /* loop clock cut to 32 bits: differences only */
     uint32_t flood_start_ms;    /* start of the current one-second window */
     uint32_t flood_count;       /* rate-limited requests in that window */
+    inbox_t *inbox;             /* its user's, on this worker (inbox.h) */
+    struct session_s *inbox_next;
 } session_t;
 
 /* The session of an upgraded conn, and the chat wing that owns it. */

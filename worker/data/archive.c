@@ -30,7 +30,7 @@
 #define ARCHIVE_FIRST_SWEEP_PER_TICK 4096
 #define ARCHIVE_HOT_PER_TICK 64
 
-typedef enum { JOB_WRITE, JOB_FIND, JOB_MAXSEQ, JOB_INDEXES } job_kind_t;
+typedef enum { JOB_WRITE, JOB_FIND, JOB_MAXSEQ, JOB_INDEXES, JOB_GET } job_kind_t;
 
 typedef struct {
     char *id;                   /* stream entry id */
@@ -59,6 +59,11 @@ typedef struct job_s {
     int64_t max_seq;
     archive_find_cb_t *find_cb;
     archive_seq_cb_t *seq_cb;
+    /* JOB_GET: the message (before = its seq) as a payload and a state */
+    archive_get_cb_t *get_cb;
+    char *got_msg;
+    char *got_state;
+    int got_deleted;
     void *arg;
     char err[512];
 } job_t;
@@ -82,6 +87,9 @@ struct archive_s {
      * entries (from this worker's sends, or found by the sweep). */
     int cluster;
     uint8_t hot[HASHSLOT_COUNT / 8];
+    /* Slots noted hot again since their last read was sent: a read that
+     * found nothing new must not clear those (see archive_on_slot_read). */
+    uint8_t renoted[HASHSLOT_COUNT / 8];
     unsigned hot_cursor;
     unsigned hot_measure_cursor;
     unsigned sweep_cursor;
@@ -564,6 +572,102 @@ static void archive_do_find(job_t *j, mongoc_collection_t *col)
     }
 }
 
+/*
+ * One message for a room event on it: its payload (content as it stands)
+ * and a state record in store_event_lua's shape, with every reacting user
+ * (each with the document's v and ts: when exactly each reacted is not
+ * kept in the archive).
+ */
+static void archive_do_get(job_t *j, mongoc_collection_t *col)
+{
+    bson_t *filter = BCON_NEW("roomId", BCON_UTF8(j->room), "seq", BCON_INT64(j->before));
+    bson_t *opts = BCON_NEW("limit", BCON_INT64(1));
+    mongoc_cursor_t *cur = mongoc_collection_find_with_opts(col, filter, opts, NULL);
+    const bson_t *d;
+    bson_error_t err;
+    j->ok = 1;
+    if (mongoc_cursor_next(cur, &d)) {
+        bson_iter_t it;
+        int64_t v = bson_iter_init_find(&it, d, "v") ? bson_iter_as_int64(&it) : j->before;
+        int64_t edited = bson_iter_init_find(&it, d, "edited") ? bson_iter_as_int64(&it) : -1;
+        j->got_deleted = bson_iter_init_find(&it, d, "deleted") && BSON_ITER_HOLDS_BOOL(&it) &&
+                         bson_iter_bool(&it);
+        char *payload = archive_payload(d);
+        cJSON *p = payload != NULL ? cJSON_Parse(payload) : NULL;
+        cJSON *st = cJSON_CreateObject();
+        cJSON *r = NULL;
+        const cJSON *ts = cJSON_GetObjectItemCaseSensitive(p, "ts");
+        int ok = p != NULL && st != NULL && (r = cJSON_AddArrayToObject(st, "r")) != NULL &&
+                 cJSON_AddArrayToObject(st, "v") != NULL;
+        if (ok && edited >= 0) {
+            ok = cJSON_AddNumberToObject(st, "e", (double)edited) != NULL;
+        }
+        /* The payload keeps the current content; reactions go to the state
+         * with every user, which archive_payload would cut to 20. */
+        cJSON_DeleteItemFromObjectCaseSensitive(p, "reactions");
+        cJSON_DeleteItemFromObjectCaseSensitive(p, "edited");
+        if (ok && bson_iter_init_find(&it, d, "reactions") && BSON_ITER_HOLDS_ARRAY(&it)) {
+            bson_iter_t ri;
+            if (bson_iter_recurse(&it, &ri)) {
+                while (ok && bson_iter_next(&ri)) {
+                    bson_iter_t fi, ui;
+                    const char *emoji = NULL;
+                    cJSON *users = cJSON_CreateArray();
+                    if (users == NULL) {
+                        ok = 0;
+                        break;
+                    }
+                    if (BSON_ITER_HOLDS_DOCUMENT(&ri) && bson_iter_recurse(&ri, &fi)) {
+                        while (bson_iter_next(&fi)) {
+                            if (strcmp(bson_iter_key(&fi), "emoji") == 0 && BSON_ITER_HOLDS_UTF8(&fi)) {
+                                emoji = bson_iter_utf8(&fi, NULL);
+                            } else if (strcmp(bson_iter_key(&fi), "users") == 0 && BSON_ITER_HOLDS_ARRAY(&fi) &&
+                                       bson_iter_recurse(&fi, &ui)) {
+                                while (bson_iter_next(&ui)) {
+                                    if (BSON_ITER_HOLDS_UTF8(&ui)) {
+                                        cJSON *u = cJSON_CreateArray();
+                                        cJSON_AddItemToArray(u, cJSON_CreateString(bson_iter_utf8(&ui, NULL)));
+                                        cJSON_AddItemToArray(u, cJSON_CreateNumber((double)v));
+                                        cJSON_AddItemToArray(u, cJSON_CreateNumber(cJSON_IsNumber(ts) ? ts->valuedouble : 0));
+                                        cJSON_AddItemToArray(users, u);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    cJSON *e = emoji != NULL && cJSON_GetArraySize(users) > 0 ? cJSON_CreateObject() : NULL;
+                    if (e == NULL) {
+                        cJSON_Delete(users);
+                        continue;
+                    }
+                    cJSON_AddStringToObject(e, "e", emoji);
+                    cJSON_AddItemToObject(e, "u", users);
+                    cJSON_AddItemToArray(r, e);
+                }
+            }
+        }
+        if (ok) {
+            j->got_msg = cJSON_PrintUnformatted(p);
+            j->got_state = cJSON_PrintUnformatted(st);
+            ok = j->got_msg != NULL && j->got_state != NULL;
+        }
+        if (!ok) {
+            j->ok = 0;
+            snprintf(j->err, sizeof(j->err), "out of memory reading seq %" PRId64, j->before);
+        }
+        cJSON_Delete(p);
+        cJSON_Delete(st);
+        free(payload);
+    }
+    if (mongoc_cursor_error(cur, &err)) {
+        j->ok = 0;
+        snprintf(j->err, sizeof(j->err), "%s", err.message);
+    }
+    mongoc_cursor_destroy(cur);
+    bson_destroy(filter);
+    bson_destroy(opts);
+}
+
 static void archive_do_indexes(job_t *j, mongoc_collection_t *col)
 {
     bson_error_t err;
@@ -600,6 +704,9 @@ static void archive_on_work(uv_work_t *req)
     case JOB_INDEXES:
         archive_do_indexes(j, col);
         break;
+    case JOB_GET:
+        archive_do_get(j, col);
+        break;
     }
     mongoc_collection_destroy(col);
     mongoc_client_pool_push(j->a->pool, client);
@@ -634,6 +741,8 @@ static void job_free(job_t *j)
         free(j->found[i]);
     }
     free(j->found);
+    free(j->got_msg);
+    free(j->got_state);
     free(j);
 }
 
@@ -738,6 +847,13 @@ static void archive_after_work(uv_work_t *req, int status)
             archive_set_up(a, 0, j->err);
         }
         j->seq_cb(j->arg, j->ok ? j->max_seq : -1);
+        break;
+    case JOB_GET:
+        if (!j->ok) {
+            archive_set_up(a, 0, j->err);
+        }
+        j->get_cb(j->arg, j->ok ? (j->got_msg != NULL ? (j->got_deleted ? 2 : 1) : 0) : -1, j->got_msg,
+                  j->got_state);
         break;
     case JOB_INDEXES:
         if (j->ok) {
@@ -904,7 +1020,9 @@ void archive_note_room(archive_t *a, const char *room)
     }
     char chan[200];
     size_t n = store_channel(room, chan, sizeof(chan));
-    archive_set_hot(a, hashslot_of(chan, n), 1);
+    unsigned slot = hashslot_of(chan, n);
+    archive_set_hot(a, slot, 1);
+    a->renoted[slot / 8] |= (uint8_t)(1u << (slot % 8));
 }
 
 typedef struct {
@@ -932,11 +1050,16 @@ static void archive_on_slot_read(void *arg, redisReply *r)
     archive_slot_call_t *sc = arg;
     archive_t *a = sc->a;
     const redisReply *list = archive_read_list(r);
+    int renoted = (a->renoted[sc->slot / 8] >> (sc->slot % 8)) & 1;
     if (list != NULL && a->gather != NULL) {
         size_t got = archive_collect(a->gather, list, sc->slot);
-        if (got == 0 && sc->is_new) {
+        if (got == 0 && sc->is_new && !renoted) {
             archive_set_hot(a, sc->slot, 0);
         }
+    } else if (r != NULL && r->type == REDIS_REPLY_NIL && sc->is_new && !renoted) {
+        /* Nothing new: Redis answers nil, not an empty list. The queue is
+         * read again when a send or the sweep finds entries in it. */
+        archive_set_hot(a, sc->slot, 0);
     } else if (r != NULL && r->type == REDIS_REPLY_ERROR && strstr(r->str, "NOGROUP") != NULL) {
         /* A queue made before its group (by hand, or an older chatd). */
         char q[64];
@@ -978,6 +1101,7 @@ static void archive_pump_cluster(archive_t *a)
         }
         picked++;
         a->hot_cursor = (slot + 1) % HASHSLOT_COUNT;
+        a->renoted[slot / 8] &= (uint8_t)~(1u << (slot % 8));
         for (int is_new = 0; is_new <= 1; is_new++) {
             archive_slot_call_t *sc = malloc(sizeof(*sc));
             if (sc == NULL) {
@@ -1221,6 +1345,26 @@ int archive_find(archive_t *a, const char *room, int64_t before, int limit,
     j->before = before;
     j->limit = limit;
     j->find_cb = cb;
+    j->arg = arg;
+    if (archive_submit(a, j) != 0) {
+        job_free(j);
+        return -1;
+    }
+    return 0;
+}
+
+int archive_get(archive_t *a, const char *room, int64_t seq, archive_get_cb_t *cb, void *arg)
+{
+    if (a == NULL || a->closing) {
+        return -1;
+    }
+    job_t *j = archive_job(a, JOB_GET);
+    if (j == NULL) {
+        return -1;
+    }
+    snprintf(j->room, sizeof(j->room), "%s", room);
+    j->before = seq;
+    j->get_cb = cb;
     j->arg = arg;
     if (archive_submit(a, j) != 0) {
         job_free(j);

@@ -54,6 +54,15 @@ typedef void archive_find_cb_t(void *arg, char **payloads, int n);
 int archive_find(archive_t *a, const char *room, int64_t before, int limit,
                  archive_find_cb_t *cb, void *arg);
 
+/*
+ * The message seq of room, for an event on it that the recent log no
+ * longer holds: found is 1 with its payload and a state record (see
+ * store_event), 2 when it is deleted, 0 when MongoDB has no such message,
+ * -1 when MongoDB failed. The texts belong to the archive until cb returns.
+ */
+typedef void archive_get_cb_t(void *arg, int found, const char *payload, const char *state);
+int archive_get(archive_t *a, const char *room, int64_t seq, archive_get_cb_t *cb, void *arg);
+
 /* The highest seq MongoDB holds for room (0 when none), or -1 on failure. */
 typedef void archive_seq_cb_t(void *arg, int64_t seq);
 int archive_max_seq(archive_t *a, const char *room, archive_seq_cb_t *cb, void *arg);

@@ -17,9 +17,22 @@
 #define STORE_REAP_EVERY_MS 5000
 #define STORE_WORKERS_KEY "chatd:workers"
 #define STORE_ARCHIVE_QUEUE "chatd:archive"
+/* How many of a room's newest message seqs are kept for unread counts:
+ * enough that "100 or more" is exact unless a reader is this far behind
+ * and wrote most of them. */
+#define STORE_UNREAD_KEEP_STR "1000"
+/* Rooms a user's index keeps (the rooms request answers at most 500). */
+#define STORE_USER_ROOMS_KEEP 500
 
 /*
- * KEYS: seq, log, dedup, archive queue, archived cursor.
+ * KEYS: seq, log, dedup, archive queue, archived cursor, the room's
+ * message seqs and the sender's (for unread counts, see store_room_lua).
+ * Every 64 messages it also forgets what the log has left behind: the
+ * copies of deleted entries below its first entry, the recovery window
+ * and what the archive holds (a deleted entry at the head of the log is
+ * a hole, not the log's end), and the state records of messages below the
+ * first entry whose events the archive holds (keys beside the message
+ * seqs, in the same slot).
  * ARGV: payload head ('{"room":"R","seq":'), tail, dedup window (s), log
  * cap, channel, "1" when the message has an id, "1" when archiving, room,
  * publish verb, "1" when the ack waits for replicas.
@@ -63,6 +76,30 @@ static const char store_send_lua[] =
     "end\n"
     "if ARGV[6] == '1' then\n"
     "  redis.call('SET', KEYS[3], seq .. ':' .. string.format('%d', ms), 'EX', ARGV[3])\n"
+    "end\n"
+    "redis.call('ZADD', KEYS[6], seq, seq)\n"
+    "redis.call('ZADD', KEYS[7], seq, seq)\n"
+    "if seq % 64 == 0 then\n"
+    "  redis.call('ZREMRANGEBYRANK', KEYS[6], 0, -" STORE_UNREAD_KEEP_STR " - 1)\n"
+    "  local low = redis.call('ZRANGE', KEYS[6], 0, 0)[1]\n"
+    "  if low then redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', '(' .. low) end\n"
+    "  local base = string.sub(KEYS[6], 1, -3)\n"
+    "  local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)[1]\n"
+    "  if first then\n"
+    "    local f = tonumber(string.match(first[1], '^(%d+)'))\n"
+    "    local done = archive and tonumber(redis.call('GET', KEYS[5]) or '0') or f\n"
+    "    local floor = math.min(f, seq - tonumber(ARGV[4]) + 1, done + 1)\n"
+    "    redis.call('ZREMRANGEBYSCORE', base .. 'gone', '-inf', '(' .. floor)\n"
+    "    for _, t in ipairs(redis.call('ZRANGEBYSCORE', base .. 'sti', '-inf', '(' .. f, 'LIMIT', 0, 64)) do\n"
+    "      local raw = redis.call('HGET', base .. 'st', t)\n"
+    "      local last = 0\n"
+    "      if raw then for _, v in ipairs(cjson.decode(raw).v or {}) do if v > last then last = v end end end\n"
+    "      if last <= done then\n"
+    "        redis.call('HDEL', base .. 'st', t)\n"
+    "        redis.call('ZREM', base .. 'sti', t)\n"
+    "      end\n"
+    "    end\n"
+    "  end\n"
     "end\n"
     "if ARGV[10] ~= '1' then\n"
     "  redis.call(ARGV[9], ARGV[5], 'C' .. seq .. ' ' .. us .. ' ' .. p)\n"
@@ -185,13 +222,19 @@ static const char store_read_lua[] =
 /*
  * A room event (edit, delete, reaction) on a message in the log. KEYS:
  * seq, log, dedup, archive queue, archived cursor, message states, deleted
- * entries, durable mark. ARGV: payload head, tail, dedup window, log cap,
+ * entries, durable mark, the room's message seqs (whose name ends in
+ * "ms"; the sender's own are beside it, in "mu:<sender>"). ARGV: payload head, tail, dedup window, log cap,
  * channel, "1" when the request has an id, "1" when archiving, room,
  * publish verb, "1" when the ack waits for replicas, kind, user, target,
  * "1" when the user is an admin, emoji, "1" for on.
+ * ARGV[17] and ARGV[18], when not empty, are the target's payload and
+ * state as the archive has them, for a target older than the log.
  * Answers {seq, ts, duplicate} as the send script does, or {-2} when the
- * target is not a message of the log (or is deleted), {-3} when the user
- * may not do this to it, {-4} when it has 20 distinct emoji already.
+ * target is not a message of the room (or is deleted), {-3} when the user
+ * may not do this to it, {-4} when it has 20 distinct emoji already, {-5}
+ * when the target is older than the log and only the archive knows it: the
+ * caller reads it there and sends again with it. Such a message's payload
+ * is kept in its state record ('o') from then on.
  * The state record of a message (KEYS[6], field seq) is what history
  * folds in: c/a the edited content, e the edit's ts, d deleted, r the
  * reactions [{e = emoji, u = {{user, seq, ts}, ...}}], o the seq and ts
@@ -210,14 +253,29 @@ static const char store_event_lua[] =
     "  return {tonumber(s), tonumber(t), 1}\n"
     "end\n"
     "local target = tonumber(ARGV[13])\n"
-    "if ARGV[10] == '1' and target > tonumber(redis.call('GET', KEYS[8]) or '0') then return {-2, 0, 0} end\n"
-    "local found = redis.call('XRANGE', KEYS[2], target .. '-1', target .. '-1')\n"
-    "if #found == 0 or found[1][2][3] == 't' then return {-2, 0, 0} end\n"
-    "local orig = found[1][2][2]\n"
-    "local msg = cjson.decode(orig)\n"
+    "local top = tonumber(redis.call('GET', KEYS[1]) or '0')\n"
+    "if ARGV[10] == '1' then top = tonumber(redis.call('GET', KEYS[8]) or '0') end\n"
+    "if target > top then return {-2, 0, 0} end\n"
     "local raw = redis.call('HGET', KEYS[6], target)\n"
-    "local st = raw and cjson.decode(raw) or {}\n"
-    "if st.d then return {-2, 0, 0} end\n"
+    "local st = raw and cjson.decode(raw) or nil\n"
+    "if st and st.d then return {-2, 0, 0} end\n"
+    "local orig, inlog\n"
+    "local found = redis.call('XRANGE', KEYS[2], target .. '-1', target .. '-1')\n"
+    "if #found > 0 then\n"
+    "  if found[1][2][3] == 't' then return {-2, 0, 0} end\n"
+    "  orig, inlog = found[1][2][2], true\n"
+    "elseif st and st.o then\n"
+    "  orig = st.o\n"
+    "else\n"
+    "  local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)[1]\n"
+    "  local below = not first or target < tonumber(string.match(first[1], '^(%d+)'))\n"
+    "  if not below or ARGV[7] ~= '1' then return {-2, 0, 0} end\n"
+    "  if ARGV[17] == '' then return {-5, 0, 0} end\n"
+    "  orig, st = ARGV[17], cjson.decode(ARGV[18])\n"
+    "  st.o = orig\n"
+    "end\n"
+    "st = st or {}\n"
+    "local msg = cjson.decode(orig)\n"
     "local kind, user, emoji = ARGV[11], ARGV[12], ARGV[15]\n"
     "if kind == 'edit' and msg.sender ~= user then return {-3, 0, 0} end\n"
     "if kind == 'delete' and msg.sender ~= user and ARGV[14] ~= '1' then return {-3, 0, 0} end\n"
@@ -262,8 +320,12 @@ static const char store_event_lua[] =
     "      ',\"content\":\"\",\"attachments\":[],\"deleted\":true' .. cid .. '}'\n"
     "  end\n"
     "  orig = gone(msg, '')\n"
-    "  redis.call('XDEL', KEYS[2], target .. '-1')\n"
-    "  redis.call('ZADD', KEYS[7], target, 'chat ' .. orig)\n"
+    "  if inlog then\n"
+    "    redis.call('XDEL', KEYS[2], target .. '-1')\n"
+    "    redis.call('ZADD', KEYS[7], target, 'chat ' .. orig)\n"
+    "  end\n"
+    "  redis.call('ZREM', KEYS[9], target)\n"
+    "  redis.call('ZREM', string.sub(KEYS[9], 1, -3) .. 'mu:' .. msg.sender, target)\n"
     "  for _, es in ipairs(st.v) do\n"
     "    local x = redis.call('XRANGE', KEYS[2], es .. '-1', es .. '-1')\n"
     "    if #x > 0 then\n"
@@ -276,9 +338,10 @@ static const char store_event_lua[] =
     "  end\n"
     "  st = {d = 1, v = {}}\n"
     "end\n"
-    "if kind ~= 'delete' then table.insert(st.v, seq) end\n"
+    "table.insert(st.v, seq)\n"
     "local sj = cjson.encode(st)\n"
     "redis.call('HSET', KEYS[6], target, sj)\n"
+    "redis.call('ZADD', KEYS[6] .. 'i', target, target)\n"
     "local archive = ARGV[7] == '1'\n"
     "local fields = {'m', p, 't', kind}\n"
     "if archive then\n"
@@ -389,6 +452,62 @@ static const char store_reap_legacy_lua[] =
     "redis.call('DEL', set)\n"
     "return 1\n";
 
+/*
+ * Where a user stands in a room. KEYS: seq, durable mark, read cursors,
+ * the room's message seqs, the user's own, log. ARGV: user, "1" when acks
+ * wait for replicas. Returns {the room's seq, the user's read cursor,
+ * unread (messages by others above it, up to 100), ts of the room's last
+ * event (0 for none)}.
+ */
+static const char store_room_lua[] =
+    "local d = tonumber(redis.call('GET', KEYS[1]) or '0')\n"
+    "if ARGV[2] == '1' then d = tonumber(redis.call('GET', KEYS[2]) or '0') end\n"
+    "local r = tonumber(redis.call('HGET', KEYS[3], ARGV[1]) or '0')\n"
+    "if r > d then r = d end\n"
+    "local n = 0\n"
+    "if d > r then\n"
+    "  n = redis.call('ZCOUNT', KEYS[4], r + 1, d) - redis.call('ZCOUNT', KEYS[5], r + 1, d)\n"
+    "  if n > 100 then n = 100 elseif n < 0 then n = 0 end\n"
+    "end\n"
+    "local ts = 0\n"
+    "if d > 0 then\n"
+    "  local e = redis.call('XREVRANGE', KEYS[6], d .. '-1', '-', 'COUNT', 1)[1]\n"
+    "  if e then ts = tonumber(string.match(e[2][2], '\"ts\":(%d+)') or '0') end\n"
+    "end\n"
+    "return {d, r, n, ts}\n";
+
+/*
+ * A read receipt. KEYS: read cursors, seq, durable mark, presence. ARGV:
+ * user, seq, "1" when acks wait for replicas, member-events limit,
+ * channel, publish verb, room. The cursor only moves forward, and never
+ * past the room's (durable) seq. A moved cursor is published to the room
+ * as an ephemeral frame for everyone but the reader's own connections
+ * (they hear it on the user's channel), while the room is small enough
+ * for member events. Returns {1 when it moved, the cursor}.
+ */
+static const char store_read_cursor_lua[] =
+    "local d = tonumber(redis.call('GET', KEYS[2]) or '0')\n"
+    "if ARGV[3] == '1' then d = tonumber(redis.call('GET', KEYS[3]) or '0') end\n"
+    "local s = tonumber(ARGV[2])\n"
+    "if s > d then s = d end\n"
+    "local cur = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')\n"
+    "if s <= cur then return {0, cur} end\n"
+    "redis.call('HSET', KEYS[1], ARGV[1], s)\n"
+    "if redis.call('HLEN', KEYS[4]) <= tonumber(ARGV[4]) then\n"
+    "  local f = '{\"type\":\"receipt\",\"payload\":{\"room\":' .. cjson.encode(ARGV[7]) ..\n"
+    "    ',\"user\":' .. cjson.encode(ARGV[1]) .. ',\"seq\":' .. s .. '}}'\n"
+    "  redis.call(ARGV[6], ARGV[5], 'X' .. ARGV[1] .. '\\n' .. f)\n"
+    "end\n"
+    "return {1, s}\n";
+
+/* A user's rooms. KEYS: the index. ARGV: room, keep. Marks room as
+ * touched now and forgets the longest untouched beyond keep. */
+static const char store_user_room_lua[] =
+    "local tm = redis.call('TIME')\n"
+    "redis.call('ZADD', KEYS[1], tonumber(tm[1]) * 1000 + math.floor(tonumber(tm[2]) / 1000), ARGV[1])\n"
+    "redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -tonumber(ARGV[2]) - 1)\n"
+    "return 1\n";
+
 /* KEYS: the worker registry. ARGV: dead-after (ms). Up to 10 workers whose
  * heartbeat is older, by Redis's clock. */
 static const char store_dead_lua[] =
@@ -412,7 +531,8 @@ static const char store_heartbeat_lua[] =
  */
 enum {
     STORE_SEND, STORE_EVENT, STORE_COMMIT, STORE_READ, STORE_TOUCH, STORE_MEMBER, STORE_REAP_ROOM,
-    STORE_DEAD, STORE_HEARTBEAT, STORE_REAP_LEGACY, STORE_NSCRIPTS
+    STORE_DEAD, STORE_HEARTBEAT, STORE_REAP_LEGACY, STORE_ROOM, STORE_READ_CURSOR, STORE_USER_ROOM,
+    STORE_NSCRIPTS
 };
 
 static struct {
@@ -429,6 +549,9 @@ static struct {
     [STORE_DEAD] = { store_dead_lua, "" },
     [STORE_HEARTBEAT] = { store_heartbeat_lua, "" },
     [STORE_REAP_LEGACY] = { store_reap_legacy_lua, "" },
+    [STORE_ROOM] = { store_room_lua, "" },
+    [STORE_READ_CURSOR] = { store_read_cursor_lua, "" },
+    [STORE_USER_ROOM] = { store_user_room_lua, "" },
 };
 
 /*
@@ -764,7 +887,8 @@ static void store_on_sent(redisAsyncContext *ac, void *arg, redisReply *r)
     if (st->ack.seq < 0) {
         /* The scripts' refusals: see store_send_lua and store_event_lua. */
         store_send_done(st, st->ack.seq == -1 ? STORE_NO_COUNTER : st->ack.seq == -2 ? STORE_NOT_FOUND
-                            : st->ack.seq == -3 ? STORE_FORBIDDEN : STORE_TOO_MANY);
+                            : st->ack.seq == -3 ? STORE_FORBIDDEN : st->ack.seq == -4 ? STORE_TOO_MANY
+                            : STORE_IN_ARCHIVE);
         return;
     }
     if (!store_waits(st->bus)) {
@@ -794,7 +918,11 @@ static int store_submit(bus_t *b, const char *room, const char *sender, const ch
     char kdedup[400];
     snprintf(kdedup, sizeof(kdedup), "chatd:{%s}:d:%zu:%s:%s", room, strlen(sender), sender,
              id != NULL ? id : "");
-    char karch[160], kqueue[200], kstate[160], kgone[160], kdur[160], target[24];
+    char karch[160], kqueue[200], kstate[160], kgone[160], kdur[160], kms[160], kmu[300], target[24];
+    char musuffix[80];
+    snprintf(musuffix, sizeof(musuffix), "mu:%s", sender);
+    store_key(kms, sizeof(kms), room, "ms");
+    store_key(kmu, sizeof(kmu), room, musuffix);
     store_key(karch, sizeof(karch), room, "archived");
     store_key(kstate, sizeof(kstate), room, "st");
     store_key(kgone, sizeof(kgone), room, "gone");
@@ -814,18 +942,19 @@ static int store_submit(bus_t *b, const char *room, const char *sender, const ch
     const char *waits = store_waits(b) ? "1" : "0";
     int rc;
     if (ev == NULL) {
-        const char *argv[] = { "5", kseq, klog, kdedup, kqueue, karch,
+        const char *argv[] = { "7", kseq, klog, kdedup, kqueue, karch, kms, kmu,
                                head, tail, win, cap, chan, id != NULL ? "1" : "0", archiving, room,
                                bus_publish_verb(b), waits };
-        rc = store_evalv_on(b, store_waits(b), STORE_SEND, NULL, store_on_sent, st, 16, argv);
+        rc = store_evalv_on(b, store_waits(b), STORE_SEND, NULL, store_on_sent, st, 18, argv);
     } else {
         snprintf(target, sizeof(target), "%" PRId64, ev->target);
-        const char *argv[] = { "8", kseq, klog, kdedup, kqueue, karch, kstate, kgone, kdur,
+        const char *argv[] = { "9", kseq, klog, kdedup, kqueue, karch, kstate, kgone, kdur, kms,
                                head, tail, win, cap, chan, id != NULL ? "1" : "0", archiving, room,
                                bus_publish_verb(b), waits, ev->kind, sender, target,
                                ev->admin ? "1" : "0", ev->emoji != NULL ? ev->emoji : "",
-                               ev->on ? "1" : "0" };
-        rc = store_evalv_on(b, store_waits(b), STORE_EVENT, NULL, store_on_sent, st, 25, argv);
+                               ev->on ? "1" : "0", ev->seed_msg != NULL ? ev->seed_msg : "",
+                               ev->seed_state != NULL ? ev->seed_state : "{}" };
+        rc = store_evalv_on(b, store_waits(b), STORE_EVENT, NULL, store_on_sent, st, 28, argv);
     }
     if (rc != 0) {
         free(st);
@@ -1145,6 +1274,79 @@ void store_typing(bus_t *b, const char *room, const char *user, int active)
     }
     buf_free(&msg);
     free(frame);
+}
+
+/* ------------------------------------------------ users: rooms, receipts */
+
+size_t store_user_channel(const char *user, char *out, size_t outlen)
+{
+    int n = snprintf(out, outlen, "chatd:u:{%s}", user);
+    return n < 0 || (size_t)n >= outlen ? 0 : (size_t)n;
+}
+
+void store_user_publish(bus_t *b, const char *user, const char *msg, size_t len)
+{
+    char chan[128];
+    size_t clen = store_user_channel(user, chan, sizeof(chan));
+    const char *verb = bus_publish_verb(b);
+    const char *argv[] = { verb, chan, msg };
+    size_t lens[] = { strlen(verb), clen, len };
+    if (clen > 0) {
+        bus_command(b, chan, clen, NULL, NULL, 3, argv, lens);
+    }
+}
+
+int store_room_state(bus_t *b, const char *room, const char *user, store_cb_t *cb, void *arg)
+{
+    char kseq[160], kd[160], krd[160], kms[160], kmu[300], klog[160], musuffix[80];
+    store_key(kseq, sizeof(kseq), room, "seq");
+    store_key(kd, sizeof(kd), room, "durable");
+    store_key(krd, sizeof(krd), room, "rd");
+    store_key(kms, sizeof(kms), room, "ms");
+    snprintf(musuffix, sizeof(musuffix), "mu:%s", user);
+    store_key(kmu, sizeof(kmu), room, musuffix);
+    store_key(klog, sizeof(klog), room, "log");
+    const char *argv[] = { "6", kseq, kd, krd, kms, kmu, klog, user, store_waits(b) ? "1" : "0" };
+    return store_evalv(b, STORE_ROOM, cb, NULL, arg, 9, argv);
+}
+
+int store_read_cursor(bus_t *b, const char *room, const char *user, int64_t seq, store_cb_t *cb, void *arg)
+{
+    char krd[160], kseq[160], kd[160], ku[160], chan[160], v[24], limit[24];
+    store_key(krd, sizeof(krd), room, "rd");
+    store_key(kseq, sizeof(kseq), room, "seq");
+    store_key(kd, sizeof(kd), room, "durable");
+    store_key(ku, sizeof(ku), room, "u");
+    store_channel(room, chan, sizeof(chan));
+    snprintf(v, sizeof(v), "%" PRId64, seq);
+    snprintf(limit, sizeof(limit), "%d", bus_env(b)->cfg->member_events);
+    const char *argv[] = { "4", krd, kseq, kd, ku, user, v, store_waits(b) ? "1" : "0", limit, chan,
+                           bus_publish_verb(b), room };
+    return store_evalv(b, STORE_READ_CURSOR, cb, NULL, arg, 12, argv);
+}
+
+static void store_user_key(char *out, size_t outlen, const char *user)
+{
+    snprintf(out, outlen, "chatd:ur:{%s}", user);
+}
+
+void store_user_room(bus_t *b, const char *user, const char *room)
+{
+    char key[128], keep[16];
+    store_user_key(key, sizeof(key), user);
+    snprintf(keep, sizeof(keep), "%d", STORE_USER_ROOMS_KEEP);
+    const char *argv[] = { "1", key, room, keep };
+    store_evalv(b, STORE_USER_ROOM, NULL, NULL, NULL, 4, argv);
+}
+
+int store_user_rooms(bus_t *b, const char *user, store_cb_t *cb, void *arg)
+{
+    char key[128], last[16];
+    store_user_key(key, sizeof(key), user);
+    snprintf(last, sizeof(last), "%d", STORE_USER_ROOMS_KEEP - 1);
+    const char *argv[] = { "ZREVRANGE", key, "0", last };
+    size_t lens[] = { 9, strlen(key), 1, strlen(last) };
+    return store_call(b, cb, arg, 4, argv, lens);
 }
 
 int store_entry(const redisReply *e, store_entry_t *out)

@@ -43,7 +43,8 @@ enum {
     STORE_NO_COUNTER,           /* the room has no counter: seed it from the archive */
     STORE_NOT_FOUND,            /* an event's target is not a message of the log */
     STORE_FORBIDDEN,            /* the user may not do this to the target */
-    STORE_TOO_MANY              /* a new emoji on a message that has 20 */
+    STORE_TOO_MANY,             /* a new emoji on a message that has 20 */
+    STORE_IN_ARCHIVE            /* the target is older than the log: send again with it from the archive */
 };
 typedef struct store_ack_s {
     int64_t seq;
@@ -76,12 +77,15 @@ typedef struct store_event_s {
     int admin;                  /* the user may delete anyone's message */
     const char *emoji;          /* reaction */
     int on;                     /* reaction */
+    const char *seed_msg;       /* after STORE_IN_ARCHIVE: the archive's payload and state, */
+    const char *seed_state;     /* else NULL */
 } store_event_t;
 
 /*
  * Accepts a room event the way store_send accepts a chat (same dedup,
  * seq, durability and callback), checking its target in the same atomic
- * step: cb may also get STORE_NOT_FOUND, STORE_FORBIDDEN or STORE_TOO_MANY,
+ * step: cb may also get STORE_NOT_FOUND, STORE_FORBIDDEN, STORE_TOO_MANY,
+ * STORE_IN_ARCHIVE (see seed_msg),
  * or STORE_OK with duplicate set and the seq of the event that made the
  * state a reaction asks for (nothing is stored or broadcast then). tail is
  * proto_encode_event_tail()'s text.
@@ -138,6 +142,33 @@ void store_member(bus_t *b, const char *room, const char *user, int joined);
 
 /* Publishes a typing event. Fire and forget. */
 void store_typing(bus_t *b, const char *room, const char *user, int active);
+
+/*
+ * Users. Each user has a channel ("chatd:u:{user}", sharded by the user's
+ * name in a cluster) that every worker holding a connection of the user
+ * subscribes to, and an index of the rooms they joined or got a direct
+ * message in.
+ */
+size_t store_user_channel(const char *user, char *out, size_t outlen);
+
+/* Publishes msg (len bytes) on user's channel. Fire and forget. */
+void store_user_publish(bus_t *b, const char *user, const char *msg, size_t len);
+
+/* Where user stands in room: an array {the room's seq, the user's read
+ * cursor, unread messages up to 100, ts of the room's last event}. */
+int store_room_state(bus_t *b, const char *room, const char *user, store_cb_t *cb, void *arg);
+
+/* Moves user's read cursor of room forward to seq (never back, never past
+ * the room's seq), announcing it to the room while it is small: an array
+ * {1 when it moved, the cursor}. */
+int store_read_cursor(bus_t *b, const char *room, const char *user, int64_t seq, store_cb_t *cb, void *arg);
+
+/* Marks room as one of user's rooms (touched now). Fire and forget. */
+void store_user_room(bus_t *b, const char *user, const char *room);
+
+/* user's rooms, most recently touched first, at most 500 (an array of
+ * names). */
+int store_user_rooms(bus_t *b, const char *user, store_cb_t *cb, void *arg);
 
 /* One entry of a read: pointers into the reply. */
 typedef struct store_entry_s {
