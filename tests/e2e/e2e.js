@@ -336,11 +336,11 @@ async function main() {
     assert.doesNotMatch(csp, /unsafe-inline|unsafe-eval/);
     assert.equal(r.headers['x-content-type-options'], 'nosniff');
     assert.match(r.headers['cache-control'] || '', /no-cache/);
-    assert.match(r.body, /<script src="\/app\.js\?v=[0-9a-f]+" defer><\/script>/);
+    assert.match(r.body, /<script type="module" src="\/main\.js\?v=[0-9a-f]+"><\/script>/);
     assert.doesNotMatch(r.body, /<script(?![^>]*\bsrc=)[^>]*>/, 'no inline script');
     const same = await rawGet(port, '/index.html');
     assert.equal(same.body, r.body);
-    for (const [p, type] of [['/app.js', 'text/javascript; charset=utf-8'],
+    for (const [p, type] of [['/main.js', 'text/javascript; charset=utf-8'],
       ['/style.css', 'text/css; charset=utf-8'], ['/favicon.svg', 'image/svg+xml']]) {
       const a = await rawGet(port, p + '?v=whatever');
       assert.equal(a.status, 200, p);
@@ -349,16 +349,46 @@ async function main() {
       assert.ok(a.headers['content-security-policy'], p);
       assert.equal(Number(a.headers['content-length']), Buffer.byteLength(a.body, 'latin1'), p);
     }
-    const head = await rawGet(port, '/app.js', 'HEAD');
+    const head = await rawGet(port, '/main.js', 'HEAD');
     assert.equal(head.status, 200);
     assert.ok(Number(head.headers['content-length']) > 1000);
     assert.equal(head.body, '', 'HEAD has no body');
   });
 
+  await test('ES modules: every import names its module with a version stamp, one URL per module', async () => {
+    // Served immutable, a module must change URL whenever it or anything it
+    // imports changes: chatd stamps each import specifier (worker/net/web.c).
+    const index = await rawGet(port, '/');
+    const entry = /src="\/main\.js(\?v=[0-9a-f]{8})"/.exec(index.body);
+    assert.ok(entry, 'main.js is stamped in index.html');
+    const seen = new Map([['main.js', entry[1]]]);
+    const queue = ['main.js'];
+    while (queue.length) {
+      const name = queue.shift();
+      const r = await rawGet(port, '/' + name + seen.get(name));
+      assert.equal(r.status, 200, name);
+      assert.match(r.headers['cache-control'] || '', /immutable/, name);
+      const specs = Array.from(r.body.matchAll(/\bfrom\s*['"]([^'"]+)['"]|\bimport\s*\(?\s*['"]([^'"]+)['"]/g),
+        (m) => m[1] || m[2]);
+      for (const spec of specs) {
+        const m = /^\.\/([a-z]+\.js)(\?v=[0-9a-f]{8})$/.exec(spec);
+        assert.ok(m, name + ' imports ' + spec + ' without a version stamp');
+        if (seen.has(m[1])) {
+          assert.equal(seen.get(m[1]), m[2], 'two URLs for ' + m[1]);
+        } else {
+          seen.set(m[1], m[2]);
+          queue.push(m[1]);
+        }
+      }
+    }
+    const files = fs.readdirSync(path.join(REPO, 'worker', 'web')).filter((f) => f.endsWith('.js'));
+    assert.deepEqual(Array.from(seen.keys()).sort(), files.sort(), 'every module is reached from main.js');
+  });
+
   await test('path traversal and unknown paths get 404', async () => {
     for (const p of ['/../Makefile', '/%2e%2e/Makefile', '/worker/web/../../Makefile',
-      '/%2E%2E%2FMakefile', '/..%2fMakefile', '/web/app.js', '//etc/passwd', '/app.js/',
-      '/./app.js', '/.gitignore', '/app.js%00', '/APP.JS', '/worker/web/app.js', '/nope.html']) {
+      '/%2E%2E%2FMakefile', '/..%2fMakefile', '/web/main.js', '//etc/passwd', '/main.js/',
+      '/./main.js', '/.gitignore', '/main.js%00', '/MAIN.JS', '/worker/web/main.js', '/nope.html']) {
       const r = await rawGet(port, p);
       assert.equal(r.status, 404, p + ' gave ' + r.status);
       assert.doesNotMatch(r.body, /CFLAGS|root:/, p);
