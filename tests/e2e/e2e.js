@@ -639,6 +639,15 @@ async function main() {
       null, { timeout: 5000 });
   });
 
+  await test('a reload keeps every room and rejoins them', async () => {
+    const { alice } = ctx;
+    await alice.reload({ timeout: 10000 });
+    await online(alice);
+    const names = await alice.$$eval('#rooms button[data-room]', (bs) => bs.map((b) => b.dataset.room));
+    assert.deepEqual(names.sort(), ['archive', 'engineering', 'general', 'random']);
+    await waitText(alice, 'archived message 80');
+  });
+
   await test('an error frame is shown (forbidden: over --max-rooms)', async () => {
     const { alice } = ctx;
     // alice holds general, random, engineering, archive: the limit is 4.

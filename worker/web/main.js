@@ -23,7 +23,7 @@
  * href: never innerHTML.
  */
 import { ROOM_RE, USER_RE, urlWith } from './util.js';
-import { S, activeRoom, loadRooms } from './state.js';
+import { S, activeRoom, loadRooms, saveRooms } from './state.js';
 import * as conn from './conn.js';
 import { ui, renderMe, renderRooms, renderPresence, renderTyping, renderOlder, setConn,
   showBanner, hideBanner, nearBottom, scrollToBottom, closeDrawer } from './views.js';
@@ -78,7 +78,10 @@ function onWelcome(p) {
   setConn('online');
   if (!ui.banner.classList.contains('keep')) hideBanner();
   if (first) {
-    for (const r of loadRooms()) ensureRoom(r, false);
+    const saved = loadRooms();
+    S.roomsLoaded = true;
+    for (const r of saved) ensureRoom(r, false);
+    saveRooms();
     outbox.restore((name) => ensureRoom(name, false));
   }
   for (const room of S.rooms.values()) sendJoin(room);

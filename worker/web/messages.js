@@ -13,9 +13,14 @@ export function addChat(p, source) {
   const room = S.rooms.get(p.room);
   if (!room || typeof p.seq !== 'number') return false;
   const own = p.sender === S.me;
+  // Live frames come in seq order, and history pages without `before` are
+  // the newest and contiguous (older pages lie below), so the highest seq
+  // seen in either is always a safe `since`.
+  if (p.seq > room.lastSeq) room.lastSeq = p.seq;
   if (room.msgs.has(p.seq)) {
-    // Already shown. Our own message may still be in the outbox (replayed
-    // after a reconnect before its ack): keep it pending until acked.
+    // Already shown (say, our own, placed at its ack). Our own message may
+    // also still be in the outbox (replayed after a reconnect before its
+    // ack): keep it pending until acked.
     return false;
   }
   let node = null;
@@ -37,10 +42,6 @@ export function addChat(p, source) {
   room.msgs.set(p.seq, { p, node });
   if (p.seq < room.oldest) room.oldest = p.seq;
   if (p.seq === 1) room.more = false;
-  // History pages without `before` are the newest and contiguous, and
-  // older pages lie below lastSeq, so the highest seq held is always a
-  // safe `since`.
-  if (p.seq > room.lastSeq) room.lastSeq = p.seq;
   if (source === 'live' && !own) {
     removeTyper(room, p.sender);
     if (room !== activeRoom() || document.hidden) {

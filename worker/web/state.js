@@ -28,6 +28,7 @@ export const S = {
   tokensAt: 0,
   rooms: new Map(),       // name -> room (see rooms.js)
   order: [],              // room names in sidebar order
+  roomsLoaded: false,     // the saved room list was read (see saveRooms)
   active: null,           // the open room's name
   outbox: [],             // unacked room events we sent, in the order written (outbox.js)
   requests: new Map(),    // request id -> { kind, room, ... }
@@ -44,7 +45,10 @@ export function storeKey(what) {
   return 'chatd.' + what + '.' + (S.me || (S.ident && S.ident.user) || 'token');
 }
 
+// Nothing is saved before the saved list was read (at the first welcome,
+// when our name is sure), or the room of the address would replace it.
 export function saveRooms() {
+  if (!S.roomsLoaded) return;
   try { localStorage.setItem(storeKey('rooms'), JSON.stringify(S.order)); } catch (e) { /* private mode */ }
 }
 
