@@ -1,21 +1,30 @@
 /*
- * The composer: writing a message (text and an optional link), checking
- * it against the server's limits, and telling the room we are typing.
+ * The composer: writing a message (text and an optional link), editing
+ * one of ours (protocol 1.1; Up in an empty composer edits the last one),
+ * checking both against the server's limits, and telling the room we are
+ * typing.
  */
 import { safeUrl, guessType, utf8Len } from './util.js';
 import { S, activeRoom } from './state.js';
 import { send, nextId, takeToken } from './conn.js';
 import { ui, showBanner, scrollToBottom } from './views.js';
-import { queueChat } from './outbox.js';
+import { queueChat, queueEvent } from './outbox.js';
+import { lastOwn } from './messages.js';
 
 const TYPING_REPEAT_MS = 3000;    // resend active:true at most this often
 const TYPING_IDLE_MS = 3500;      // send active:false after this pause
 
 const typing = { room: null, active: false, lastSent: 0, idleTimer: null };
 
+let editing = null;               // { room, seq, node, draft } while editing
+
 export function submit() {
   const room = activeRoom();
   if (!room) return;
+  if (editing) {
+    submitEdit();
+    return;
+  }
   const content = ui.input.value.replace(/\s+$/, '');
   const attachments = [];
   const rawUrl = ui.attachUrl.value.trim();
@@ -32,12 +41,15 @@ export function submit() {
     if (attachments.length) sendMessage(room, attachments[0].url, attachments);
     return;
   }
-  const bytes = utf8Len(content);
-  if (bytes > S.limits.maxContent) {
-    showBanner('Message too long: ' + bytes + ' bytes, the limit is ' + S.limits.maxContent + '.', 'error', 6000);
-    return;
-  }
+  if (tooLong(content)) return;
   sendMessage(room, content, attachments);
+}
+
+function tooLong(content) {
+  const bytes = utf8Len(content);
+  if (bytes <= S.limits.maxContent) return false;
+  showBanner('Message too long: ' + bytes + ' bytes, the limit is ' + S.limits.maxContent + '.', 'error', 6000);
+  return true;
 }
 
 function sendMessage(room, content, attachments) {
@@ -50,6 +62,69 @@ function sendMessage(room, content, attachments) {
   scrollToBottom();
 }
 
+// ------------------------------------------------------- editing
+// Puts one of our messages into the composer for editing; what was being
+// written waits and comes back afterwards.
+export function startEdit(room, seq) {
+  const entry = room.msgs.get(seq);
+  if (!S.v11 || !entry || entry.p.deleted || entry.p.sender !== S.me) return;
+  cancelEdit();
+  stopTyping();
+  editing = { room: room.name, seq, node: entry.node, draft: ui.input.value };
+  entry.node.classList.add('editing');
+  ui.editBar.hidden = false;
+  ui.attachRow.hidden = true;
+  ui.input.value = entry.p.content;
+  autosize();
+  ui.input.focus();
+  ui.input.setSelectionRange(ui.input.value.length, ui.input.value.length);
+}
+
+export function cancelEdit() {
+  if (!editing) return;
+  editing.node.classList.remove('editing');
+  ui.input.value = editing.draft;
+  editing = null;
+  ui.editBar.hidden = true;
+  autosize();
+}
+
+// Up in an empty composer: edit our newest message. Returns whether it did.
+export function editLast() {
+  const room = activeRoom();
+  if (!S.v11 || editing || !room || ui.input.value !== '') return false;
+  const seq = lastOwn(room);
+  if (seq === null) return false;
+  startEdit(room, seq);
+  return true;
+}
+
+export function isEditing() {
+  return editing !== null;
+}
+
+function submitEdit() {
+  const room = S.rooms.get(editing.room);
+  const entry = room && room.msgs.get(editing.seq);
+  if (!entry || entry.p.deleted) {
+    cancelEdit();
+    return;
+  }
+  const content = ui.input.value.replace(/\s+$/, '');
+  if (!content.trim()) {
+    showBanner('A message cannot be empty: delete it instead.', 'error', 5000);
+    return;
+  }
+  if (tooLong(content)) return;
+  if (content !== entry.p.content) {
+    // The attachments go along unchanged, so that the edit keeps them
+    // however a server reads an edit without them.
+    queueEvent('edit', room, { room: room.name, target: editing.seq, content,
+      attachments: Array.isArray(entry.p.attachments) ? entry.p.attachments : [] });
+  }
+  cancelEdit();
+}
+
 // ------------------------------------------------------- typing
 function sendTyping(room, active) {
   if (!room || !room.joined || S.conn !== 'online') return false;
@@ -60,7 +135,7 @@ function sendTyping(room, active) {
 export function onInput() {
   autosize();
   const room = activeRoom();
-  if (!room) return;
+  if (!room || editing) return;
   const now = Date.now();
   const t = typing;
   if (ui.input.value.trim() === '') {

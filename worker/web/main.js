@@ -4,35 +4,46 @@
  *
  *   conn.js      the WebSocket: reconnect with backoff, request ids, rate
  *   outbox.js    what we sent and was not acked yet: resent with the same id
- *   rooms.js     per-room state, joining with `since`, history paging
- *   messages.js  a room's messages by seq
+ *   rooms.js     per-room state, joining with `since`, history, room list
+ *   messages.js  a room's messages by seq, with edits, deletes, reactions
+ *   unread.js    unread counts, the read cursor, "new messages"
  *   presence.js  members and typing
- *   composer.js  writing messages
+ *   composer.js  writing and editing messages
+ *   actions.js   the message menu: react, edit, delete
+ *   dm.js        direct message rooms and notifications
  *   views.js, msgview.js  rendering; util.js, state.js  shared helpers, state
  *
  * Guarantees the user can see:
- *  - every message sent carries an id and stays "pending" until the server's
- *    ack (durable); it is resent with the same id after a reconnect until
- *    acked, so the server's deduplication makes retries harmless;
+ *  - every message (and edit, delete, reaction) sent carries an id and
+ *    stays pending until the server's ack (durable); it is resent with the
+ *    same id after a reconnect until acked, so the server's deduplication
+ *    makes retries harmless;
  *  - after a disconnect the client reconnects with exponential backoff and
- *    jitter and rejoins every room with `since` = the last seq it holds, so
- *    nothing is missed; messages are kept per room by seq, so nothing is
- *    shown twice and everything is shown in seq order.
+ *    jitter and rejoins every room with `since` = the highest seq of any
+ *    event it holds, so nothing is missed; messages are kept per room by
+ *    seq, so nothing is shown twice and everything is shown in seq order;
+ *  - against a server of protocol 1.0 everything of 1.0 works; what 1.1
+ *    adds (the message menu, read receipts) appears once the server shows
+ *    it speaks 1.1, and its requests fail silently otherwise.
  *
  * User data only ever reaches the page through textContent or a validated
  * href: never innerHTML.
  */
-import { ROOM_RE, USER_RE, urlWith } from './util.js';
+import { USER_RE, urlWith } from './util.js';
 import { S, activeRoom, loadRooms, saveRooms } from './state.js';
+import { dmName, validRoom, askNotify } from './dm.js';
 import * as conn from './conn.js';
 import { ui, renderMe, renderRooms, renderPresence, renderTyping, renderOlder, setConn,
-  showBanner, hideBanner, nearBottom, scrollToBottom, closeDrawer } from './views.js';
-import { addChat } from './messages.js';
+  showBanner, hideBanner, nearBottom, scrollToBottom, closeDrawer, setV11 } from './views.js';
+import { addChat, onEvent } from './messages.js';
 import { requestPresence, onPresence, onMember, onTyping } from './presence.js';
 import * as outbox from './outbox.js';
 import { ensureRoom, selectRoom, leaveRoom, sendJoin, roomsDown, onJoined, joinFailed,
-  onHistory, olderFailed, maybeLoadOlder } from './rooms.js';
-import { submit, onInput, stopTyping, typingDown, toggleAttach } from './composer.js';
+  onHistory, olderFailed, maybeLoadOlder, onRoomsList, onNotify, nameRooms } from './rooms.js';
+import { onReceipt, scheduleRead } from './unread.js';
+import { submit, onInput, stopTyping, typingDown, toggleAttach, editLast, cancelEdit,
+  isEditing } from './composer.js';
+import { onMessageClick, closeMenus } from './actions.js';
 
 const PRESENCE_POLL_MS = 30000;
 
@@ -51,9 +62,13 @@ function handle(msg) {
     case 'presence': onPresence(p); break;
     case 'member': onMember(p); break;
     case 'typing': onTyping(p); break;
-    case 'pong': break;
+    case 'edit': case 'delete': case 'reaction': onEvent(msg.type, p, 'live'); break;
+    case 'receipt': onReceipt(p); break;
+    case 'rooms': onRoomsList(p); break;
+    case 'notify': onNotify(p); break;
+    case 'pong': case 'ok': break;
     case 'error': onError(msg.id, p, req); break;
-    default: break;
+    default: break;     // a frame type of a later protocol
   }
 }
 
@@ -71,7 +86,10 @@ function onWelcome(p) {
     }
   }
   conn.resetTokens();
+  // Whether this server speaks 1.1 shows in what it answers next.
+  setV11(false);
   renderMe();
+  nameRooms();
   ui.conn.dataset.session = S.session || '';
   S.connects += 1;
   ui.conn.dataset.connects = String(S.connects);
@@ -85,6 +103,9 @@ function onWelcome(p) {
     outbox.restore((name) => ensureRoom(name, false));
   }
   for (const room of S.rooms.values()) sendJoin(room);
+  // Unread counts and direct conversations (1.1; a 1.0 server says
+  // bad_request, and there is simply no list).
+  conn.request('rooms', undefined);
   renderPresence();
 }
 
@@ -97,7 +118,12 @@ const ERROR_TEXT = {
   bad_request: 'The server did not accept that request.',
   unauthorized: 'Not signed in.',
   internal: 'The server had an internal error.',
+  not_found: 'That message no longer exists.',
 };
+
+// Requests whose failure the user need not hear of: the room list and read
+// cursors are extras, and a 1.0 server does not know them.
+const QUIET = new Set(['rooms', 'read']);
 
 function onError(id, p, req) {
   const code = typeof p.code === 'string' ? p.code : 'internal';
@@ -105,6 +131,7 @@ function onError(id, p, req) {
   if (outbox.onError(id, code, text)) return;
   if (req) {
     S.requests.delete(id);
+    if (QUIET.has(req.kind)) return;
     if (req.kind === 'join') {
       joinFailed(req.room, text);
       showBanner('Cannot join #' + req.room + ': ' + text, 'error', 10000);
@@ -130,6 +157,7 @@ function onDown(code) {
 }
 
 conn.setHooks({ frame: handle, down: onDown, state: setConn });
+S.openRoom = (name) => { if (S.rooms.has(name)) selectRoom(name); };
 
 // ------------------------------------------------------- housekeeping
 // Once a second: the connection's own upkeep, overdue acks, and a slow
@@ -170,7 +198,7 @@ function showLogin(err) {
 function init() {
   const q = new URLSearchParams(location.search);
   let room = q.get('room') || null;
-  if (room && !ROOM_RE.test(room)) room = null;
+  if (room && !validRoom(room)) room = null;
   const token = q.get('token') || sessionStorage.getItem('chatd.token');
   const user = q.get('user');
   if (q.get('token')) {
@@ -193,7 +221,7 @@ ui.loginForm.addEventListener('submit', (ev) => {
   const user = ui.loginUser.value.trim();
   const token = ui.loginToken.value.trim();
   const room = ui.loginRoom.value.trim() || 'general';
-  if (!ROOM_RE.test(room)) { ui.loginError.textContent = 'Room names use letters, digits and _ . : -'; return; }
+  if (!validRoom(room)) { ui.loginError.textContent = 'Room names use letters, digits and _ . : -'; return; }
   if (token) {
     sessionStorage.setItem('chatd.token', token);
     history.replaceState(null, '', urlWith({ user: null, room }));
@@ -214,7 +242,7 @@ ui.signout.addEventListener('click', () => {
 ui.joinForm.addEventListener('submit', (ev) => {
   ev.preventDefault();
   const name = ui.joinRoom.value.trim().replace(/^#/, '');
-  if (!ROOM_RE.test(name)) {
+  if (!validRoom(name)) {
     showBanner('Room names are 1–128 letters, digits or _ . : -', 'error', 5000);
     return;
   }
@@ -223,20 +251,42 @@ ui.joinForm.addEventListener('submit', (ev) => {
   closeDrawer();
 });
 
-ui.rooms.addEventListener('click', (ev) => {
+function onRoomClick(ev) {
   const b = ev.target.closest('button[data-room]');
   if (!b) return;
   selectRoom(b.dataset.room);
   closeDrawer();
+}
+ui.rooms.addEventListener('click', onRoomClick);
+ui.dms.addEventListener('click', onRoomClick);
+
+// "Message" next to someone here: their direct conversation with us.
+ui.presence.addEventListener('click', (ev) => {
+  const b = ev.target.closest('button[data-dm]');
+  const name = b && dmName(S.me, b.dataset.dm);
+  if (!name) return;
+  ensureRoom(name, true);
+  closeDrawer();
 });
+
+// Notifications are asked for on this click only, never unprompted.
+ui.notifyOn.addEventListener('click', () => askNotify(renderRooms));
+ui.views.addEventListener('click', onMessageClick);
+ui.editCancel.addEventListener('click', () => { cancelEdit(); ui.input.focus(); });
 
 ui.leave.addEventListener('click', () => { if (S.active) leaveRoom(S.active); });
 ui.composer.addEventListener('submit', (ev) => { ev.preventDefault(); submit(); });
 ui.input.addEventListener('input', onInput);
 ui.input.addEventListener('keydown', (ev) => {
-  if (ev.key === 'Enter' && !ev.shiftKey && !ev.isComposing) {
+  if (ev.isComposing) return;
+  if (ev.key === 'Enter' && !ev.shiftKey) {
     ev.preventDefault();
     submit();
+  } else if (ev.key === 'ArrowUp' && !ev.shiftKey && !ev.altKey && !ev.ctrlKey && !ev.metaKey) {
+    if (editLast()) ev.preventDefault();
+  } else if (ev.key === 'Escape' && isEditing()) {
+    ev.preventDefault();
+    cancelEdit();
   }
 });
 ui.input.addEventListener('blur', stopTyping);
@@ -245,9 +295,13 @@ ui.attachUrl.addEventListener('keydown', (ev) => {
   if (ev.key === 'Enter') { ev.preventDefault(); submit(); }
 });
 ui.log.addEventListener('scroll', () => {
-  if (nearBottom()) ui.jump.hidden = true;
+  if (nearBottom()) {
+    ui.jump.hidden = true;
+    scheduleRead();
+  }
   maybeLoadOlder();
 }, { passive: true });
+document.addEventListener('keydown', (ev) => { if (ev.key === 'Escape') closeMenus(); });
 ui.jump.addEventListener('click', scrollToBottom);
 ui.bannerClose.addEventListener('click', hideBanner);
 ui.menu.addEventListener('click', () => ui.app.classList.add('drawer'));
@@ -256,7 +310,9 @@ ui.scrim.addEventListener('click', closeDrawer);
 document.addEventListener('visibilitychange', () => {
   const room = activeRoom();
   if (!document.hidden && room && room.unread) { room.unread = 0; renderRooms(); }
+  scheduleRead();
 });
+window.addEventListener('focus', scheduleRead);
 window.addEventListener('online', conn.connectNow);
 
 init();

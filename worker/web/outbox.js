@@ -1,32 +1,39 @@
 /*
- * What we sent and the server has not acked yet. Every message carries an
- * id and stays "pending" until its ack (durable); it is resent with the
- * same id after a reconnect, or when no answer came in time, until acked,
- * so the server's deduplication makes retries harmless. The outbox
- * survives a reload, so a message typed just before the tab was closed is
- * still sent (once: same id) when it comes back.
+ * What we sent and the server has not acked yet: messages, and (protocol
+ * 1.1) edits, deletes and reactions, which share the room's seq and its
+ * deduplication. Each carries an id and stays pending until its ack
+ * (durable); it is resent with the same id after a reconnect, or when no
+ * answer came in time, until acked, so the server's deduplication makes
+ * retries harmless. The outbox survives a reload, so a message typed just
+ * before the tab was closed is still sent (once: same id) when it comes
+ * back.
  */
-import { ROOM_RE, el } from './util.js';
+import { el } from './util.js';
 import { S, storeKey } from './state.js';
+import { validRoom } from './dm.js';
 import { send, nextId, takeToken, msUntilToken } from './conn.js';
 import { ui, showBanner } from './views.js';
 import { renderPending, setStatus } from './msgview.js';
-import { placeAcked } from './messages.js';
+import { placeAcked, onEvent } from './messages.js';
 
 const ACK_TIMEOUT_MS = 15000;     // resend (same id) if no answer by then
+const EVENTS = { edit: 'edit', delete: 'delete', react: 'reaction' };   // request -> broadcast
+const FAILED = { edit: 'Could not edit the message: ', delete: 'Could not delete the message: ',
+  react: 'Could not react: ' };
 
 let flushTimer = null;
 
-function newItem(id, room, content, attachments, at) {
-  return {
-    id, room, content, attachments, at,
+function newItem(id, type, room, at, fields) {
+  return Object.assign({
+    id, type, room, at,
     state: 'pending', sentGen: -1, sentAt: 0, tries: 0, retryAt: 0, node: null,
-  };
+  }, fields);
 }
 
 function save() {
-  const items = S.outbox.filter((m) => m.state !== 'failed')
-    .map((m) => ({ id: m.id, room: m.room, content: m.content, attachments: m.attachments, at: m.at }));
+  const items = S.outbox.filter((m) => m.state !== 'failed').map((m) => (m.type === 'chat'
+    ? { id: m.id, room: m.room, content: m.content, attachments: m.attachments, at: m.at }
+    : { id: m.id, type: m.type, room: m.room, payload: m.payload, at: m.at }));
   try { localStorage.setItem(storeKey('outbox'), JSON.stringify(items)); } catch (e) { /* ignore */ }
 }
 
@@ -37,20 +44,26 @@ export function restore(roomOf) {
   try { items = JSON.parse(localStorage.getItem(storeKey('outbox')) || '[]'); } catch (e) { items = []; }
   if (!Array.isArray(items)) return;
   for (const it of items) {
-    if (!it || typeof it.id !== 'string' || typeof it.room !== 'string' || !ROOM_RE.test(it.room)) continue;
-    if (typeof it.content !== 'string' || S.outbox.some((m) => m.id === it.id)) continue;
-    const room = roomOf(it.room);
-    const m = newItem(it.id, it.room, it.content, Array.isArray(it.attachments) ? it.attachments : [],
-      typeof it.at === 'number' ? it.at : Date.now());
-    m.node = renderPending(m);
-    room.pending.append(m.node);
-    S.outbox.push(m);
+    if (!it || typeof it.id !== 'string' || !validRoom(it.room) || S.outbox.some((m) => m.id === it.id)) continue;
+    const at = typeof it.at === 'number' ? it.at : Date.now();
+    if (it.type === undefined || it.type === 'chat') {
+      if (typeof it.content !== 'string') continue;
+      const room = roomOf(it.room);
+      const m = newItem(it.id, 'chat', it.room, at,
+        { content: it.content, attachments: Array.isArray(it.attachments) ? it.attachments : [] });
+      m.node = renderPending(m);
+      room.pending.append(m.node);
+      S.outbox.push(m);
+    } else if (EVENTS[it.type] && it.payload && it.payload.room === it.room && typeof it.payload.target === 'number') {
+      roomOf(it.room);
+      S.outbox.push(newItem(it.id, it.type, it.room, at, { payload: it.payload }));
+    }
   }
 }
 
 // A new message from the composer: shown pending at once, sent when it can.
 export function queueChat(room, content, attachments) {
-  const m = newItem(nextId('c'), room.name, content, attachments, Date.now());
+  const m = newItem(nextId('c'), 'chat', room.name, Date.now(), { content, attachments });
   m.node = renderPending(m);
   room.pending.append(m.node);
   S.outbox.push(m);
@@ -58,14 +71,32 @@ export function queueChat(room, content, attachments) {
   flush();
 }
 
+// An edit, delete or react request on a held message (payload.target).
+// Its effect shows when the ack (or the broadcast) comes.
+export function queueEvent(type, room, payload) {
+  const m = newItem(nextId(type.slice(0, 1)), type, room.name, Date.now(), { payload });
+  S.outbox.push(m);
+  busy(m, true);
+  save();
+  flush();
+}
+
+// Marks the message an edit or delete is about while the request waits.
+function busy(m, on) {
+  if (m.type === 'chat' || m.type === 'react') return;
+  const room = S.rooms.get(m.room);
+  const held = room && room.msgs.get(m.payload.target);
+  if (held) held.node.classList.toggle('saving', on);
+}
+
 function scheduleFlush(ms) {
   if (flushTimer) return;
   flushTimer = setTimeout(() => { flushTimer = null; flush(); }, Math.max(0, ms));
 }
 
-// Sends every unacked message that is not in flight on this connection,
-// in order per room: a room whose head cannot go yet holds the rest back,
-// so a room's messages get their seqs in the order they were written.
+// Sends everything unacked that is not in flight on this connection, in
+// order per room: a room whose head cannot go yet holds the rest back, so
+// a room's events get their seqs in the order they were written.
 export function flush() {
   if (S.conn !== 'online') return;
   const blocked = new Set();
@@ -77,12 +108,15 @@ export function flush() {
     if (m.sentGen === S.gen && now - m.sentAt < ACK_TIMEOUT_MS) continue;
     if (m.retryAt > now) { blocked.add(m.room); scheduleFlush(m.retryAt - now); continue; }
     if (!takeToken()) { scheduleFlush(msUntilToken()); return; }
-    const payload = { room: m.room, content: m.content };
-    if (m.attachments.length) payload.attachments = m.attachments;
-    if (!send({ type: 'chat', id: m.id, payload })) return;
+    let payload = m.payload;
+    if (m.type === 'chat') {
+      payload = { room: m.room, content: m.content };
+      if (m.attachments.length) payload.attachments = m.attachments;
+    }
+    if (!send({ type: m.type, id: m.id, payload })) return;
     m.sentGen = S.gen;
     m.sentAt = now;
-    setStatus(m.node, 'pending', m.tries || m.resent ? 'resending…' : 'sending…');
+    if (m.node) setStatus(m.node, 'pending', m.tries || m.resent ? 'resending…' : 'sending…');
     m.resent = true;
   }
 }
@@ -99,8 +133,13 @@ export function onAck(id, p) {
   const m = S.outbox[i];
   S.outbox.splice(i, 1);
   save();
-  const room = S.rooms.get(m.room);
   m.state = 'acked';
+  if (m.type !== 'chat') {
+    busy(m, false);
+    onEvent(EVENTS[m.type], Object.assign({}, m.payload, { seq: p.seq, ts: p.ts, sender: S.me }), 'ack');
+    return;
+  }
+  const room = S.rooms.get(m.room);
   m.seq = p.seq;
   const node = m.node;
   node.dataset.ts = String(p.ts || m.at);
@@ -129,20 +168,28 @@ export function onError(id, code, text) {
     m.tries += 1;
     m.sentGen = -1;
     m.retryAt = Date.now() + Math.min(10000, 500 * Math.pow(2, m.tries));
-    setStatus(m.node, 'pending', code === 'rate_limited' ? 'slowed down, retrying…' : 'retrying…');
+    if (m.node) setStatus(m.node, 'pending', code === 'rate_limited' ? 'slowed down, retrying…' : 'retrying…');
     scheduleFlush(m.retryAt - Date.now());
     showBanner(text, code === 'unavailable' ? 'error' : '', 6000);
-  } else {
+  } else if (m.type === 'chat') {
     fail(m, text);
+  } else {
+    drop(m);
+    busy(m, false);
+    showBanner(FAILED[m.type] + text, 'error', 8000);
   }
   return true;
 }
 
-function fail(m, text) {
+function drop(m) {
   m.state = 'failed';
   const i = S.outbox.indexOf(m);
   if (i >= 0) S.outbox.splice(i, 1);
   save();
+}
+
+function fail(m, text) {
+  drop(m);
   const st = setStatus(m.node, 'failed', 'not sent: ' + text + ' ');
   const retry = el('button', null, 'Edit');
   retry.type = 'button';
@@ -151,15 +198,15 @@ function fail(m, text) {
     m.node.remove();
     ui.input.focus();
   });
-  const drop = el('button', null, 'Dismiss');
-  drop.type = 'button';
-  drop.addEventListener('click', () => m.node.remove());
-  st.append(retry, drop);
+  const dismiss = el('button', null, 'Dismiss');
+  dismiss.type = 'button';
+  dismiss.addEventListener('click', () => m.node.remove());
+  st.append(retry, dismiss);
 }
 
 // The link went down: what is pending waits for the next one.
 export function markWaiting() {
-  for (const m of S.outbox) if (m.state === 'pending') setStatus(m.node, 'pending', 'waiting for connection…');
+  for (const m of S.outbox) if (m.state === 'pending' && m.node) setStatus(m.node, 'pending', 'waiting for connection…');
 }
 
 // A room was left: what we had not sent there is dropped.

@@ -1,16 +1,20 @@
 /*
- * The page around the messages: sidebar (rooms, people), room header,
- * connection badge, banner, typing line, scrolling. Rendering only: what a
- * click does is wired in main.js, by delegation on these containers.
+ * The page around the messages: sidebar (rooms, direct messages, people),
+ * room header, connection badge, banner, typing line, scrolling.
+ * Rendering only: what a click does is wired in main.js, by delegation on
+ * these containers.
  */
 import { $, el, clear, avatar, hue } from './util.js';
 import { S, activeRoom } from './state.js';
+import { dmName, canAskNotify } from './dm.js';
 
 export const ui = {
   login: $('login'), loginForm: $('login-form'), loginUser: $('login-user'),
   loginToken: $('login-token'), loginRoom: $('login-room'), loginError: $('login-error'),
   app: $('app'), conn: $('conn'), connText: $('conn-text'), me: $('me'), meAvatar: $('me-avatar'),
   signout: $('signout'), rooms: $('rooms'), joinForm: $('join-form'), joinRoom: $('join-room'),
+  dms: $('dms'), dmsHint: $('dms-hint'), notifyOn: $('notify-on'), roomHash: $('room-hash'),
+  editBar: $('edit-bar'), editCancel: $('edit-cancel'),
   presence: $('presence'), peopleCount: $('people-count'), menu: $('menu'), scrim: $('scrim'),
   roomName: $('room-name'), roomSub: $('room-sub'), leave: $('leave'),
   banner: $('banner'), bannerText: $('banner-text'), bannerClose: $('banner-close'),
@@ -26,28 +30,58 @@ export function renderMe() {
   ui.meAvatar.style.background = 'hsl(' + hue(S.me || '?') + ' 55% 46%)';
 }
 
+// How a room is named to the user: "#name", or "@user" for a DM.
+export function roomTitle(room) {
+  return room.dm ? '@' + room.dm : '#' + room.name;
+}
+
+// The open room's header and composer placeholder.
+export function renderHead() {
+  const room = activeRoom();
+  ui.roomHash.textContent = room && room.dm ? '@' : '#';
+  ui.roomName.textContent = room ? (room.dm || room.name) : '';
+  ui.roomName.dataset.room = room ? room.name : '';
+  ui.input.placeholder = room ? 'Message ' + roomTitle(room) : 'Message';
+}
+
+function roomEntry(r) {
+  const li = el('li');
+  if (r.name === S.active) li.classList.add('active');
+  if (r.unread) li.classList.add('unread');
+  if (r.error) li.classList.add('error');
+  const b = el('button');
+  b.type = 'button';
+  b.dataset.room = r.name;
+  if (r.dm) b.append(avatar(r.dm));
+  b.append(el('span', 'room-label' + (r.dm ? ' dm' : ''), r.dm || r.name));
+  if (r.unread) b.append(el('span', 'badge', r.unread > 99 ? '99+' : r.unread));
+  b.title = r.error ? r.error : (r.dm ? 'Direct messages with ' + r.dm : r.name);
+  li.append(b);
+  return li;
+}
+
+// The sidebar's two lists, the unread badges and the page title.
 export function renderRooms() {
   clear(ui.rooms);
+  clear(ui.dms);
   let total = 0;
+  let dms = 0;
   for (const name of S.order) {
     const r = S.rooms.get(name);
-    const li = el('li');
-    if (name === S.active) li.classList.add('active');
-    if (r.unread) li.classList.add('unread');
-    if (r.error) li.classList.add('error');
-    const b = el('button');
-    b.type = 'button';
-    b.dataset.room = name;
-    b.append(el('span', 'room-label', name));
-    if (r.unread) {
-      b.append(el('span', 'badge', r.unread > 99 ? '99+' : r.unread));
-      total += r.unread;
-    }
-    b.title = r.error ? r.error : name;
-    li.append(b);
-    ui.rooms.append(li);
+    total += r.unread;
+    if (r.dm) dms += 1;
+    (r.dm ? ui.dms : ui.rooms).append(roomEntry(r));
   }
-  document.title = (total ? '(' + total + ') ' : '') + (S.active ? '#' + S.active + ' · ' : '') + 'chatd';
+  ui.dmsHint.hidden = dms > 0;
+  ui.notifyOn.hidden = dms === 0 || !canAskNotify();
+  const room = activeRoom();
+  document.title = (total ? '(' + total + ') ' : '') + (room ? roomTitle(room) + ' · ' : '') + 'chatd';
+}
+
+// The server speaks 1.1: message menus (edit, delete, react) appear.
+export function setV11(on) {
+  S.v11 = on;
+  ui.app.classList.toggle('v11', on);
 }
 
 export function renderPresence() {
@@ -63,6 +97,13 @@ export function renderPresence() {
     li.dataset.user = u;
     li.append(avatar(u), el('span', 'name', u));
     if (u === S.me) li.append(el('small', null, '(you)'));
+    else if (dmName(S.me, u) && dmName(S.me, u) !== room.name) {
+      const b = el('button', 'ghost small dm-open', 'Message');
+      b.type = 'button';
+      b.dataset.dm = u;
+      b.title = 'Message @' + u;
+      li.append(b);
+    }
     ui.presence.append(li);
   }
   ui.peopleCount.textContent = users.length ? String(users.length) : '';
@@ -84,7 +125,10 @@ export function renderOlder() {
   const room = activeRoom();
   if (!room) { ui.older.textContent = ''; return; }
   if (room.loadingOlder) ui.older.textContent = 'Loading older messages…';
-  else if (!room.more) ui.older.textContent = room.msgs.size ? 'This is the beginning of #' + room.name : 'No messages yet. Say hello!';
+  else if (!room.more) {
+    ui.older.textContent = !room.msgs.size ? 'No messages yet. Say hello!'
+      : room.dm ? 'This is the beginning of your conversation with ' + room.dm : 'This is the beginning of #' + room.name;
+  }
   else ui.older.textContent = room.joined ? 'Scroll up for older messages' : '';
 }
 
