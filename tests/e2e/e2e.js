@@ -11,6 +11,13 @@
  * (/usr/bin/redis-server), CHROMIUM (/usr/bin/chromium), E2E_SCREENSHOT
  * (default <repo>/docs/screenshot.png; "" for none), E2E_KEEP=1 keeps the
  * temp dir with the logs.
+ *
+ * E2E_CONVERSATIONS=1 adds the conversation scenarios of protocol 1.1
+ * (edit, delete, react, unread counts and read receipts, direct messages;
+ * screenshot in E2E_CONVERSATIONS_SCREENSHOT, default
+ * <repo>/docs/images/conversations.png). chatd does not speak 1.1 yet (it
+ * answers edit, react, rooms, ... with bad_request), so they are off by
+ * default; they drive the real server like every other test here.
  */
 'use strict';
 
@@ -29,6 +36,8 @@ const REDIS = process.env.REDIS_SERVER || '/usr/bin/redis-server';
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const SHOT = process.env.E2E_SCREENSHOT !== undefined ? process.env.E2E_SCREENSHOT
   : path.join(REPO, 'docs', 'screenshot.png');
+const CONVO_SHOT = process.env.E2E_CONVERSATIONS_SCREENSHOT !== undefined
+  ? process.env.E2E_CONVERSATIONS_SCREENSHOT : path.join(REPO, 'docs', 'images', 'conversations.png');
 const TEST_TIMEOUT_MS = 60000;
 
 const { chromium } = require(path.join(HERE, 'node_modules', 'playwright-core'));
@@ -300,6 +309,193 @@ function connectsOf(page) {
   return page.evaluate(() => Number(document.getElementById('conn').dataset.connects || 0));
 }
 
+// ------------------------------------------- conversations (protocol 1.1)
+// The visible room's messages with their 1.1 state.
+function convo(page) {
+  return page.evaluate(() => Array.from(
+    document.querySelectorAll('.room-view:not([hidden]) .msgs li.msg')).map((li) => ({
+    seq: Number(li.dataset.seq),
+    sender: li.dataset.sender,
+    text: li.querySelector('.bubble').textContent,
+    edited: !!li.querySelector('.edited'),
+    deleted: li.classList.contains('deleted'),
+    reactions: Array.from(li.querySelectorAll('.reactions .chip'), (c) =>
+      c.dataset.emoji + ' ' + c.querySelector('.n').textContent + (c.classList.contains('mine') ? ' mine' : '')),
+    firstUnread: li.classList.contains('first-unread'),
+  })));
+}
+
+async function waitConvo(page, what, pred, ms) {
+  return waitFor(async () => {
+    const list = await convo(page);
+    return pred(list) ? list : null;
+  }, ms || 10000, what);
+}
+
+const byText = (list, text) => list.find((m) => m.text === text);
+
+// The message of the visible room whose text is exactly text.
+function msgLocator(page, text) {
+  const exact = new RegExp('^' + text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&') + '$');
+  return page.locator('.room-view:not([hidden]) .msgs li.msg')
+    .filter({ has: page.locator('.bubble', { hasText: exact }) });
+}
+
+// Opens the menu of the message (it shows on hover) and clicks action.
+async function menu(page, text, action) {
+  const li = msgLocator(page, text);
+  await li.hover();
+  await li.locator('.actions button[data-action="' + action + '"]').click({ timeout: 5000 });
+  return li;
+}
+
+async function react(page, text, emoji) {
+  const li = await menu(page, text, 'react');
+  await li.locator('.picker button[data-emoji="' + emoji + '"]').click({ timeout: 5000 });
+}
+
+async function badge(page, room) {
+  return page.evaluate((r) => {
+    const b = document.querySelector('button[data-room="' + r + '"] .badge');
+    return b ? b.textContent : null;
+  }, room);
+}
+
+async function conversations(test, openUser, base, pageErrors) {
+  const c = {};
+  const LAUNCH = 'launch';
+  const DM = 'dm:maya:noah';
+  const first = 'Launch checklist is in the doc';
+  const firstEdited = 'Launch checklist is in the shared doc, section 3';
+
+  await test('1.1: the message menu edits (also by Up) and deletes, for both sides', async () => {
+    c.maya = await openUser('maya', LAUNCH);
+    c.noah = await openUser('noah', LAUNCH);
+    for (const [page, other] of [[c.maya, 'noah'], [c.noah, 'maya']]) {
+      await page.waitForSelector('#presence li[data-user="' + other + '"]', { timeout: 10000 });
+      // joined carried readSeq: the client knows the server speaks 1.1.
+      await page.waitForSelector('#app.v11', { timeout: 5000 });
+    }
+    await sendText(c.maya, first);
+    await waitText(c.noah, first);
+    await waitConvo(c.maya, 'first message acked', (l) => l.length === 1 && !Number.isNaN(l[0].seq));
+    await c.maya.waitForSelector('.msg[data-status="acked"]', { timeout: 10000 });
+    await menu(c.maya, first, 'edit');
+    assert.equal(await c.maya.inputValue('#input'), first);
+    assert.equal(await c.maya.isVisible('#edit-bar'), true);
+    await c.maya.fill('#input', firstEdited);
+    await c.maya.press('#input', 'Enter');
+    for (const page of [c.maya, c.noah]) {
+      const l = await waitConvo(page, 'the edit', (x) => byText(x, firstEdited) && byText(x, firstEdited).edited);
+      assert.equal(l.length, 1, 'an edit is not a new message');
+      assert.ok(!byText(l, first));
+    }
+    assert.equal(await c.maya.inputValue('#input'), '', 'the composer is empty again');
+    assert.equal(await c.maya.isVisible('#edit-bar'), false);
+
+    // Up in the empty composer edits the last message of ours.
+    await sendText(c.maya, 'Standup moves to 10');
+    await waitText(c.noah, 'Standup moves to 10');
+    await waitFor(async () => (await messages(c.maya)).every((m) => m.status === 'acked'), 10000, 'acks');
+    await c.maya.press('#input', 'ArrowUp');
+    assert.equal(await c.maya.inputValue('#input'), 'Standup moves to 10');
+    await c.maya.fill('#input', 'Standup moves to 10:30');
+    await c.maya.press('#input', 'Enter');
+    await waitConvo(c.noah, 'the edit by Up', (x) => byText(x, 'Standup moves to 10:30') && byText(x, 'Standup moves to 10:30').edited);
+
+    // Delete asks twice; the other side sees a placeholder, never the text.
+    const gone = 'Wrong channel, sorry: ignore this';
+    await sendText(c.noah, gone);
+    await waitText(c.maya, gone);
+    await c.noah.waitForSelector('.msg[data-status="acked"]', { timeout: 10000 });
+    await menu(c.noah, gone, 'delete');
+    await msgLocator(c.noah, gone).locator('button[data-action="delete"].confirm').click({ timeout: 5000 });
+    for (const page of [c.maya, c.noah]) {
+      await waitConvo(page, 'the delete', (x) => x.some((m) => m.deleted && m.text === 'message deleted'));
+      assert.equal(await page.evaluate((t) => document.body.textContent.includes(t), gone), false);
+    }
+  });
+
+  await test('1.1: reactions toggle by menu and chip, counted, ours highlighted', async () => {
+    const { maya, noah } = c;
+    await react(noah, firstEdited, '🎉');
+    await waitConvo(maya, '🎉 from noah', (x) => byText(x, firstEdited).reactions.join() === '🎉 1');
+    await maya.locator('.room-view:not([hidden]) .chip[data-emoji="🎉"]').click();
+    await react(noah, firstEdited, '👍');
+    const want = (who) => (x) => byText(x, firstEdited).reactions.join() === (who === 'maya' ? '🎉 2 mine,👍 1' : '🎉 2 mine,👍 1 mine');
+    await waitConvo(maya, 'maya: 🎉 2 (hers), 👍 1', want('maya'));
+    await waitConvo(noah, 'noah: 🎉 2, 👍 1 (both his)', want('noah'));
+    // A chip click takes ours back, and another puts it on again.
+    await maya.locator('.room-view:not([hidden]) .chip[data-emoji="🎉"]').click();
+    await waitConvo(noah, '🎉 back to 1', (x) => byText(x, firstEdited).reactions.join() === '🎉 1 mine,👍 1 mine');
+    await maya.locator('.room-view:not([hidden]) .chip[data-emoji="🎉"]').click();
+    await waitConvo(noah, '🎉 2 again', want('noah'));
+  });
+
+  await test('1.1: unread badges from the server, "new messages", read receipts across tabs', async () => {
+    const { maya, noah } = c;
+    await joinRoom(maya, 'ops');
+    const news = 'Deploy window confirmed for 10:30';
+    await sendText(noah, news);
+    await waitFor(async () => (await badge(maya, LAUNCH)) === '1', 10000, 'the unread badge on #launch');
+    // A second tab of maya's: its count comes from the server.
+    c.maya2 = await maya.context().newPage();
+    c.maya2.on('pageerror', (e) => pageErrors.push('maya (second tab): ' + e.message));
+    await c.maya2.goto(base + '/?user=maya&room=ops', { timeout: 10000 });
+    await online(c.maya2);
+    await waitFor(async () => (await badge(c.maya2, LAUNCH)) === '1', 10000, "the second tab's badge");
+    // Opening #launch in the first tab marks where the unread part begins
+    // and reads it; the receipt clears the badge in the second tab.
+    await selectRoom(maya, LAUNCH);
+    const l = await waitConvo(maya, 'the "new messages" mark', (x) => x.some((m) => m.firstUnread));
+    assert.equal(l.find((m) => m.firstUnread).text, news);
+    assert.equal(await badge(maya, LAUNCH), null);
+    await waitFor(async () => (await badge(c.maya2, LAUNCH)) === null, 10000, 'the receipt in the second tab');
+    // History comes folded: edits, the delete and reactions as they are now.
+    await selectRoom(c.maya2, LAUNCH);
+    const h = await waitConvo(c.maya2, 'folded history', (x) => x.length === 4);
+    assert.ok(byText(h, firstEdited).edited);
+    assert.deepEqual(byText(h, firstEdited).reactions.sort(), ['👍 1', '🎉 2 mine'].sort());
+    assert.ok(byText(h, 'Standup moves to 10:30').edited);
+    assert.equal(h.filter((m) => m.deleted).length, 1);
+    await c.maya2.close();
+  });
+
+  await test('1.1: a direct message notifies, is answered, edited, reacted to (screenshot)', async () => {
+    const { maya, noah } = c;
+    await noah.click('#presence li[data-user="maya"] button[data-dm="maya"]');
+    await noah.waitForFunction((r) => document.getElementById('room-name').dataset.room === r, DM, { timeout: 5000 });
+    assert.equal(await noah.$eval('#room-name', (e) => e.textContent), 'maya');
+    const q = 'Can you own the rollback plan?';
+    await sendText(noah, q);
+    // maya has not joined the DM: notify puts it in her list with a badge.
+    await waitFor(async () => (await badge(maya, DM)) === '1', 10000, 'the DM badge from notify');
+    assert.equal(await maya.$eval('#dms button[data-room="' + DM + '"] .room-label', (e) => e.textContent), 'noah');
+    await maya.click('#dms button[data-room="' + DM + '"]');
+    await waitText(maya, q);
+    assert.equal(await badge(maya, DM), null);
+    const a = 'Sure, I will write it up before the launch';
+    await sendText(maya, a);
+    await waitText(noah, a);
+    await waitFor(async () => (await messages(noah)).every((m) => !m.own || m.status === 'acked'), 10000, 'acks');
+    await noah.press('#input', 'ArrowUp');
+    await noah.fill('#input', 'Can you own the rollback plan for Thursday?');
+    await noah.press('#input', 'Enter');
+    await waitConvo(maya, 'the DM edit', (x) => x[0].edited && x[0].text === 'Can you own the rollback plan for Thursday?');
+    await react(maya, 'Can you own the rollback plan for Thursday?', '❤️');
+    await react(noah, a, '👍');
+    await react(noah, a, '🎉');
+    await waitConvo(maya, 'reactions in the DM', (x) => x[0].reactions.join() === '❤️ 1 mine' &&
+      x[1].reactions.join() === '👍 1,🎉 1');
+    if (SHOT && CONVO_SHOT) {
+      await msgLocator(maya, a).hover();
+      fs.mkdirSync(path.dirname(CONVO_SHOT), { recursive: true });
+      await maya.screenshot({ path: CONVO_SHOT });
+      assert.ok(fs.statSync(CONVO_SHOT).size > 10000);
+    }
+  });
+}
+
 // ------------------------------------------------------------ tests
 const results = [];
 const ctx = {};          // shared between tests, in order
@@ -336,11 +532,11 @@ async function main() {
     assert.doesNotMatch(csp, /unsafe-inline|unsafe-eval/);
     assert.equal(r.headers['x-content-type-options'], 'nosniff');
     assert.match(r.headers['cache-control'] || '', /no-cache/);
-    assert.match(r.body, /<script src="\/app\.js\?v=[0-9a-f]+" defer><\/script>/);
+    assert.match(r.body, /<script type="module" src="\/main\.js\?v=[0-9a-f]+"><\/script>/);
     assert.doesNotMatch(r.body, /<script(?![^>]*\bsrc=)[^>]*>/, 'no inline script');
     const same = await rawGet(port, '/index.html');
     assert.equal(same.body, r.body);
-    for (const [p, type] of [['/app.js', 'text/javascript; charset=utf-8'],
+    for (const [p, type] of [['/main.js', 'text/javascript; charset=utf-8'],
       ['/style.css', 'text/css; charset=utf-8'], ['/favicon.svg', 'image/svg+xml']]) {
       const a = await rawGet(port, p + '?v=whatever');
       assert.equal(a.status, 200, p);
@@ -349,16 +545,46 @@ async function main() {
       assert.ok(a.headers['content-security-policy'], p);
       assert.equal(Number(a.headers['content-length']), Buffer.byteLength(a.body, 'latin1'), p);
     }
-    const head = await rawGet(port, '/app.js', 'HEAD');
+    const head = await rawGet(port, '/main.js', 'HEAD');
     assert.equal(head.status, 200);
     assert.ok(Number(head.headers['content-length']) > 1000);
     assert.equal(head.body, '', 'HEAD has no body');
   });
 
+  await test('ES modules: every import names its module with a version stamp, one URL per module', async () => {
+    // Served immutable, a module must change URL whenever it or anything it
+    // imports changes: chatd stamps each import specifier (worker/net/web.c).
+    const index = await rawGet(port, '/');
+    const entry = /src="\/main\.js(\?v=[0-9a-f]{8})"/.exec(index.body);
+    assert.ok(entry, 'main.js is stamped in index.html');
+    const seen = new Map([['main.js', entry[1]]]);
+    const queue = ['main.js'];
+    while (queue.length) {
+      const name = queue.shift();
+      const r = await rawGet(port, '/' + name + seen.get(name));
+      assert.equal(r.status, 200, name);
+      assert.match(r.headers['cache-control'] || '', /immutable/, name);
+      const specs = Array.from(r.body.matchAll(/\bfrom\s*['"]([^'"]+)['"]|\bimport\s*\(?\s*['"]([^'"]+)['"]/g),
+        (m) => m[1] || m[2]);
+      for (const spec of specs) {
+        const m = /^\.\/([a-z]+\.js)(\?v=[0-9a-f]{8})$/.exec(spec);
+        assert.ok(m, name + ' imports ' + spec + ' without a version stamp');
+        if (seen.has(m[1])) {
+          assert.equal(seen.get(m[1]), m[2], 'two URLs for ' + m[1]);
+        } else {
+          seen.set(m[1], m[2]);
+          queue.push(m[1]);
+        }
+      }
+    }
+    const files = fs.readdirSync(path.join(REPO, 'worker', 'web')).filter((f) => f.endsWith('.js'));
+    assert.deepEqual(Array.from(seen.keys()).sort(), files.sort(), 'every module is reached from main.js');
+  });
+
   await test('path traversal and unknown paths get 404', async () => {
     for (const p of ['/../Makefile', '/%2e%2e/Makefile', '/worker/web/../../Makefile',
-      '/%2E%2E%2FMakefile', '/..%2fMakefile', '/web/app.js', '//etc/passwd', '/app.js/',
-      '/./app.js', '/.gitignore', '/app.js%00', '/APP.JS', '/worker/web/app.js', '/nope.html']) {
+      '/%2E%2E%2FMakefile', '/..%2fMakefile', '/web/main.js', '//etc/passwd', '/main.js/',
+      '/./main.js', '/.gitignore', '/main.js%00', '/MAIN.JS', '/worker/web/main.js', '/nope.html']) {
       const r = await rawGet(port, p);
       assert.equal(r.status, 404, p + ' gave ' + r.status);
       assert.doesNotMatch(r.body, /CFLAGS|root:/, p);
@@ -419,6 +645,19 @@ async function main() {
     const names = await ctx.alice.$$eval('#presence li', (lis) => lis.map((l) => l.dataset.user));
     assert.deepEqual(names.sort(), ['alice', 'bob']);
   });
+
+  if (process.env.E2E_CONVERSATIONS !== '1') {
+    await test('against this 1.0 server the 1.1 extras stay out of the way', async () => {
+      // The client asks for the room list after welcome; chatd answers
+      // bad_request, which must not reach the user, and no message menu
+      // (edit, delete, react) may appear.
+      for (const page of [ctx.alice, ctx.bob]) {
+        await sleep(300);
+        assert.equal(await page.isVisible('#banner'), false, await page.$eval('#banner-text', (b) => b.textContent));
+        assert.equal(await page.$('#app.v11'), null);
+      }
+    });
+  }
 
   await test('messages are exchanged, each side sees the other, own messages get acked', async () => {
     const { alice, bob } = ctx;
@@ -609,6 +848,15 @@ async function main() {
       null, { timeout: 5000 });
   });
 
+  await test('a reload keeps every room and rejoins them', async () => {
+    const { alice } = ctx;
+    await alice.reload({ timeout: 10000 });
+    await online(alice);
+    const names = await alice.$$eval('#rooms button[data-room]', (bs) => bs.map((b) => b.dataset.room));
+    assert.deepEqual(names.sort(), ['archive', 'engineering', 'general', 'random']);
+    await waitText(alice, 'archived message 80');
+  });
+
   await test('an error frame is shown (forbidden: over --max-rooms)', async () => {
     const { alice } = ctx;
     // alice holds general, random, engineering, archive: the limit is 4.
@@ -619,6 +867,9 @@ async function main() {
     assert.match(text, /forbidden/);
     await alice.waitForSelector('#rooms li.error button[data-room="overflow"]', { timeout: 5000 });
   });
+
+  // Protocol 1.1, which chatd does not speak yet: see the header.
+  if (process.env.E2E_CONVERSATIONS === '1') await conversations(test, openUser, base, pageErrors);
 
   await test('no script errors or dialogs in either page', async () => {
     assert.deepEqual(dialogs, []);

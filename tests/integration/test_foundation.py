@@ -829,6 +829,76 @@ def test_sigterm_stops_everything_and_pidfile():
             ws.close_socket()
 
 
+# ---------------------------------------------------------------- static client
+
+
+# A client of ES modules: main imports a (which re-exports b), c and d
+# import each other, lazy is a dynamic import; the other strings only look
+# like specifiers and must stay as they are.
+_WEB_FILES = {
+    "index.html": '<script type="module" src="/main.js"></script>\n'
+                  '<link rel="stylesheet" href="/style.css">\n',
+    "main.js": "import { a } from './a.js';\nimport \"./c.js\";\n"
+               "const s = './a.js', t = \"from './nope.js'\";\n"
+               "export function later() { return import ( './lazy.js' ); }\n",
+    "a.js": 'export * from"/b.js";\nexport const a = 1;\n',
+    "b.js": "export const b = 1;\n",
+    "c.js": "import { d } from './d.js';\nexport const c = 1;\n",
+    "d.js": "import { c } from './c.js';\nexport const d = 1;\n",
+    "lazy.js": "export const lazy = 1;\n",
+    "style.css": "body { margin: 0; }\n",
+}
+_STAMP = r"\?v=([0-9a-f]{8})"
+
+
+def _web_stamps(web_dir):
+    """Serves web_dir with a fresh one-worker chatd; returns the stamp each
+    file is referred to with (every reference to a file must agree) and
+    the served bodies."""
+    with Chatd(REDIS, workers=1, env={"CHATD_WEB_DIR": web_dir}, name="webdir") as srv:
+        bodies = {name: http_get(srv.port, "/" + name) for name in _WEB_FILES}
+    for name, r in bodies.items():
+        assert r.status == 200, (name, r)
+        want = "no-cache" if name == "index.html" else "immutable"
+        assert want in r.headers.get("cache-control", ""), (name, r.headers)
+    stamps = {}
+    for name, r in bodies.items():
+        for target, stamp in re.findall(r"[\"'](?:\.)?/([a-z]+\.(?:js|css))" + _STAMP, r.body.decode()):
+            assert stamps.setdefault(target, stamp) == stamp, \
+                f"{target} is named with two stamps: {stamps[target]} and {stamp}"
+    return stamps, {name: r.body.decode() for name, r in bodies.items()}
+
+
+def test_module_imports_carry_versions_covering_what_they_import():
+    web_dir = tempfile.mkdtemp(prefix="web-", dir=harness.artifacts_dir())
+    for name, text in _WEB_FILES.items():
+        with open(os.path.join(web_dir, name), "w") as f:
+            f.write(text)
+    v1, body = _web_stamps(web_dir)
+    assert sorted(v1) == ["a.js", "b.js", "c.js", "d.js", "lazy.js", "main.js", "style.css"], v1
+    assert "import { a } from './a.js?v=" in body["main.js"], body["main.js"]
+    assert "import ( './lazy.js?v=" in body["main.js"], body["main.js"]
+    assert "const s = './a.js', t = \"from './nope.js'\";" in body["main.js"], \
+        "a string that is not a specifier was rewritten"
+    assert 'export * from"/b.js?v=' in body["a.js"], body["a.js"]
+    assert body["b.js"] == _WEB_FILES["b.js"]
+
+    # A change deep down changes the URL of everything that reaches it, and
+    # nothing else.
+    with open(os.path.join(web_dir, "b.js"), "a") as f:
+        f.write("export const b2 = 2;\n")
+    v2, _ = _web_stamps(web_dir)
+    changed = sorted(n for n in v1 if v1[n] != v2[n])
+    assert changed == ["a.js", "b.js", "main.js"], (v1, v2)
+
+    # In an import cycle each module reaches the other.
+    with open(os.path.join(web_dir, "d.js"), "a") as f:
+        f.write("export const d2 = 2;\n")
+    v3, _ = _web_stamps(web_dir)
+    changed = sorted(n for n in v2 if v2[n] != v3[n])
+    assert changed == ["c.js", "d.js", "main.js"], (v2, v3)
+
+
 # ---------------------------------------------------------------- last
 
 

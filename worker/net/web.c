@@ -9,6 +9,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -37,10 +38,15 @@
     "X-Frame-Options: DENY\r\n"
 
 /* index.html names the other files with a version stamp (see
- * web_stamp_index), so they may be cached for good: a new build is a new
- * URL. index.html itself is revalidated on every load. */
+ * web_stamp_index), and so do the scripts' module imports (see
+ * web_stamp_script), so every file but index.html may be cached for good:
+ * a new build is a new URL. index.html itself is revalidated on every
+ * load. */
 #define WEB_CACHE_INDEX "Cache-Control: no-cache\r\n"
 #define WEB_CACHE_ASSET "Cache-Control: public, max-age=31536000, immutable\r\n"
+
+/* A script's imports are kept as a bit set over the loaded files. */
+_Static_assert(WEB_MAX_FILES <= 64, "web_file_t.imports has one bit per file");
 
 typedef struct web_file_s {
     char path[WEB_NAME_MAX + 2];    /* "/name", as requested */
@@ -48,6 +54,8 @@ typedef struct web_file_s {
     char *body;                     /* malloc'd */
     size_t len;
     uint64_t hash;                  /* FNV-1a of the file as read */
+    uint64_t imports;               /* bit i: this script imports files[i] */
+    uint64_t version;               /* the stamp: see web_set_versions */
 } web_file_t;
 
 typedef struct web_set_s {
@@ -58,12 +66,14 @@ typedef struct web_set_s {
 static web_set_t *web_set;      /* NULL until loaded */
 static int web_tried;           /* a load was attempted (lazy or explicit) */
 
+#define WEB_TYPE_JS "text/javascript; charset=utf-8"
+
 static const struct {
     const char *ext;
     const char *type;
 } web_types[] = {
     { "html", "text/html; charset=utf-8" },
-    { "js", "text/javascript; charset=utf-8" },
+    { "js", WEB_TYPE_JS },
     { "css", "text/css; charset=utf-8" },
     { "svg", "image/svg+xml" },
     { "png", "image/png" },
@@ -103,14 +113,22 @@ static int web_name_ok(const char *name)
     return web_type_of(name) != NULL;
 }
 
-static uint64_t web_hash(const char *p, size_t len)
+#define WEB_HASH_INIT 1469598103934665603ULL
+
+/* FNV-1a of len bytes at p, continuing from h (WEB_HASH_INIT to start). */
+static uint64_t web_hash_more(uint64_t h, const void *p, size_t len)
 {
-    uint64_t h = 1469598103934665603ULL;
+    const uint8_t *b = p;
     for (size_t i = 0; i < len; i++) {
-        h ^= (uint8_t)p[i];
+        h ^= b[i];
         h *= 1099511628211ULL;
     }
     return h;
+}
+
+static uint64_t web_hash(const char *p, size_t len)
+{
+    return web_hash_more(WEB_HASH_INIT, p, len);
 }
 
 static void web_set_free(web_set_t *set)
@@ -201,11 +219,225 @@ static web_file_t *web_find(web_set_t *set, const char *path)
     return NULL;
 }
 
+static int web_is_script(const web_file_t *f)
+{
+    return strcmp(f->type, WEB_TYPE_JS) == 0;
+}
+
+/* Orders files by path, so that every host serving the same files computes
+ * the same versions (see web_set_versions), whatever its readdir order. */
+static int web_cmp_path(const void *a, const void *b)
+{
+    return strcmp(((const web_file_t *)a)->path, ((const web_file_t *)b)->path);
+}
+
+/* Writes the "?v=<hex>" stamp of f into out (at least 16 bytes) and
+ * returns its length. */
+static size_t web_stamp_of(const web_file_t *f, char *out, size_t size)
+{
+    int n = snprintf(out, size, "?v=%08" PRIx32, (uint32_t)f->version);
+    return n > 0 && (size_t)n < size ? (size_t)n : 0;
+}
+
+/* Whether ch may continue a JavaScript identifier. ASCII is enough: it only
+ * decides whether "from" or "import" stands as a word of its own. */
+static int web_ident_char(char ch)
+{
+    return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+           ch == '_' || ch == '$' || ch == '.' || (unsigned char)ch >= 0x80;
+}
+
+static const char *web_skip_space_back(const char *start, const char *p)
+{
+    while (p > start && (p[-1] == ' ' || p[-1] == '\t' || p[-1] == '\n' || p[-1] == '\r')) {
+        p--;
+    }
+    return p;
+}
+
+/* Whether the text of [start, p) ends with the word kw. */
+static int web_ends_with_word(const char *start, const char *p, const char *kw)
+{
+    size_t n = strlen(kw);
+    if ((size_t)(p - start) < n || memcmp(p - n, kw, n) != 0) {
+        return 0;
+    }
+    return p - n == start || !web_ident_char(p[-(ptrdiff_t)n - 1]);
+}
+
+/*
+ * Finds the first module specifier of script f at or after from: a string
+ * in single or double quotes right after the word "from" or "import" (or
+ * "import(", a dynamic import) that names a loaded file as "./name" or
+ * "/name". Stores where the string's text starts and its length, and
+ * returns the file it names, or NULL when there is none left. Any other
+ * string ("../x", a template literal, a name that is not loaded) is left
+ * alone: such an import simply goes without a stamp.
+ */
+static web_file_t *web_next_import(web_set_t *set, const web_file_t *f, const char *from,
+                                   const char **spec, size_t *len)
+{
+    const char *start = f->body;
+    const char *end = f->body + f->len;
+    for (const char *q = from; q < end; q++) {
+        if (*q != '"' && *q != '\'') {
+            continue;
+        }
+        const char *b = web_skip_space_back(start, q);
+        if (b > start && b[-1] == '(') {
+            if (!web_ends_with_word(start, web_skip_space_back(start, b - 1), "import")) {
+                continue;
+            }
+        } else if (!web_ends_with_word(start, b, "from") && !web_ends_with_word(start, b, "import")) {
+            continue;
+        }
+        /* The longest specifier that can name a file is "./" + name. */
+        const char *s = q + 1;
+        size_t room = (size_t)(end - s);
+        const char *close = memchr(s, *q, room < WEB_NAME_MAX + 3 ? room : WEB_NAME_MAX + 3);
+        if (close == NULL) {
+            continue;
+        }
+        size_t n = (size_t)(close - s);
+        size_t skip = n > 2 && s[0] == '.' && s[1] == '/' ? 1 : 0;   /* "./x" is "/x" */
+        if (n - skip < 2 || n - skip > WEB_NAME_MAX + 1 || s[skip] != '/' ||
+            memchr(s, '\0', n) != NULL) {
+            continue;
+        }
+        char path[WEB_NAME_MAX + 2];
+        memcpy(path, s + skip, n - skip);
+        path[n - skip] = '\0';
+        web_file_t *t = web_find(set, path);
+        if (t != NULL) {
+            *spec = s;
+            *len = n;
+            return t;
+        }
+    }
+    return NULL;
+}
+
+/* Records in each script's imports the files its specifiers name. */
+static void web_scan_imports(web_set_t *set)
+{
+    for (size_t i = 0; i < set->nfiles; i++) {
+        web_file_t *f = &set->files[i];
+        if (!web_is_script(f)) {
+            continue;
+        }
+        const char *p = f->body;
+        const char *spec;
+        size_t n;
+        web_file_t *t;
+        while ((t = web_next_import(set, f, p, &spec, &n)) != NULL) {
+            f->imports |= UINT64_C(1) << (size_t)(t - set->files);
+            p = spec + n + 1;
+        }
+    }
+}
+
+static uint64_t web_hash_u64(uint64_t h, uint64_t x)
+{
+    uint8_t b[8];
+    for (int k = 0; k < 8; k++) {
+        b[k] = (uint8_t)(x >> (8 * k));
+    }
+    return web_hash_more(h, b, sizeof(b));
+}
+
+/*
+ * Gives every file its version. A script's served bytes name the versions
+ * of the modules it imports (web_stamp_script), so its version must change
+ * whenever any of them does, or a browser holding the old bytes under an
+ * immutable URL would keep importing stale modules. Hence a script's
+ * version hashes its own bytes and those of every file it reaches through
+ * imports, directly or not, cycles included; any other file's version is
+ * the hash of its bytes. A module whose reach did not change keeps its URL,
+ * and the browser its cached copy.
+ */
+static void web_set_versions(web_set_t *set)
+{
+    uint64_t reach[WEB_MAX_FILES];
+    for (size_t i = 0; i < set->nfiles; i++) {
+        reach[i] = set->files[i].imports;
+    }
+    /* Transitive closure: at most nfiles rounds, on at most 64 files. */
+    for (int grew = 1; grew;) {
+        grew = 0;
+        for (size_t i = 0; i < set->nfiles; i++) {
+            uint64_t r = reach[i];
+            for (size_t j = 0; j < set->nfiles; j++) {
+                if (reach[i] & (UINT64_C(1) << j)) {
+                    r |= reach[j];
+                }
+            }
+            if (r != reach[i]) {
+                reach[i] = r;
+                grew = 1;
+            }
+        }
+    }
+    for (size_t i = 0; i < set->nfiles; i++) {
+        web_file_t *f = &set->files[i];
+        f->version = f->hash;
+        if (reach[i] == 0) {
+            continue;
+        }
+        uint64_t v = web_hash_u64(WEB_HASH_INIT, f->hash);
+        for (size_t j = 0; j < set->nfiles; j++) {
+            if (j != i && (reach[i] & (UINT64_C(1) << j))) {
+                v = web_hash_u64(v, set->files[j].hash);
+            }
+        }
+        f->version = v;
+    }
+}
+
+/*
+ * Rewrites each module specifier of script f (see web_next_import) as the
+ * same string followed by "?v=<version>" of the file it names. Every
+ * importer of a module names the same URL, so the browser still runs one
+ * instance of it. Returns 0 or -ENOMEM (f unchanged).
+ */
+static int web_stamp_script(web_set_t *set, web_file_t *f)
+{
+    if (f->imports == 0) {
+        return 0;
+    }
+    buf_t out = { 0 };
+    const char *copied = f->body;
+    const char *end = f->body + f->len;
+    const char *spec;
+    size_t n;
+    const web_file_t *t;
+    while ((t = web_next_import(set, f, copied, &spec, &n)) != NULL) {
+        char stamp[32];
+        size_t sn = web_stamp_of(t, stamp, sizeof(stamp));
+        if (buf_append(&out, copied, (size_t)(spec + n - copied)) != 0 ||
+            buf_append(&out, stamp, sn) != 0) {
+            goto fail;
+        }
+        copied = spec + n;      /* the closing quote, copied next round */
+    }
+    if (buf_append(&out, copied, (size_t)(end - copied)) != 0) {
+        goto fail;
+    }
+    free(f->body);
+    f->body = out.data;
+    f->len = out.len;
+    return 0;
+
+fail:
+    buf_free(&out);
+    return -ENOMEM;
+}
+
 /*
  * Rewrites every quoted reference "/name" to another loaded file in
- * index.html as "/name?v=<hash>", so that browsers fetch a new URL
- * whenever that file changes and may cache each URL forever. (The query
- * is ignored when serving.) Returns 0 or -ENOMEM (index unchanged).
+ * index.html as "/name?v=<version>", so that browsers fetch a new URL
+ * whenever that file (or, for a script, a module it imports) changes and
+ * may cache each URL forever. (The query is ignored when serving.)
+ * Returns 0 or -ENOMEM (index unchanged).
  */
 static int web_stamp_index(web_set_t *set, web_file_t *index)
 {
@@ -238,12 +470,12 @@ static int web_stamp_index(web_set_t *set, web_file_t *index)
             f = web_find(set, path);
         }
         char stamp[32];
-        int sn = 0;
+        size_t sn = 0;
         if (f != NULL && f != index) {
-            sn = snprintf(stamp, sizeof(stamp), "?v=%08" PRIx32, (uint32_t)f->hash);
+            sn = web_stamp_of(f, stamp, sizeof(stamp));
         }
         /* The string, its stamp if any, and the closing quote. */
-        if (buf_append(&out, p, n) != 0 || buf_append(&out, stamp, (size_t)sn) != 0 ||
+        if (buf_append(&out, p, n) != 0 || buf_append(&out, stamp, sn) != 0 ||
             buf_append(&out, "\"", 1) != 0) {
             goto fail;
         }
@@ -332,6 +564,14 @@ int web_load(const char *dir)
     }
     closedir(d);
 
+    qsort(set->files, set->nfiles, sizeof(set->files[0]), web_cmp_path);
+    web_scan_imports(set);
+    web_set_versions(set);
+    for (size_t i = 0; i < set->nfiles; i++) {
+        if (web_is_script(&set->files[i]) && (rc = web_stamp_script(set, &set->files[i])) != 0) {
+            goto fail;
+        }
+    }
     web_file_t *index = web_find(set, "/index.html");
     if (index == NULL) {
         log_warn("event=web_load_failed dir=%s err=\"no index.html\"", dir);

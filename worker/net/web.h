@@ -8,6 +8,12 @@
  * anything with "..", percent-encoding or a subdirectory, is left to the
  * caller's 404. The loaded files are process-wide state owned by this
  * module and live until web_unload().
+ *
+ * Every file but index.html is served as immutable, so a URL must never
+ * name two different bodies: index.html's quoted "/name" references and
+ * the scripts' module specifiers ("./name" or "/name" after `from`,
+ * `import` or `import(`) get a "?v=<version>" stamp, where a script's
+ * version covers every module it imports, directly or not.
  */
 #ifndef CHATD_WEB_H
 #define CHATD_WEB_H

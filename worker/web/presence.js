@@ -1,0 +1,59 @@
+/*
+ * Who is in a room and who is typing there: presence answers, member
+ * events, typing frames (the other users'; ours are sent by composer.js).
+ */
+import { S, activeRoom } from './state.js';
+import { request } from './conn.js';
+import { renderPresence, renderTyping } from './views.js';
+
+const TYPING_EXPIRE_MS = 6500;    // forget a typer who went silent
+
+export function requestPresence(room) {
+  if (!room.joined) return;
+  request('presence', { room: room.name }, { room: room.name });
+}
+
+export function onPresence(p) {
+  const room = S.rooms.get(p.room);
+  if (!room || !Array.isArray(p.users)) return;
+  room.members = new Set(p.users.filter((u) => typeof u === 'string'));
+  if (room === activeRoom()) renderPresence();
+}
+
+export function onMember(p) {
+  const room = S.rooms.get(p.room);
+  if (!room || typeof p.user !== 'string') return;
+  if (p.event === 'join') room.members.add(p.user);
+  else if (p.event === 'leave') {
+    room.members.delete(p.user);
+    removeTyper(room, p.user);
+  }
+  if (room === activeRoom()) renderPresence();
+}
+
+export function onTyping(p) {
+  const room = S.rooms.get(p.room);
+  if (!room || typeof p.user !== 'string' || p.user === S.me) return;
+  const old = room.typers.get(p.user);
+  if (old !== undefined) clearTimeout(old);
+  if (p.active) {
+    room.typers.set(p.user, setTimeout(() => removeTyper(room, p.user), TYPING_EXPIRE_MS));
+  } else {
+    room.typers.delete(p.user);
+  }
+  if (room === activeRoom()) renderTyping();
+}
+
+export function removeTyper(room, user) {
+  const t = room.typers.get(user);
+  if (t !== undefined) {
+    clearTimeout(t);
+    room.typers.delete(user);
+    if (room === activeRoom()) renderTyping();
+  }
+}
+
+export function clearTypers(room) {
+  for (const t of room.typers.values()) clearTimeout(t);
+  room.typers.clear();
+}
