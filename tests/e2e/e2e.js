@@ -12,12 +12,10 @@
  * (default <repo>/docs/screenshot.png; "" for none), E2E_KEEP=1 keeps the
  * temp dir with the logs.
  *
- * E2E_CONVERSATIONS=1 adds the conversation scenarios of protocol 1.1
- * (edit, delete, react, unread counts and read receipts, direct messages;
- * screenshot in E2E_CONVERSATIONS_SCREENSHOT, default
- * <repo>/docs/images/conversations.png). chatd does not speak 1.1 yet (it
- * answers edit, react, rooms, ... with bad_request), so they are off by
- * default; they drive the real server like every other test here.
+ * The conversation scenarios of protocol 1.1 (edit, delete, react, unread
+ * counts and read receipts, direct messages) save their screenshot to
+ * E2E_CONVERSATIONS_SCREENSHOT (default <repo>/docs/images/conversations.png;
+ * "" for none).
  */
 'use strict';
 
@@ -646,19 +644,6 @@ async function main() {
     assert.deepEqual(names.sort(), ['alice', 'bob']);
   });
 
-  if (process.env.E2E_CONVERSATIONS !== '1') {
-    await test('against this 1.0 server the 1.1 extras stay out of the way', async () => {
-      // The client asks for the room list after welcome; chatd answers
-      // bad_request, which must not reach the user, and no message menu
-      // (edit, delete, react) may appear.
-      for (const page of [ctx.alice, ctx.bob]) {
-        await sleep(300);
-        assert.equal(await page.isVisible('#banner'), false, await page.$eval('#banner-text', (b) => b.textContent));
-        assert.equal(await page.$('#app.v11'), null);
-      }
-    });
-  }
-
   await test('messages are exchanged, each side sees the other, own messages get acked', async () => {
     const { alice, bob } = ctx;
     const convo = [
@@ -868,8 +853,8 @@ async function main() {
     await alice.waitForSelector('#rooms li.error button[data-room="overflow"]', { timeout: 5000 });
   });
 
-  // Protocol 1.1, which chatd does not speak yet: see the header.
-  if (process.env.E2E_CONVERSATIONS === '1') await conversations(test, openUser, base, pageErrors);
+  // Protocol 1.1: edits, deletes, reactions, unread and receipts, DMs.
+  await conversations(test, openUser, base, pageErrors);
 
   await test('no script errors or dialogs in either page', async () => {
     assert.deepEqual(dialogs, []);

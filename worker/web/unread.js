@@ -33,7 +33,11 @@ export function serverCount(room, seq, readSeq, unread) {
   if (!room.joined && seq > room.topSeq) room.topSeq = seq;
   room.countedTo = seq;
   room.unread = room === activeRoom() && !document.hidden ? 0 : unread;
-  if (room === activeRoom() && unread > 0 && room.dividerSeq === null) room.dividerSeq = room.readSeq;
+  // A room never read (cursor 0) opens at its newest messages, like a
+  // first visit: jumping to its first message would page through it all.
+  if (room === activeRoom() && unread > 0 && room.readSeq > 0 && room.dividerSeq === null) {
+    room.dividerSeq = room.readSeq;
+  }
   renderRooms();
 }
 
