@@ -18,6 +18,7 @@ holds a connection (`worker_of`), from /proc.
 import asyncio
 import functools
 import itertools
+import random
 import json
 import time
 
@@ -340,3 +341,68 @@ async def answers(c, ids, timeout, start=0):
         got[f["id"]] = f
         i += 1
     return got
+
+
+# --------------------------------------------------------------------------
+# Room events (protocol 1.1): concurrent writers, and what a client shows
+
+
+async def room_event_writers(writers, room, rounds, seed, emojis=("a", "b")):
+    """Each client of writers sends rounds random requests to room (joined):
+    chats, edits and deletes of its own messages, reactions on anyone's,
+    all concurrently. Deterministic for a seed, up to the interleaving."""
+    rng = random.Random(seed)
+    mine = {i: [] for i in range(len(writers))}
+
+    async def writer(i):
+        c = writers[i]
+        for k in range(rounds):
+            roll = rng.random()
+            if roll < 0.35 or not mine[i]:
+                mine[i].append((await c.chat(room, f"w{i}-{k}"))["seq"])
+            elif roll < 0.55:
+                await c.request("edit", {"room": room, "target": rng.choice(mine[i]), "content": f"w{i}-{k} edited"})
+            elif roll < 0.65:
+                t = rng.choice(mine[i])
+                mine[i].remove(t)
+                await c.request("delete", {"room": room, "target": t})
+            else:
+                owner = rng.randrange(len(writers))
+                if mine[owner]:
+                    await c.request("react", {"room": room, "target": rng.choice(mine[owner]),
+                                              "emoji": rng.choice(list(emojis)), "on": rng.random() < 0.7})
+    await asyncio.gather(*(writer(i) for i in range(len(writers))))
+
+
+def fold_room(frames, room):
+    """{seq: message} from the chat/edit/delete/reaction frames of room,
+    applied in seq order the way the contract says a client should: each
+    message {seq, sender, content, attachments, deleted, edited (when
+    edited), reactions {emoji: sorted users}}."""
+    msgs, reacts = {}, {}
+    evs = sorted(((f["type"], f["payload"]) for f in frames
+                  if f.get("type") in ("chat", "edit", "delete", "reaction")
+                  and f["payload"].get("room") == room), key=lambda x: x[1]["seq"])
+    for t, p in evs:
+        if t == "chat":
+            m = {k: p[k] for k in ("seq", "sender", "content", "attachments")}
+            m["deleted"] = bool(p.get("deleted"))
+            msgs[p["seq"]] = m
+            reacts[p["seq"]] = {}
+        elif p["target"] in msgs:
+            m = msgs[p["target"]]
+            if t == "edit":
+                m["content"], m["attachments"], m["edited"] = p["content"], p["attachments"], p["ts"]
+            elif t == "delete":
+                m.update(content="", attachments=[], deleted=True)
+                m.pop("edited", None)
+                reacts[p["target"]] = {}
+            else:
+                users = reacts[p["target"]].setdefault(p["emoji"], [])
+                if p["on"] and p["sender"] not in users:
+                    users.append(p["sender"])
+                elif not p["on"] and p["sender"] in users:
+                    users.remove(p["sender"])
+    for seq, m in msgs.items():
+        m["reactions"] = {e: sorted(u) for e, u in reacts[seq].items() if u}
+    return msgs

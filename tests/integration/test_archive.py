@@ -14,7 +14,7 @@ import tempfile
 import time
 
 import harness
-from chatclient import ChatClient
+from chatclient import ChatClient, fold_room, room_event_writers
 from harness import Chatd, Redis, is_cluster, make_redis, wait_for  # noqa: F401
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -561,59 +561,28 @@ async def test_archive_converges_on_the_live_state():
     """Three writers edit, delete and react concurrently; both workers
     archive the queue, so entries of the room may be written out of order.
     Every archived document ends equal to what a connected client shows."""
-    import random
     room = R("converge")
     writers = [await ChatClient.open(SRV.port, f"cw{i}") for i in range(3)]
     watcher = await ChatClient.open(SRV.port, "cwatch")
     try:
         for c in writers + [watcher]:
             await c.join(room)
-        rng = random.Random(11)
-        mine = {i: [] for i in range(3)}
-
-        async def writer(i):
-            c = writers[i]
-            for k in range(50):
-                roll = rng.random()
-                if roll < 0.4 or not mine[i]:
-                    mine[i].append((await c.chat(room, f"w{i}-{k}"))["seq"])
-                elif roll < 0.6:
-                    await c.request("edit", {"room": room, "target": rng.choice(mine[i]), "content": f"w{i}-{k}*"})
-                elif roll < 0.7:
-                    t = rng.choice(mine[i])
-                    mine[i].remove(t)
-                    await c.request("delete", {"room": room, "target": t})
-                else:
-                    owner = rng.randrange(3)
-                    if mine[owner]:
-                        await c.request("react", {"room": room, "target": rng.choice(mine[owner]),
-                                                  "emoji": rng.choice(["a", "b"]), "on": rng.random() < 0.7})
-        await asyncio.gather(*(writer(i) for i in range(3)))
+        await room_event_writers(writers, room, 50, seed=11)
         top = (await watcher.chat(room, "end"))["seq"]
         await watcher.wait(lambda f: f.get("type") == "chat" and f["payload"]["seq"] == top, what="the end")
-        live = {}
-        for f in sorted((f for f in watcher.frames if f.get("type") in ("chat", "edit", "delete", "reaction")),
-                        key=lambda f: f["payload"]["seq"]):
-            p = f["payload"]
-            if f["type"] == "chat":
-                live[p["seq"]] = {"content": p["content"], "deleted": None, "reactions": {}}
-            elif f["type"] == "edit":
-                live[p["target"]]["content"] = p["content"]
-            elif f["type"] == "delete":
-                live[p["target"]] = {"content": None, "deleted": True, "reactions": {}}
-            else:
-                us = live[p["target"]]["reactions"].setdefault(p["emoji"], [])
-                if p["on"] and p["sender"] not in us:
-                    us.append(p["sender"])
-                elif not p["on"] and p["sender"] in us:
-                    us.remove(p["sender"])
+        want = fold_room(watcher.frames, room)
 
         def archived():
-            return {d["seq"]: {"content": d["content"] if "content" in d["fields"] else None,
-                               "deleted": d["deleted"],
-                               "reactions": {r["emoji"]: r["users"] for r in (d["reactions"] or [])}}
-                    for d in MONGO.docs(room)}
-        want = {s: dict(m, reactions={e: u for e, u in m["reactions"].items() if u}) for s, m in live.items()}
+            out = {}
+            for d in MONGO.docs(room):
+                m = {"seq": d["seq"], "sender": d["sender"], "deleted": bool(d["deleted"]),
+                     "content": d["content"] if "content" in d["fields"] else "",
+                     "attachments": d["attachments"] if "attachments" in d["fields"] else [],
+                     "reactions": {r["emoji"]: sorted(r["users"]) for r in (d["reactions"] or [])}}
+                if d["edited"] is not None:
+                    m["edited"] = d["edited"]
+                out[d["seq"]] = m
+            return out
         got = {}
 
         def same():

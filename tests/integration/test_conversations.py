@@ -16,11 +16,10 @@ Run: /usr/bin/python3 tests/integration/run.py test_conversations
 import asyncio
 import json
 import os
-import random
 
 import harness
 from harness import Chatd, make_redis, make_jwt
-from chatclient import connect, itest
+from chatclient import connect, fold_room as fold, itest, room_event_writers
 
 REDIS = None
 SRV = None          # --workers 2
@@ -76,39 +75,6 @@ def by_seq(msgs):
 # --------------------------------------------------------------------------
 # a client-side model of a room: what a client that applies every event
 # it receives ends up showing
-
-
-def fold(frames, room):
-    """{seq: message} from chat/edit/delete/reaction frames of room, applied
-    in seq order the way the contract says a client should."""
-    msgs = {}
-    reacts = {}
-    evs = sorted(((f["type"], f["payload"]) for f in frames
-                  if f.get("type") in ("chat", "edit", "delete", "reaction")
-                  and f["payload"].get("room") == room), key=lambda x: x[1]["seq"])
-    for t, p in evs:
-        if t == "chat":
-            m = {k: p[k] for k in ("seq", "sender", "content", "attachments")}
-            m["deleted"] = bool(p.get("deleted"))
-            msgs[p["seq"]] = m
-            reacts[p["seq"]] = {}
-        elif p["target"] in msgs:
-            m = msgs[p["target"]]
-            if t == "edit":
-                m["content"], m["attachments"], m["edited"] = p["content"], p["attachments"], p["ts"]
-            elif t == "delete":
-                m.update(content="", attachments=[], deleted=True)
-                m.pop("edited", None)
-                reacts[p["target"]] = {}
-            else:
-                users = reacts[p["target"]].setdefault(p["emoji"], [])
-                if p["on"] and p["sender"] not in users:
-                    users.append(p["sender"])
-                elif not p["on"] and p["sender"] in users:
-                    users.remove(p["sender"])
-    for seq, m in msgs.items():
-        m["reactions"] = {e: sorted(u) for e, u in reacts[seq].items() if u}
-    return msgs
 
 
 def shape(history_msgs):
@@ -388,33 +354,10 @@ async def test_recovery_converges_under_concurrent_events():
     steady = await connect(SRV, "cv-steady")
     for c in writers + [steady]:
         await c.join(room)
-    rng = random.Random(7)
-    emojis = ["👍", "❤️", "😂"]
-    mine = {i: [] for i in range(3)}
-
-    async def writer(i, rounds):
-        c = writers[i]
-        for k in range(rounds):
-            roll = rng.random()
-            if roll < 0.35 or not mine[i]:
-                a = await c.chat(room, f"w{i}-{k}")
-                mine[i].append(a["seq"])
-            elif roll < 0.55:
-                await c.request("edit", {"room": room, "target": rng.choice(mine[i]), "content": f"w{i}-{k} edited"})
-            elif roll < 0.65:
-                t = rng.choice(mine[i])
-                mine[i].remove(t)
-                await c.request("delete", {"room": room, "target": t})
-            else:
-                owner = rng.randrange(3)
-                if mine[owner]:
-                    await c.request("react", {"room": room, "target": rng.choice(mine[owner]),
-                                              "emoji": rng.choice(emojis), "on": rng.random() < 0.7})
-
     dropper = await connect(SRV, "cv-drop")
     await dropper.join(room)
     frames_seen = []
-    task = asyncio.gather(*(writer(i, 60) for i in range(3)))
+    task = asyncio.ensure_future(room_event_writers(writers, room, 60, seed=7, emojis=["👍", "❤️", "😂"]))
     for _ in range(4):
         await asyncio.sleep(0.15)
         last = max([f["payload"]["seq"] for f in dropper.frames

@@ -1331,66 +1331,59 @@ void archive_tick(archive_t *a)
     }
 }
 
-int archive_find(archive_t *a, const char *room, int64_t before, int limit,
-                 archive_find_cb_t *cb, void *arg)
+/* A look-up of one room on the thread pool: the job, sent, or NULL (and
+ * nothing sent). The caller's callback and arg are set by the caller
+ * before any reply can run: the loop runs the job's end later. */
+static job_t *archive_lookup(archive_t *a, job_kind_t kind, const char *room, int64_t before, int limit)
 {
     if (a == NULL || a->closing) {
-        return -1;
+        return NULL;
     }
-    job_t *j = archive_job(a, JOB_FIND);
+    job_t *j = archive_job(a, kind);
     if (j == NULL) {
-        return -1;
+        return NULL;
     }
     snprintf(j->room, sizeof(j->room), "%s", room);
     j->before = before;
     j->limit = limit;
-    j->find_cb = cb;
-    j->arg = arg;
     if (archive_submit(a, j) != 0) {
         job_free(j);
+        return NULL;
+    }
+    return j;
+}
+
+int archive_find(archive_t *a, const char *room, int64_t before, int limit,
+                 archive_find_cb_t *cb, void *arg)
+{
+    job_t *j = archive_lookup(a, JOB_FIND, room, before, limit);
+    if (j == NULL) {
         return -1;
     }
+    j->find_cb = cb;
+    j->arg = arg;
     return 0;
 }
 
 int archive_get(archive_t *a, const char *room, int64_t seq, archive_get_cb_t *cb, void *arg)
 {
-    if (a == NULL || a->closing) {
-        return -1;
-    }
-    job_t *j = archive_job(a, JOB_GET);
+    job_t *j = archive_lookup(a, JOB_GET, room, seq, 1);
     if (j == NULL) {
         return -1;
     }
-    snprintf(j->room, sizeof(j->room), "%s", room);
-    j->before = seq;
     j->get_cb = cb;
     j->arg = arg;
-    if (archive_submit(a, j) != 0) {
-        job_free(j);
-        return -1;
-    }
     return 0;
 }
 
 int archive_max_seq(archive_t *a, const char *room, archive_seq_cb_t *cb, void *arg)
 {
-    if (a == NULL || a->closing) {
-        return -1;
-    }
-    job_t *j = archive_job(a, JOB_MAXSEQ);
+    job_t *j = archive_lookup(a, JOB_MAXSEQ, room, -1, 1);
     if (j == NULL) {
         return -1;
     }
-    snprintf(j->room, sizeof(j->room), "%s", room);
-    j->before = -1;
-    j->limit = 1;
     j->seq_cb = cb;
     j->arg = arg;
-    if (archive_submit(a, j) != 0) {
-        job_free(j);
-        return -1;
-    }
     return 0;
 }
 
