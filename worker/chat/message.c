@@ -116,9 +116,11 @@ static void message_on_sent(void *arg, int status, const store_ack_t *ack)
     const char *id = call->has_id ? call->id : NULL;
     switch (status) {
     case STORE_OK:
+        /* A duplicate too: with --ack-replicas its resend may just have
+         * committed the message, which queued it for the archive. */
+        archive_note_room(ch->archive, call->room->name);
         if (!ack->duplicate) {
             metrics_add(&ch->metrics->messages_received, 1);
-            archive_note_room(ch->archive, call->room->name);
             if (call->event.kind == NULL) {
                 message_notify(ch, call->room->name, session_of(c)->auth.user, ack->seq);
             }

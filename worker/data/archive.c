@@ -90,6 +90,9 @@ struct archive_s {
     /* Slots noted hot again since their last read was sent: a read that
      * found nothing new must not clear those (see archive_on_slot_read). */
     uint8_t renoted[HASHSLOT_COUNT / 8];
+    /* Slots whose read of their own pending entries, in the current
+     * gather, found some: still work to do, so they stay hot. */
+    uint8_t pending[HASHSLOT_COUNT / 8];
     unsigned hot_cursor;
     unsigned hot_measure_cursor;
     unsigned sweep_cursor;
@@ -1004,12 +1007,19 @@ static int archive_is_hot(const archive_t *a, unsigned slot)
     return (a->hot[slot / 8] >> (slot % 8)) & 1;
 }
 
+static void archive_measure_slot(archive_t *a, unsigned slot);
+
 static void archive_set_hot(archive_t *a, unsigned slot, int hot)
 {
     if (hot) {
         a->hot[slot / 8] |= (uint8_t)(1u << (slot % 8));
-    } else {
+    } else if (archive_is_hot(a, slot)) {
         a->hot[slot / 8] &= (uint8_t)~(1u << (slot % 8));
+        /* Cold slots are measured only by the slow sweep: measure this
+         * one now, so the depth gauge does not keep its last backlog. */
+        if (a->backlog != NULL && a->backlog[slot] != 0) {
+            archive_measure_slot(a, slot);
+        }
     }
 }
 
@@ -1050,13 +1060,19 @@ static void archive_on_slot_read(void *arg, redisReply *r)
     archive_slot_call_t *sc = arg;
     archive_t *a = sc->a;
     const redisReply *list = archive_read_list(r);
-    int renoted = (a->renoted[sc->slot / 8] >> (sc->slot % 8)) & 1;
+    /* The pending read was sent first on the same link, so it has been
+     * answered: a slot goes cold only when neither read found anything
+     * and no send marked it since. */
+    int keep = ((a->renoted[sc->slot / 8] | a->pending[sc->slot / 8]) >> (sc->slot % 8)) & 1;
     if (list != NULL && a->gather != NULL) {
         size_t got = archive_collect(a->gather, list, sc->slot);
-        if (got == 0 && sc->is_new && !renoted) {
+        if (got > 0 && !sc->is_new) {
+            a->pending[sc->slot / 8] |= (uint8_t)(1u << (sc->slot % 8));
+        }
+        if (got == 0 && sc->is_new && !keep) {
             archive_set_hot(a, sc->slot, 0);
         }
-    } else if (r != NULL && r->type == REDIS_REPLY_NIL && sc->is_new && !renoted) {
+    } else if (r != NULL && r->type == REDIS_REPLY_NIL && sc->is_new && !keep) {
         /* Nothing new: Redis answers nil, not an empty list. The queue is
          * read again when a send or the sweep finds entries in it. */
         archive_set_hot(a, sc->slot, 0);
@@ -1102,6 +1118,7 @@ static void archive_pump_cluster(archive_t *a)
         picked++;
         a->hot_cursor = (slot + 1) % HASHSLOT_COUNT;
         a->renoted[slot / 8] &= (uint8_t)~(1u << (slot % 8));
+        a->pending[slot / 8] &= (uint8_t)~(1u << (slot % 8));
         for (int is_new = 0; is_new <= 1; is_new++) {
             archive_slot_call_t *sc = malloc(sizeof(*sc));
             if (sc == NULL) {
@@ -1241,8 +1258,6 @@ static int archive_measure(archive_t *a, const char *queue, store_cb_t *cb, void
     }
     return store_call(a->bus, cb, arg, 5, argv, lens);
 }
-
-static void archive_measure_slot(archive_t *a, unsigned slot);
 
 /* A slice of the slot queues: finds queues with a backlog that no live
  * worker is reading (their writer died) and keeps the depth gauge; then
