@@ -677,7 +677,12 @@ char *proto_encode_event_tail(proto_event_t kind, const char *sender, const prot
     int ok = o != NULL &&
              cJSON_AddStringToObject(o, "sender", sender) != NULL &&
              cJSON_AddNumberToObject(o, "target", (double)req->target) != NULL;
-    if (ok && kind == PROTO_EV_EDIT) {
+    if (ok && kind == PROTO_EV_EDIT && req->attachments == NULL) {
+        /* An edit without attachments keeps the message's: the store puts
+         * them where the marker stands (a byte cJSON never prints raw). */
+        ok = cJSON_AddStringToObject(o, "content", req->content) != NULL &&
+             cJSON_AddRawToObject(o, "attachments", PROTO_KEEP_ATTACHMENTS) != NULL;
+    } else if (ok && kind == PROTO_EV_EDIT) {
         ok = proto_add_content(o, req->content, req->attachments);
     } else if (ok && kind == PROTO_EV_REACTION) {
         ok = cJSON_AddStringToObject(o, "emoji", req->emoji) != NULL &&

@@ -154,8 +154,13 @@ const char *proto_event_name(proto_event_t kind);
  * The tail of a stored event payload, like the chat tail below:
  * `"sender":...,"target":N,` then `"content":...,"attachments":[...]`
  * (edit) or `"emoji":...,"on":b` (reaction), then `"cid":...}`. The
- * request's fields are taken as proto_decode() validated them.
+ * request's fields are taken as proto_decode() validated them. An edit
+ * that gives no attachments keeps the message's: its tail holds
+ * PROTO_KEEP_ATTACHMENTS as the attachments' value, which the store
+ * replaces with the message's current ones (so the tail alone is not
+ * JSON then).
  */
+#define PROTO_KEEP_ATTACHMENTS "\001"
 char *proto_encode_event_tail(proto_event_t kind, const char *sender, const proto_req_t *req,
                               const char *cid);
 

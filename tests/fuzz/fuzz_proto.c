@@ -206,10 +206,19 @@ static void exercise_events(const proto_req_t *req, proto_err_t rc, const char *
         char *tail = proto_encode_event_tail(kind, user, req, id);
         CHECK(tail != NULL);
         size_t tl = strlen(tail);
-        char *full = malloc(tl + 2);
+        char *full = malloc(tl + 4);
         CHECK(full != NULL);
         full[0] = '{';
         memcpy(full + 1, tail, tl + 1);
+        /* An edit without attachments leaves their place to the store. */
+        char *keep = strstr(full, PROTO_KEEP_ATTACHMENTS);
+        CHECK(keep == NULL || (kind == PROTO_EV_EDIT && req->attachments == NULL &&
+                               strchr(keep + 1, PROTO_KEEP_ATTACHMENTS[0]) == NULL));
+        if (keep != NULL) {
+            memmove(keep + 2, keep + 1, strlen(keep + 1) + 1);
+            keep[0] = '[';
+            keep[1] = ']';
+        }
         cJSON *root = parse_back(full, NULL);
         check_str(root, "sender", user);
         check_num(root, "target", (double)req->target);

@@ -122,6 +122,29 @@ async def test_edit_broadcast_ack_and_history():
 
 
 @itest(30)
+async def test_edit_keeps_attachments_unless_it_names_them():
+    room = R("editatt")
+    a = await connect(SRV, "ea-alice")
+    await a.join(room)
+    pic = [{"type": "image", "url": "https://example.org/p.png"}]
+    m = await a.chat(room, "look", attachments=pic)
+    e1 = await a.expect("edit", {"room": room, "target": m["seq"], "content": "look!"}, want="ack")
+    _, f = await a.wait(lambda f: f.get("type") == "edit" and f["payload"]["seq"] == e1["seq"], what="edit 1")
+    assert f["payload"]["attachments"] == pic, f
+    h = by_seq((await history(a, room))["messages"])[m["seq"]]
+    assert h["attachments"] == pic and h["content"] == "look!", h
+    e2 = await a.expect("edit", {"room": room, "target": m["seq"], "content": "no picture", "attachments": []},
+                        want="ack")
+    _, f = await a.wait(lambda f: f.get("type") == "edit" and f["payload"]["seq"] == e2["seq"], what="edit 2")
+    assert f["payload"]["attachments"] == [], f
+    e3 = await a.expect("edit", {"room": room, "target": m["seq"], "content": "still none"}, want="ack")
+    _, f = await a.wait(lambda f: f.get("type") == "edit" and f["payload"]["seq"] == e3["seq"], what="edit 3")
+    assert f["payload"]["attachments"] == [], f
+    h = by_seq((await history(a, room))["messages"])[m["seq"]]
+    assert h["attachments"] == [] and h["content"] == "still none", h
+
+
+@itest(30)
 async def test_edit_rules():
     room = R("editrules")
     a = await connect(SRV, "er-alice")

@@ -1118,6 +1118,13 @@ TEST(event_tails)
     proto_req_free(&req);
     CHECK_EQ_INT(dec("{\"type\":\"edit\",\"payload\":{\"room\":\"r\",\"target\":2,\"content\":\"c\"}}",
                      &req, &why), PROTO_OK);
+    /* No attachments given: the store fills in the message's own. */
+    t = proto_encode_event_tail(PROTO_EV_EDIT, "ann", &req, NULL);
+    CHECK_STR_EQ(t, "\"sender\":\"ann\",\"target\":2,\"content\":\"c\",\"attachments\":\001}");
+    free(t);
+    proto_req_free(&req);
+    CHECK_EQ_INT(dec("{\"type\":\"edit\",\"payload\":{\"room\":\"r\",\"target\":2,\"content\":\"c\","
+                     "\"attachments\":[]}}", &req, &why), PROTO_OK);
     t = proto_encode_event_tail(PROTO_EV_EDIT, "ann", &req, NULL);
     CHECK_STR_EQ(t, "\"sender\":\"ann\",\"target\":2,\"content\":\"c\",\"attachments\":[]}");
     free(t);

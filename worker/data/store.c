@@ -227,6 +227,8 @@ static const char store_read_lua[] =
  * channel, "1" when the request has an id, "1" when archiving, room,
  * publish verb, "1" when the ack waits for replicas, kind, user, target,
  * "1" when the user is an admin, emoji, "1" for on.
+ * An edit's tail may hold the byte 1 as its attachments: the message's
+ * current ones go there (an edit that names none keeps them).
  * ARGV[17] and ARGV[18], when not empty, are the target's payload and
  * state as the archive has them, for a target older than the log.
  * Answers {seq, ts, duplicate} as the send script does, or {-2} when the
@@ -296,7 +298,15 @@ static const char store_event_lua[] =
     "local tm = redis.call('TIME')\n"
     "local ms = tonumber(tm[1]) * 1000 + math.floor(tonumber(tm[2]) / 1000)\n"
     "local us = tm[1] .. string.format('%06d', tonumber(tm[2]))\n"
-    "local p = ARGV[1] .. seq .. ',\"ts\":' .. string.format('%d', ms) .. ',' .. ARGV[2]\n"
+    "local tail = ARGV[2]\n"
+    "local keep = string.find(tail, '\\1', 1, true)\n"
+    "if kind == 'edit' and keep then\n"
+    "  local cur = st.a or msg.attachments or {}\n"
+    "  local aj = '[]'\n"
+    "  if type(cur) == 'table' and #cur > 0 then aj = cjson.encode(cur) end\n"
+    "  tail = string.sub(tail, 1, keep - 1) .. aj .. string.sub(tail, keep + 1)\n"
+    "end\n"
+    "local p = ARGV[1] .. seq .. ',\"ts\":' .. string.format('%d', ms) .. ',' .. tail\n"
     "if type(st.v) ~= 'table' then st.v = {} end\n"
     "if kind == 'edit' then\n"
     "  local ev = cjson.decode(p)\n"
