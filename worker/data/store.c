@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <cjson/cJSON.h>
 #include <openssl/sha.h>
 
 /* A worker's heartbeat goes to Redis every tick (1 s); this is how old it
@@ -17,22 +18,20 @@
 #define STORE_REAP_EVERY_MS 5000
 #define STORE_WORKERS_KEY "chatd:workers"
 #define STORE_ARCHIVE_QUEUE "chatd:archive"
-/* How many of a room's newest message seqs are kept for unread counts:
- * enough that "100 or more" is exact unless a reader is this far behind
- * and wrote most of them. */
-#define STORE_UNREAD_KEEP_STR "1000"
+/* How many log entries an unread count looks at, at most (see
+ * store_room_lua). */
+#define STORE_UNREAD_SCAN_STR "2000"
 /* Rooms a user's index keeps (the rooms request answers at most 500). */
 #define STORE_USER_ROOMS_KEEP 500
 
 /*
- * KEYS: seq, log, dedup, archive queue, archived cursor, the room's
- * message seqs and the sender's (for unread counts, see store_room_lua).
+ * KEYS: seq, log, dedup, archive queue, archived cursor.
  * Every 64 messages it also forgets what the log has left behind: the
  * copies of deleted entries below its first entry, the recovery window
  * and what the archive holds (a deleted entry at the head of the log is
  * a hole, not the log's end), and the state records of messages below the
- * first entry whose events the archive holds (keys beside the message
- * seqs, in the same slot).
+ * first entry whose events the archive holds (keys beside the log, in the
+ * same slot).
  * ARGV: payload head ('{"room":"R","seq":'), tail, dedup window (s), log
  * cap, channel, "1" when the message has an id, "1" when archiving, room,
  * publish verb, "1" when the ack waits for replicas.
@@ -77,13 +76,8 @@ static const char store_send_lua[] =
     "if ARGV[6] == '1' then\n"
     "  redis.call('SET', KEYS[3], seq .. ':' .. string.format('%d', ms), 'EX', ARGV[3])\n"
     "end\n"
-    "redis.call('ZADD', KEYS[6], seq, seq)\n"
-    "redis.call('ZADD', KEYS[7], seq, seq)\n"
     "if seq % 64 == 0 then\n"
-    "  redis.call('ZREMRANGEBYRANK', KEYS[6], 0, -" STORE_UNREAD_KEEP_STR " - 1)\n"
-    "  local low = redis.call('ZRANGE', KEYS[6], 0, 0)[1]\n"
-    "  if low then redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', '(' .. low) end\n"
-    "  local base = string.sub(KEYS[6], 1, -3)\n"
+    "  local base = string.sub(KEYS[2], 1, -4)\n"
     "  local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)[1]\n"
     "  if first then\n"
     "    local f = tonumber(string.match(first[1], '^(%d+)'))\n"
@@ -222,8 +216,7 @@ static const char store_read_lua[] =
 /*
  * A room event (edit, delete, reaction) on a message in the log. KEYS:
  * seq, log, dedup, archive queue, archived cursor, message states, deleted
- * entries, durable mark, the room's message seqs (whose name ends in
- * "ms"; the sender's own are beside it, in "mu:<sender>"). ARGV: payload head, tail, dedup window, log cap,
+ * entries, durable mark. ARGV: payload head, tail, dedup window, log cap,
  * channel, "1" when the request has an id, "1" when archiving, room,
  * publish verb, "1" when the ack waits for replicas, kind, user, target,
  * "1" when the user is an admin, emoji, "1" for on.
@@ -334,8 +327,7 @@ static const char store_event_lua[] =
     "    redis.call('XDEL', KEYS[2], target .. '-1')\n"
     "    redis.call('ZADD', KEYS[7], target, 'chat ' .. orig)\n"
     "  end\n"
-    "  redis.call('ZREM', KEYS[9], target)\n"
-    "  redis.call('ZREM', string.sub(KEYS[9], 1, -3) .. 'mu:' .. msg.sender, target)\n"
+
     "  for _, es in ipairs(st.v) do\n"
     "    local x = redis.call('XRANGE', KEYS[2], es .. '-1', es .. '-1')\n"
     "    if #x > 0 then\n"
@@ -464,24 +456,39 @@ static const char store_reap_legacy_lua[] =
 
 /*
  * Where a user stands in a room. KEYS: seq, durable mark, read cursors,
- * the room's message seqs, the user's own, log. ARGV: user, "1" when acks
- * wait for replicas. Returns {the room's seq, the user's read cursor,
- * unread (messages by others above it, up to 100), ts of the room's last
- * event (0 for none)}.
+ * log. ARGV: user, "1" when acks wait for replicas, the user's name as
+ * chat payloads spell it (a JSON string). Returns {the room's seq, the
+ * user's read cursor, unread, ts of the room's last event (0 for none)}.
+ * Unread counts the messages above the cursor that others sent and that
+ * are not deleted (deleted ones are no longer in the log) by reading the
+ * log from the cursor on: up to 100 of them, among at most
+ * STORE_UNREAD_SCAN_STR entries. Counting on read keeps every send free of
+ * bookkeeping for it.
  */
 static const char store_room_lua[] =
     "local d = tonumber(redis.call('GET', KEYS[1]) or '0')\n"
     "if ARGV[2] == '1' then d = tonumber(redis.call('GET', KEYS[2]) or '0') end\n"
     "local r = tonumber(redis.call('HGET', KEYS[3], ARGV[1]) or '0')\n"
     "if r > d then r = d end\n"
-    "local n = 0\n"
-    "if d > r then\n"
-    "  n = redis.call('ZCOUNT', KEYS[4], r + 1, d) - redis.call('ZCOUNT', KEYS[5], r + 1, d)\n"
-    "  if n > 100 then n = 100 elseif n < 0 then n = 0 end\n"
+    "local n, seen, from = 0, 0, r + 1\n"
+    "local mine = ',\"sender\":' .. ARGV[3] .. ','\n"
+    "while n < 100 and seen < " STORE_UNREAD_SCAN_STR " and from <= d do\n"
+    "  local es = redis.call('XRANGE', KEYS[4], from .. '-0', d .. '-1', 'COUNT', 200)\n"
+    "  if #es == 0 then break end\n"
+    "  for _, e in ipairs(es) do\n"
+    "    local f = e[2]\n"
+    "    if f[3] ~= 't' then\n"
+    "      local at = string.find(f[2], ',\"sender\":', 1, true)\n"
+    "      if not at or string.sub(f[2], at, at + #mine - 1) ~= mine then n = n + 1 end\n"
+    "      if n == 100 then break end\n"
+    "    end\n"
+    "  end\n"
+    "  seen = seen + #es\n"
+    "  from = tonumber(string.match(es[#es][1], '^(%d+)')) + 1\n"
     "end\n"
     "local ts = 0\n"
     "if d > 0 then\n"
-    "  local e = redis.call('XREVRANGE', KEYS[6], d .. '-1', '-', 'COUNT', 1)[1]\n"
+    "  local e = redis.call('XREVRANGE', KEYS[4], d .. '-1', '-', 'COUNT', 1)[1]\n"
     "  if e then ts = tonumber(string.match(e[2][2], '\"ts\":(%d+)') or '0') end\n"
     "end\n"
     "return {d, r, n, ts}\n";
@@ -928,11 +935,7 @@ static int store_submit(bus_t *b, const char *room, const char *sender, const ch
     char kdedup[400];
     snprintf(kdedup, sizeof(kdedup), "chatd:{%s}:d:%zu:%s:%s", room, strlen(sender), sender,
              id != NULL ? id : "");
-    char karch[160], kqueue[200], kstate[160], kgone[160], kdur[160], kms[160], kmu[300], target[24];
-    char musuffix[80];
-    snprintf(musuffix, sizeof(musuffix), "mu:%s", sender);
-    store_key(kms, sizeof(kms), room, "ms");
-    store_key(kmu, sizeof(kmu), room, musuffix);
+    char karch[160], kqueue[200], kstate[160], kgone[160], kdur[160], target[24];
     store_key(karch, sizeof(karch), room, "archived");
     store_key(kstate, sizeof(kstate), room, "st");
     store_key(kgone, sizeof(kgone), room, "gone");
@@ -952,19 +955,19 @@ static int store_submit(bus_t *b, const char *room, const char *sender, const ch
     const char *waits = store_waits(b) ? "1" : "0";
     int rc;
     if (ev == NULL) {
-        const char *argv[] = { "7", kseq, klog, kdedup, kqueue, karch, kms, kmu,
+        const char *argv[] = { "5", kseq, klog, kdedup, kqueue, karch,
                                head, tail, win, cap, chan, id != NULL ? "1" : "0", archiving, room,
                                bus_publish_verb(b), waits };
-        rc = store_evalv_on(b, store_waits(b), STORE_SEND, NULL, store_on_sent, st, 18, argv);
+        rc = store_evalv_on(b, store_waits(b), STORE_SEND, NULL, store_on_sent, st, 16, argv);
     } else {
         snprintf(target, sizeof(target), "%" PRId64, ev->target);
-        const char *argv[] = { "9", kseq, klog, kdedup, kqueue, karch, kstate, kgone, kdur, kms,
+        const char *argv[] = { "8", kseq, klog, kdedup, kqueue, karch, kstate, kgone, kdur,
                                head, tail, win, cap, chan, id != NULL ? "1" : "0", archiving, room,
                                bus_publish_verb(b), waits, ev->kind, sender, target,
                                ev->admin ? "1" : "0", ev->emoji != NULL ? ev->emoji : "",
                                ev->on ? "1" : "0", ev->seed_msg != NULL ? ev->seed_msg : "",
                                ev->seed_state != NULL ? ev->seed_state : "{}" };
-        rc = store_evalv_on(b, store_waits(b), STORE_EVENT, NULL, store_on_sent, st, 28, argv);
+        rc = store_evalv_on(b, store_waits(b), STORE_EVENT, NULL, store_on_sent, st, 27, argv);
     }
     if (rc != 0) {
         free(st);
@@ -1308,16 +1311,22 @@ void store_user_publish(bus_t *b, const char *user, const char *msg, size_t len)
 
 int store_room_state(bus_t *b, const char *room, const char *user, store_cb_t *cb, void *arg)
 {
-    char kseq[160], kd[160], krd[160], kms[160], kmu[300], klog[160], musuffix[80];
+    char kseq[160], kd[160], krd[160], klog[160];
     store_key(kseq, sizeof(kseq), room, "seq");
     store_key(kd, sizeof(kd), room, "durable");
     store_key(krd, sizeof(krd), room, "rd");
-    store_key(kms, sizeof(kms), room, "ms");
-    snprintf(musuffix, sizeof(musuffix), "mu:%s", user);
-    store_key(kmu, sizeof(kmu), room, musuffix);
     store_key(klog, sizeof(klog), room, "log");
-    const char *argv[] = { "6", kseq, kd, krd, kms, kmu, klog, user, store_waits(b) ? "1" : "0" };
-    return store_evalv(b, STORE_ROOM, cb, NULL, arg, 9, argv);
+    /* The sender field of a chat payload is cJSON's spelling of the name. */
+    cJSON *name = cJSON_CreateString(user);
+    char *spelled = name != NULL ? cJSON_PrintUnformatted(name) : NULL;
+    cJSON_Delete(name);
+    if (spelled == NULL) {
+        return -1;
+    }
+    const char *argv[] = { "4", kseq, kd, krd, klog, user, store_waits(b) ? "1" : "0", spelled };
+    int rc = store_evalv(b, STORE_ROOM, cb, NULL, arg, 8, argv);
+    free(spelled);
+    return rc;
 }
 
 int store_read_cursor(bus_t *b, const char *room, const char *user, int64_t seq, store_cb_t *cb, void *arg)
