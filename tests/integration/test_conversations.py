@@ -657,3 +657,14 @@ async def test_deleted_head_of_the_log_still_replays():
     assert j["recovered"] is True and j["seq"] == 72, j
     _, f = await late.wait(lambda f: f.get("type") == "chat", what="the first replayed message")
     assert f["payload"]["seq"] == 1 and f["payload"]["deleted"] is True, f
+
+
+@itest(30)
+async def test_rooms_requests_spend_rate_tokens():
+    """A rooms request reads up to 500 rooms in Redis: it takes a token of
+    the connection's bucket, so a client cannot turn it into a flood."""
+    srv = _extra_server("slow-rate", ["--rate", "1", "--burst", "3"])
+    c = await connect(srv, "rt-user")
+    answers = [await c.request("rooms", id=f"rs{i}") for i in range(5)]
+    kinds = [a["type"] if a["type"] != "error" else a["payload"]["code"] for a in answers]
+    assert kinds[:3] == ["rooms"] * 3 and "rate_limited" in kinds[3:], kinds

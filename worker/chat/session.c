@@ -123,7 +123,10 @@ void session_on_text(conn_t *c, const char *text, size_t len)
         unread_read(c, &req);
         break;
     case PROTO_ROOMS:
-        unread_rooms(c, &req);
+        /* One request, up to 500 reads in Redis: it spends a token. */
+        if (session_rate_ok(c, id)) {
+            unread_rooms(c, &req);
+        }
         break;
     case PROTO_EDIT:
     case PROTO_DELETE:
