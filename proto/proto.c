@@ -24,7 +24,7 @@ static const struct {
     { "typing", PROTO_TYPING }, { "history", PROTO_HISTORY },
     { "presence", PROTO_PRESENCE }, { "ping", PROTO_PING },
     { "edit", PROTO_EDIT }, { "delete", PROTO_DELETE }, { "react", PROTO_REACT },
-    { "read", PROTO_READ }, { "rooms", PROTO_ROOMS },
+    { "read", PROTO_READ }, { "rooms", PROTO_ROOMS }, { "search", PROTO_SEARCH },
 };
 
 int proto_utf8_valid(const uint8_t *s, size_t len)
@@ -258,6 +258,32 @@ static proto_err_t proto_decode_react(const cJSON *payload, proto_req_t *req, co
     return PROTO_OK;
 }
 
+/* before and limit of a page (history, search). */
+static proto_err_t proto_decode_page(const cJSON *payload, proto_req_t *req, int dflt, int max,
+                                     const char **why)
+{
+    const cJSON *before = cJSON_GetObjectItemCaseSensitive(payload, "before");
+    const cJSON *limit = cJSON_GetObjectItemCaseSensitive(payload, "limit");
+    int64_t v;
+    if (before != NULL && !cJSON_IsNull(before)) {
+        if (!proto_get_int(before, 0, INT64_C(1) << 53, &req->before)) {
+            *why = "'before' must be an integer >= 0";
+            return PROTO_E_BAD_REQUEST;
+        }
+        req->has_before = 1;
+    }
+    req->limit = dflt;
+    if (limit != NULL && !cJSON_IsNull(limit)) {
+        if (!proto_get_int(limit, 1, max, &v)) {
+            *why = max == PROTO_SEARCH_MAX ? "'limit' must be an integer from 1 to 50"
+                                           : "'limit' must be an integer from 1 to 100";
+            return PROTO_E_BAD_REQUEST;
+        }
+        req->limit = (int)v;
+    }
+    return PROTO_OK;
+}
+
 static proto_err_t proto_decode_payload(const cJSON *payload, const proto_limits_t *lim,
                                         proto_req_t *req, const char **why)
 {
@@ -308,27 +334,21 @@ static proto_err_t proto_decode_payload(const cJSON *payload, const proto_limits
         req->active = cJSON_IsTrue(active);
         return PROTO_OK;
     }
-    case PROTO_HISTORY: {
-        const cJSON *before = cJSON_GetObjectItemCaseSensitive(payload, "before");
-        const cJSON *limit = cJSON_GetObjectItemCaseSensitive(payload, "limit");
-        int64_t v;
-        if (before != NULL && !cJSON_IsNull(before)) {
-            if (!proto_get_int(before, 0, INT64_C(1) << 53, &req->before)) {
-                *why = "'before' must be an integer >= 0";
-                return PROTO_E_BAD_REQUEST;
-            }
-            req->has_before = 1;
+    case PROTO_SEARCH: {
+        const cJSON *q = cJSON_GetObjectItemCaseSensitive(payload, "q");
+        if (!cJSON_IsString(q) || q->valuestring[0] == '\0') {
+            *why = "search needs a string 'q'";
+            return PROTO_E_BAD_REQUEST;
         }
-        req->limit = PROTO_HISTORY_DEFAULT;
-        if (limit != NULL && !cJSON_IsNull(limit)) {
-            if (!proto_get_int(limit, 1, PROTO_HISTORY_MAX, &v)) {
-                *why = "'limit' must be an integer from 1 to 100";
-                return PROTO_E_BAD_REQUEST;
-            }
-            req->limit = (int)v;
+        if (strlen(q->valuestring) > PROTO_QUERY_BYTES) {
+            *why = "'q' is longer than 256 bytes";
+            return PROTO_E_TOO_LARGE;
         }
-        return PROTO_OK;
+        req->q = q->valuestring;
+        return proto_decode_page(payload, req, PROTO_SEARCH_DEFAULT, PROTO_SEARCH_MAX, why);
     }
+    case PROTO_HISTORY:
+        return proto_decode_page(payload, req, PROTO_HISTORY_DEFAULT, PROTO_HISTORY_MAX, why);
     default:
         return PROTO_OK;
     }

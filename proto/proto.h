@@ -21,6 +21,9 @@
 #define PROTO_URL_MAX 2048
 #define PROTO_HISTORY_DEFAULT 50
 #define PROTO_HISTORY_MAX 100
+#define PROTO_SEARCH_DEFAULT 20
+#define PROTO_SEARCH_MAX 50
+#define PROTO_QUERY_BYTES 256
 #define PROTO_EMOJI_MAX 32         /* bytes */
 #define PROTO_REACTIONS_MAX 20     /* distinct emoji per message */
 
@@ -36,7 +39,8 @@ typedef enum {
     PROTO_DELETE,
     PROTO_REACT,
     PROTO_READ,
-    PROTO_ROOMS
+    PROTO_ROOMS,
+    PROTO_SEARCH
 } proto_type_t;
 
 /* Error codes of the contract, in its order. */
@@ -80,6 +84,7 @@ typedef struct proto_req_s {
     const char *emoji;          /* react */
     int on;                     /* react */
     int64_t seq;                /* read */
+    const char *q;              /* search: the query text (its words are the chat wing's business) */
 } proto_req_t;
 
 typedef struct proto_limits_s {

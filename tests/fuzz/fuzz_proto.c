@@ -6,6 +6,7 @@
  * The input is one client message, exactly as a text frame would carry it.
  */
 #include "../../proto/proto.h"
+#include "../../common/words.h"
 
 #include <stdint.h>
 #include <stdio.h>
@@ -135,7 +136,7 @@ static void check_num(const cJSON *obj, const char *name, double want)
 /* Invariants of a successfully decoded request. */
 static void check_decoded(const proto_req_t *req, const proto_limits_t *lim)
 {
-    CHECK(req->type >= PROTO_JOIN && req->type <= PROTO_ROOMS);
+    CHECK(req->type >= PROTO_JOIN && req->type <= PROTO_SEARCH);
     CHECK(req->root != NULL);
     if (req->has_id) {
         size_t n = strlen(req->id);
@@ -178,6 +179,10 @@ static void check_decoded(const proto_req_t *req, const proto_limits_t *lim)
         break;
     case PROTO_READ:
         CHECK(req->seq >= 0 && req->seq <= (INT64_C(1) << 53));
+        break;
+    case PROTO_SEARCH:
+        CHECK(req->q != NULL && strlen(req->q) >= 1 && strlen(req->q) <= PROTO_QUERY_BYTES);
+        CHECK(req->limit >= 1 && req->limit <= PROTO_SEARCH_MAX);
         break;
     case PROTO_REACT: {
         CHECK(req->target >= 1 && req->target <= (INT64_C(1) << 53));
@@ -483,6 +488,27 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         CHECK(!room_ok || (n >= 1 && n <= PROTO_ROOM_MAX));
         CHECK(!user_ok || (n >= 1 && n <= PROTO_USER_MAX && room_ok && strchr(name, ':') == NULL));
         free(name);
+    }
+
+    /* The search words of any valid text: distinct, non-empty, valid
+     * UTF-8, and a text always matches the query of its own words. */
+    if (valid) {
+        words_t w;
+        CHECK(words_of(text, size, &w) == 0);
+        size_t count = 0;
+        for (const char *x = w.n > 0 ? w.buf : NULL; x != NULL; x = words_next(&w, x)) {
+            CHECK(x[0] != '\0' && proto_utf8_valid((const uint8_t *)x, strlen(x)));
+            /* Pairwise only for small inputs: it is quadratic. */
+            for (const char *y = w.buf; w.n <= 200 && y != x; y = words_next(&w, y)) {
+                CHECK(strcmp(x, y) != 0);
+            }
+            count++;
+        }
+        CHECK(count == w.n);
+        if (w.n > 0 && w.n <= WORDS_QUERY_MAX) {
+            CHECK(words_match(&w, &w) == 1);
+        }
+        words_free(&w);
     }
 
     /* A small max_content, so too_large is reachable. */

@@ -628,3 +628,46 @@ async def test_archive_latency_stays_low_after_many_rooms():
         assert took < 5, f"a new message took {took:.1f}s to reach the archive"
     finally:
         await c.close()
+
+
+@atest(120)
+async def test_search_reaches_the_archive():
+    """Search reads the recent log, then MongoDB's indexed words below it:
+    one answer, newest first, paging across the two; edits and deletes of
+    archived messages keep it true."""
+    room = R("search")
+    a = await ChatClient.open(SRV.port, "sol")
+    try:
+        await a.join(room)
+        old = [await a.chat(room, t) for t in ("Ancient Ünïcode needle", "another needle, older", "plain hay")]
+        fill = await send_all(a, room, 230, "fill")       # the log keeps about 100 of them
+        wait_archived_upto(room, fill[-1]["seq"])
+        await send_all(a, room, 20, "more")
+        log = REDIS.command("XRANGE", f"chatd:{{{room}}}:log", "-", "+", "COUNT", 1)
+        assert int(log[0][0].decode().split("-")[0]) > old[-1]["seq"], "the old messages should have left the log"
+        new = await a.chat(room, "a fresh needle")
+
+        async def search(q, **kw):
+            p = {"room": room, "q": q}
+            p.update(kw)
+            f = await a.request("search", p, timeout=15)
+            assert f["type"] == "results", f
+            return f["payload"]
+        res = await search("needle")
+        assert [m["seq"] for m in res["messages"]] == [new["seq"], old[1]["seq"], old[0]["seq"]], res
+        assert res["more"] is False
+        assert [m["seq"] for m in (await search("unicode"))["messages"]] == [old[0]["seq"]]   # folded in MongoDB too
+        assert [m["seq"] for m in (await search("ANCIENT uni"))["messages"]] == [old[0]["seq"]]
+        page = await search("needle", limit=1)
+        assert [m["seq"] for m in page["messages"]] == [new["seq"]] and page["more"] is True
+        page = await search("needle", limit=1, before=new["seq"])
+        assert [m["seq"] for m in page["messages"]] == [old[1]["seq"]] and page["more"] is True, page
+        # an edit and a delete of archived messages
+        await a.expect("edit", {"room": room, "target": old[2]["seq"], "content": "hay turned needle"}, want="ack")
+        await a.expect("delete", {"room": room, "target": old[0]["seq"]}, want="ack")
+        wait_doc(room, old[0]["seq"], lambda x: x["deleted"] is True, "the delete archived")
+        wait_doc(room, old[2]["seq"], lambda x: x["content"] == "hay turned needle", "the edit archived")
+        res = await search("needle")
+        assert [m["seq"] for m in res["messages"]] == [new["seq"], old[2]["seq"], old[1]["seq"]], res
+    finally:
+        await a.close()

@@ -9,13 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-/*
- * Answers history from payload texts, newest first (the Redis log's, then
- * the archive's). One more than the limit was asked for, to tell whether
- * older messages exist; the answer lists them ascending.
- */
-static void history_answer(conn_t *c, const char *id, const char *room,
-                                char *const *texts, size_t n, size_t limit)
+void history_send_page(conn_t *c, const char *id, const char *type, const char *room, const char *q,
+                       char *const *texts, size_t n, size_t limit, int newest_first)
 {
     int more = n > limit;
     if (n > limit) {
@@ -23,15 +18,16 @@ static void history_answer(conn_t *c, const char *id, const char *room,
     }
     cJSON *root = cJSON_CreateObject();
     cJSON *p = NULL, *msgs = NULL;
-    int ok = root != NULL && cJSON_AddStringToObject(root, "type", "history") != NULL &&
+    int ok = root != NULL && cJSON_AddStringToObject(root, "type", type) != NULL &&
              (id == NULL || cJSON_AddStringToObject(root, "id", id) != NULL) &&
              (p = cJSON_AddObjectToObject(root, "payload")) != NULL &&
              cJSON_AddStringToObject(p, "room", room) != NULL &&
+             (q == NULL || cJSON_AddStringToObject(p, "q", q) != NULL) &&
              (msgs = cJSON_AddArrayToObject(p, "messages")) != NULL &&
              cJSON_AddBoolToObject(p, "more", more) != NULL;
-    for (size_t i = n; ok && i-- > 0;) {
+    for (size_t k = 0; ok && k < n; k++) {
         /* Stored payloads are JSON the server wrote: spliced in raw. */
-        cJSON *item = cJSON_CreateRaw(texts[i]);
+        cJSON *item = cJSON_CreateRaw(texts[newest_first ? k : n - 1 - k]);
         ok = item != NULL && cJSON_AddItemToArray(msgs, item);
     }
     char *json = ok ? cJSON_PrintUnformatted(root) : NULL;
@@ -41,6 +37,13 @@ static void history_answer(conn_t *c, const char *id, const char *room,
     } else {
         session_send_json(c, json);
     }
+}
+
+/* History pages list messages ascending. */
+static void history_answer(conn_t *c, const char *id, const char *room,
+                           char *const *texts, size_t n, size_t limit)
+{
+    history_send_page(c, id, "history", room, NULL, texts, n, limit, 0);
 }
 
 static void history_on_archive(void *arg, char **found, int nfound)

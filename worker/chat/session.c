@@ -1,6 +1,7 @@
 #include "session.h"
 #include "inbox.h"
 #include "unread.h"
+#include "search.h"
 #include "history.h"
 #include "message.h"
 #include "presence.h"
@@ -137,6 +138,9 @@ void session_on_text(conn_t *c, const char *text, size_t len)
         break;
     case PROTO_HISTORY:
         history_request(c, &req);
+        break;
+    case PROTO_SEARCH:
+        search_request(c, &req);
         break;
     case PROTO_PRESENCE:
         presence_request(c, &req);

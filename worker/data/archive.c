@@ -3,6 +3,7 @@
 #include "hashslot.h"
 #include "store.h"
 #include "../../common/log.h"
+#include "../../common/words.h"
 #include "../../proto/proto.h"
 
 #include <inttypes.h>
@@ -30,7 +31,7 @@
 #define ARCHIVE_FIRST_SWEEP_PER_TICK 4096
 #define ARCHIVE_HOT_PER_TICK 64
 
-typedef enum { JOB_WRITE, JOB_FIND, JOB_MAXSEQ, JOB_INDEXES, JOB_GET } job_kind_t;
+typedef enum { JOB_WRITE, JOB_FIND, JOB_MAXSEQ, JOB_INDEXES, JOB_GET, JOB_SEARCH } job_kind_t;
 
 typedef struct {
     char *id;                   /* stream entry id */
@@ -64,6 +65,8 @@ typedef struct job_s {
     char *got_msg;
     char *got_state;
     int got_deleted;
+    /* JOB_SEARCH: the query's words (owned) */
+    words_t q;
     void *arg;
     char err[512];
 } job_t;
@@ -126,6 +129,27 @@ static void archive_oid(const char *room, int64_t seq, bson_oid_t *oid)
     bson_oid_init_from_data(oid, b);
 }
 
+/* Appends the words of text as the array "words". 0, or -1 when memory
+ * ran out. */
+static int archive_append_words(bson_t *doc, const char *text)
+{
+    words_t w;
+    if (words_of(text, strlen(text), &w) != 0) {
+        return -1;
+    }
+    bson_t arr;
+    BSON_APPEND_ARRAY_BEGIN(doc, "words", &arr);
+    int i = 0;
+    for (const char *word = w.n > 0 ? w.buf : NULL; word != NULL; word = words_next(&w, word)) {
+        char key[16];
+        snprintf(key, sizeof(key), "%d", i++);
+        BSON_APPEND_UTF8(&arr, key, word);
+    }
+    bson_append_array_end(doc, &arr);
+    words_free(&w);
+    return 0;
+}
+
 /* The stored document of one chat payload (see README, "Archive schema"). */
 static int archive_doc(const entry_t *e, bson_t *doc, bson_oid_t *oid)
 {
@@ -167,6 +191,15 @@ static int archive_doc(const entry_t *e, bson_t *doc, bson_oid_t *oid)
     BSON_APPEND_UTF8(doc, "sender", sender->valuestring);
     if (!gone) {
         BSON_APPEND_UTF8(doc, "content", content->valuestring);
+    }
+    /* The words search looks for (words.h): the content as it stands,
+     * none for a deleted message or an end-to-end encrypted room's
+     * ciphertext. Rewritten with every state, so edits keep them true. */
+    if (!gone && strncmp(e->room, "e2e:", 4) != 0 &&
+        archive_append_words(doc, content->valuestring) != 0) {
+        cJSON_Delete(st);
+        cJSON_Delete(p);
+        return -1;
     }
     BSON_APPEND_DATE_TIME(doc, "timestamp", (int64_t)ts->valuedouble);
     /* The wire's ts again as a plain integer: exact on every server,
@@ -274,7 +307,8 @@ static int archive_queue_state(mongoc_bulk_operation_t *bulk, const entry_t *e, 
     BSON_APPEND_DOCUMENT(upd, "$set", &set);
     bson_iter_t d;
     if (bson_iter_init_find(&d, doc, "deleted")) {
-        bson_t *unset = BCON_NEW("content", BCON_UTF8(""), "attachments", BCON_UTF8(""), "edited", BCON_UTF8(""));
+        bson_t *unset = BCON_NEW("content", BCON_UTF8(""), "attachments", BCON_UTF8(""), "edited", BCON_UTF8(""),
+                                 "words", BCON_UTF8(""));
         BSON_APPEND_DOCUMENT(upd, "$unset", unset);
         bson_destroy(unset);
     }
@@ -527,11 +561,10 @@ static void archive_max_event(job_t *j, mongoc_collection_t *col)
     bson_destroy(opts);
 }
 
-static void archive_do_find(job_t *j, mongoc_collection_t *col)
+/* Reads up to j->limit documents of filter, newest first, into j->found
+ * as payloads (see archive_payload). */
+static void archive_fetch(job_t *j, mongoc_collection_t *col, const bson_t *filter)
 {
-    bson_t *filter = j->before >= 0
-        ? BCON_NEW("roomId", BCON_UTF8(j->room), "seq", "{", "$lt", BCON_INT64(j->before), "}")
-        : BCON_NEW("roomId", BCON_UTF8(j->room));
     bson_t *opts = BCON_NEW("sort", "{", "seq", BCON_INT32(-1), "}", "limit", BCON_INT64(j->limit));
     mongoc_cursor_t *cur = mongoc_collection_find_with_opts(col, filter, opts, NULL);
     j->found = calloc((size_t)j->limit, sizeof(char *));
@@ -557,8 +590,62 @@ static void archive_do_find(job_t *j, mongoc_collection_t *col)
         snprintf(j->err, sizeof(j->err), "%s", err.message);
     }
     mongoc_cursor_destroy(cur);
-    bson_destroy(filter);
     bson_destroy(opts);
+}
+
+/*
+ * Messages of the room holding every query word, newest first. Words are
+ * an indexed array ({roomId, words}); the last query word of 2 or more
+ * characters may also start a word: a range on one element of the array.
+ */
+static void archive_do_search(job_t *j, mongoc_collection_t *col)
+{
+    bson_t filter = BSON_INITIALIZER, and, all, cond, range, seq;
+    BSON_APPEND_UTF8(&filter, "roomId", j->room);
+    if (j->before >= 0) {
+        BSON_APPEND_DOCUMENT_BEGIN(&filter, "seq", &seq);
+        BSON_APPEND_INT64(&seq, "$lt", j->before);
+        bson_append_document_end(&filter, &seq);
+    }
+    BSON_APPEND_ARRAY_BEGIN(&filter, "$and", &and);
+    int k = 0;
+    char key[16];
+    const char *last = NULL;
+    for (const char *w = j->q.buf; w != NULL; w = words_next(&j->q, w)) {
+        last = w;
+    }
+    int prefix = last != NULL && words_chars(last) >= 2;
+    for (const char *w = j->q.buf; w != NULL; w = words_next(&j->q, w)) {
+        snprintf(key, sizeof(key), "%d", k++);
+        bson_append_document_begin(&and, key, -1, &cond);
+        if (w == last && prefix) {
+            /* Everything that starts with w sorts from w up to w followed
+             * by the highest code point (bytewise, as the server compares). */
+            char upto[WORDS_QUERY_BYTES * 4 + 8];
+            snprintf(upto, sizeof(upto), "%s\xF4\x8F\xBF\xBF", w);
+            BSON_APPEND_DOCUMENT_BEGIN(&cond, "words", &all);
+            BSON_APPEND_DOCUMENT_BEGIN(&all, "$elemMatch", &range);
+            BSON_APPEND_UTF8(&range, "$gte", w);
+            BSON_APPEND_UTF8(&range, "$lt", upto);
+            bson_append_document_end(&all, &range);
+            bson_append_document_end(&cond, &all);
+        } else {
+            BSON_APPEND_UTF8(&cond, "words", w);
+        }
+        bson_append_document_end(&and, &cond);
+    }
+    bson_append_array_end(&filter, &and);
+    archive_fetch(j, col, &filter);
+    bson_destroy(&filter);
+}
+
+static void archive_do_find(job_t *j, mongoc_collection_t *col)
+{
+    bson_t *filter = j->before >= 0
+        ? BCON_NEW("roomId", BCON_UTF8(j->room), "seq", "{", "$lt", BCON_INT64(j->before), "}")
+        : BCON_NEW("roomId", BCON_UTF8(j->room));
+    archive_fetch(j, col, filter);
+    bson_destroy(filter);
     if (j->kind == JOB_MAXSEQ) {
         j->max_seq = 0;
         if (j->ok && j->nfound > 0) {
@@ -683,6 +770,8 @@ static void archive_do_indexes(job_t *j, mongoc_collection_t *col)
                            "name", BCON_UTF8("sender_timestamp"), "}",
                            "{", "key", "{", "roomId", BCON_INT32(1), "v", BCON_INT32(-1), "}",
                            "name", BCON_UTF8("roomId_v"), "}",
+                           "{", "key", "{", "roomId", BCON_INT32(1), "words", BCON_INT32(1), "}",
+                           "name", BCON_UTF8("roomId_words"), "}",
                            "]");
     j->ok = mongoc_collection_write_command_with_opts(col, cmd, NULL, NULL, &err);
     if (!j->ok) {
@@ -709,6 +798,9 @@ static void archive_on_work(uv_work_t *req)
         break;
     case JOB_GET:
         archive_do_get(j, col);
+        break;
+    case JOB_SEARCH:
+        archive_do_search(j, col);
         break;
     }
     mongoc_collection_destroy(col);
@@ -746,6 +838,7 @@ static void job_free(job_t *j)
     free(j->found);
     free(j->got_msg);
     free(j->got_state);
+    words_free(&j->q);
     free(j);
 }
 
@@ -840,6 +933,7 @@ static void archive_after_work(uv_work_t *req, int status)
         }
         break;
     case JOB_FIND:
+    case JOB_SEARCH:
         if (!j->ok) {
             archive_set_up(a, 0, j->err);
         }
@@ -1377,6 +1471,37 @@ int archive_find(archive_t *a, const char *room, int64_t before, int limit,
     }
     j->find_cb = cb;
     j->arg = arg;
+    return 0;
+}
+
+int archive_search(archive_t *a, const char *room, const words_t *q, int64_t before, int limit,
+                   archive_find_cb_t *cb, void *arg)
+{
+    if (a == NULL || a->closing || q->n == 0) {
+        return -1;
+    }
+    /* The job owns a copy of the words: set before it is sent. */
+    job_t *j = archive_job(a, JOB_SEARCH);
+    if (j == NULL) {
+        return -1;
+    }
+    j->q.buf = malloc(q->len);
+    if (j->q.buf == NULL) {
+        job_free(j);
+        return -1;
+    }
+    memcpy(j->q.buf, q->buf, q->len);
+    j->q.len = q->len;
+    j->q.n = q->n;
+    snprintf(j->room, sizeof(j->room), "%s", room);
+    j->before = before;
+    j->limit = limit;
+    j->find_cb = cb;
+    j->arg = arg;
+    if (archive_submit(a, j) != 0) {
+        job_free(j);
+        return -1;
+    }
     return 0;
 }
 

@@ -23,6 +23,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "../../common/words.h"
 #include "bus.h"
 
 typedef struct archive_s archive_t;
@@ -53,6 +54,12 @@ void archive_note_room(archive_t *a, const char *room);
 typedef void archive_find_cb_t(void *arg, char **payloads, int n);
 int archive_find(archive_t *a, const char *room, int64_t before, int limit,
                  archive_find_cb_t *cb, void *arg);
+
+/* Messages of room below seq before (before < 0: the newest) holding the
+ * words of q (see words_match), newest first, at most limit; cb as for
+ * archive_find. */
+int archive_search(archive_t *a, const char *room, const words_t *q, int64_t before, int limit,
+                   archive_find_cb_t *cb, void *arg);
 
 /*
  * The message seq of room, for an event on it that the recent log no
