@@ -1,6 +1,8 @@
 #include "config.h"
 #include "log.h"
 
+#include <cjson/cJSON.h>
+
 #include <ctype.h>
 #include <errno.h>
 #include <stdio.h>
@@ -52,6 +54,7 @@ static const opt_t config_opts[] = {
     OPT_I("shutdown-timeout", shutdown_timeout, 1, 3600, "seconds a graceful stop may take (default 30)"),
     OPT_I("max-file", max_file, 1, 1 << 30, "largest uploaded file in bytes (default 10485760)"),
     OPT_S("files-dir", files_dir, "directory for uploaded files without --mongo-uri (default var/files)"),
+    OPT_S("ice-servers", ice_servers, "STUN/TURN servers for calls, a JSON array of RTCIceServer (default [])"),
 };
 
 #define CONFIG_NOPTS (sizeof(config_opts) / sizeof(config_opts[0]))
@@ -81,6 +84,21 @@ static void config_defaults(config_t *cfg)
     cfg->shutdown_timeout = 30;
     cfg->max_file = 10 << 20;
     snprintf(cfg->files_dir, sizeof(cfg->files_dir), "var/files");
+}
+
+/* --ice-servers reaches browsers as given: an array of RTCIceServer
+ * objects, each with "urls" (a string or an array of strings). */
+static int config_ice_servers_valid(const char *text)
+{
+    cJSON *a = cJSON_Parse(text);
+    int ok = cJSON_IsArray(a);
+    const cJSON *s;
+    cJSON_ArrayForEach(s, a) {
+        const cJSON *urls = cJSON_GetObjectItemCaseSensitive(s, "urls");
+        ok = ok && cJSON_IsObject(s) && (cJSON_IsString(urls) || cJSON_IsArray(urls));
+    }
+    cJSON_Delete(a);
+    return ok;
 }
 
 static const opt_t *config_find(const char *name, size_t len)
@@ -310,6 +328,10 @@ int config_load(config_t *cfg, int argc, char **argv, int *exit_now,
     if (cfg->max_content > cfg->max_message) {
         snprintf(err, errlen, "max-content (%d) cannot exceed max-message (%d)",
                  cfg->max_content, cfg->max_message);
+        return -1;
+    }
+    if (cfg->ice_servers[0] != '\0' && !config_ice_servers_valid(cfg->ice_servers)) {
+        snprintf(err, errlen, "ice-servers must be a JSON array of objects with \"urls\"");
         return -1;
     }
     return 0;

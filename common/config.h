@@ -41,6 +41,7 @@ typedef struct config_s {
     int shutdown_timeout;       /* seconds a graceful stop may take */
     int max_file;               /* bytes, one uploaded file */
     char files_dir[1024];       /* uploads without --mongo-uri */
+    char ice_servers[4096];     /* JSON array of RTCIceServer, for welcome */
 } config_t;
 
 /*

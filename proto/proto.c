@@ -26,6 +26,8 @@ static const struct {
     { "presence", PROTO_PRESENCE }, { "ping", PROTO_PING },
     { "edit", PROTO_EDIT }, { "delete", PROTO_DELETE }, { "react", PROTO_REACT },
     { "read", PROTO_READ }, { "rooms", PROTO_ROOMS }, { "search", PROTO_SEARCH },
+    { "setkey", PROTO_SETKEY }, { "getkeys", PROTO_GETKEYS }, { "roomkey", PROTO_ROOMKEY },
+    { "getroomkeys", PROTO_GETROOMKEYS }, { "signal", PROTO_SIGNAL },
 };
 
 int proto_utf8_valid(const uint8_t *s, size_t len)
@@ -218,6 +220,22 @@ static proto_err_t proto_decode_chat(const cJSON *payload, const proto_limits_t 
     req->content = content->valuestring;
     req->content_len = clen;
 
+    const cJSON *e2e = cJSON_GetObjectItemCaseSensitive(payload, "e2e");
+    if (e2e != NULL && !cJSON_IsNull(e2e)) {
+        const cJSON *kid = cJSON_GetObjectItemCaseSensitive(e2e, "keyId");
+        const cJSON *iv = cJSON_GetObjectItemCaseSensitive(e2e, "iv");
+        if (!cJSON_IsObject(e2e) || !cJSON_IsString(kid) || !cJSON_IsString(iv) ||
+            kid->valuestring[0] == '\0' || iv->valuestring[0] == '\0') {
+            *why = "'e2e' must be {\"keyId\": string, \"iv\": string}";
+            return PROTO_E_BAD_REQUEST;
+        }
+        if (strlen(kid->valuestring) > PROTO_E2E_FIELD_MAX || strlen(iv->valuestring) > PROTO_E2E_FIELD_MAX) {
+            *why = "e2e.keyId and e2e.iv are at most 128 bytes";
+            return PROTO_E_TOO_LARGE;
+        }
+        req->e2e = e2e;
+    }
+
     const cJSON *att = cJSON_GetObjectItemCaseSensitive(payload, "attachments");
     if (att == NULL || cJSON_IsNull(att)) {
         return PROTO_OK;
@@ -239,17 +257,20 @@ static proto_err_t proto_decode_chat(const cJSON *payload, const proto_limits_t 
             *why = "an attachment must be {\"type\": string, \"url\": string}";
             return PROTO_E_BAD_REQUEST;
         }
-        if (strcmp(t->valuestring, "file") == 0) {
+        int file = strcmp(t->valuestring, "file") == 0;
+        /* Version 1 took any type with an http(s) URL, "file" included, and
+         * still does; a relative URL is only ever a file of /files. */
+        if (file && u->valuestring[0] == '/') {
             if (!proto_file_url_valid(u->valuestring)) {
-                *why = "a file attachment's url must be /files/<id>, as POST /files answered";
-                return PROTO_E_BAD_REQUEST;
-            }
-            if (!proto_file_fields_valid(a)) {
-                *why = "a file attachment's name and mime must be strings of at most 255 bytes, its size an integer";
+                *why = "a file attachment's relative url must be /files/<id>, as POST /files answered";
                 return PROTO_E_BAD_REQUEST;
             }
         } else if (!proto_url_valid(u->valuestring)) {
-            *why = "an attachment url must be an http(s) URL of at most 2048 bytes";
+            *why = "an attachment url must be an http(s) URL of at most 2048 bytes, or a file's /files/<id>";
+            return PROTO_E_BAD_REQUEST;
+        }
+        if (file && !proto_file_fields_valid(a)) {
+            *why = "a file attachment's name and mime must be strings of at most 255 bytes, its size an integer";
             return PROTO_E_BAD_REQUEST;
         }
     }
@@ -328,11 +349,97 @@ static proto_err_t proto_decode_page(const cJSON *payload, proto_req_t *req, int
     return PROTO_OK;
 }
 
+/* A member that must be a string of 1..max bytes: PROTO_OK with *out,
+ * bad_request when missing or not a string, too_large when longer. */
+static proto_err_t proto_get_text(const cJSON *payload, const char *name, size_t max, int empty_ok,
+                                  const char **out, const char **why, const char *msg)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(payload, name);
+    if (!cJSON_IsString(v) || (!empty_ok && v->valuestring[0] == '\0')) {
+        *why = msg;
+        return PROTO_E_BAD_REQUEST;
+    }
+    if (strlen(v->valuestring) > max) {
+        *why = msg;
+        return PROTO_E_TOO_LARGE;
+    }
+    *out = v->valuestring;
+    return PROTO_OK;
+}
+
+static proto_err_t proto_get_user(const cJSON *payload, const char *name, const char **out, const char **why)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(payload, name);
+    if (!cJSON_IsString(v) || !proto_user_valid(v->valuestring, strlen(v->valuestring))) {
+        *why = "a user name must match [A-Za-z0-9_.-]{1,64}";
+        return PROTO_E_BAD_REQUEST;
+    }
+    *out = v->valuestring;
+    return PROTO_OK;
+}
+
+/* Requests about keys and calls: setkey and getkeys name no room. */
+static proto_err_t proto_decode_keys(const cJSON *payload, proto_req_t *req, const char **why)
+{
+    if (req->type == PROTO_SETKEY) {
+        return proto_get_text(payload, "key", PROTO_KEY_MAX, 0, &req->key, why,
+                              "setkey needs a string 'key' of 1 to 2048 bytes");
+    }
+    const cJSON *users = cJSON_GetObjectItemCaseSensitive(payload, "users");
+    int n = cJSON_IsArray(users) ? cJSON_GetArraySize(users) : 0;
+    if (n == 0) {
+        *why = "getkeys needs 'users', an array of 1 to 100 user names";
+        return PROTO_E_BAD_REQUEST;
+    }
+    if (n > PROTO_GETKEYS_MAX) {
+        *why = "more than 100 users";
+        return PROTO_E_TOO_LARGE;
+    }
+    const cJSON *u;
+    cJSON_ArrayForEach(u, users) {
+        if (!cJSON_IsString(u) || !proto_user_valid(u->valuestring, strlen(u->valuestring))) {
+            *why = "a user name must match [A-Za-z0-9_.-]{1,64}";
+            return PROTO_E_BAD_REQUEST;
+        }
+    }
+    req->users = users;
+    return PROTO_OK;
+}
+
+static proto_err_t proto_decode_signal(const cJSON *payload, proto_req_t *req, const char **why)
+{
+    static const char *const kinds[] = { "offer", "answer", "ice", "hangup", "reject", "busy" };
+    proto_err_t err = proto_get_user(payload, "to", &req->to, why);
+    if (err == PROTO_OK) {
+        err = proto_get_text(payload, "callId", PROTO_CALL_ID_MAX, 0, &req->call_id, why,
+                             "signal needs a string 'callId' of 1 to 64 bytes");
+    }
+    if (err == PROTO_OK) {
+        err = proto_get_text(payload, "data", PROTO_SIGNAL_DATA_MAX, 1, &req->data, why,
+                             "signal needs a string 'data' of at most 16 KiB");
+    }
+    if (err != PROTO_OK) {
+        return err;
+    }
+    const cJSON *kind = cJSON_GetObjectItemCaseSensitive(payload, "kind");
+    for (size_t i = 0; cJSON_IsString(kind) && i < sizeof(kinds) / sizeof(kinds[0]); i++) {
+        if (strcmp(kind->valuestring, kinds[i]) == 0) {
+            req->kind = kinds[i];
+            return PROTO_OK;
+        }
+    }
+    *why = "'kind' must be offer, answer, ice, hangup, reject or busy";
+    return PROTO_E_BAD_REQUEST;
+}
+
 static proto_err_t proto_decode_payload(const cJSON *payload, const proto_limits_t *lim,
                                         proto_req_t *req, const char **why)
 {
     if (req->type == PROTO_PING || req->type == PROTO_ROOMS) {
         return PROTO_OK;
+    }
+    if (req->type == PROTO_SETKEY || req->type == PROTO_GETKEYS) {
+        return proto_decode_keys(payload, req, why);
     }
     const cJSON *room = cJSON_GetObjectItemCaseSensitive(payload, "room");
     if (!cJSON_IsString(room) || !proto_room_valid(room->valuestring)) {
@@ -393,6 +500,20 @@ static proto_err_t proto_decode_payload(const cJSON *payload, const proto_limits
     }
     case PROTO_HISTORY:
         return proto_decode_page(payload, req, PROTO_HISTORY_DEFAULT, PROTO_HISTORY_MAX, why);
+    case PROTO_ROOMKEY: {
+        proto_err_t err = proto_get_user(payload, "to", &req->to, why);
+        if (err == PROTO_OK) {
+            err = proto_get_text(payload, "keyId", PROTO_KEY_ID_MAX, 0, &req->key_id, why,
+                                 "roomkey needs a string 'keyId' of 1 to 64 bytes");
+        }
+        if (err == PROTO_OK) {
+            err = proto_get_text(payload, "wrapped", PROTO_WRAPPED_MAX, 0, &req->wrapped, why,
+                                 "roomkey needs a string 'wrapped' of 1 to 4096 bytes");
+        }
+        return err;
+    }
+    case PROTO_SIGNAL:
+        return proto_decode_signal(payload, req, why);
     default:
         return PROTO_OK;
     }
@@ -545,7 +666,8 @@ char *proto_encode_pong(const char *id)
 }
 
 char *proto_encode_welcome(const char *user, const char *session, int heartbeat,
-                           int max_message, int max_content, int rate, int burst, int max_file)
+                           int max_message, int max_content, int rate, int burst, int max_file,
+                           const char *ice_servers)
 {
     cJSON *p = NULL, *l = NULL;
     cJSON *root = proto_frame("welcome", NULL, &p);
@@ -559,6 +681,76 @@ char *proto_encode_welcome(const char *user, const char *session, int heartbeat,
              cJSON_AddNumberToObject(l, "rate", rate) != NULL &&
              cJSON_AddNumberToObject(l, "burst", burst) != NULL &&
              cJSON_AddNumberToObject(l, "maxFile", max_file) != NULL;
+    cJSON *ice = ice_servers != NULL && ice_servers[0] != '\0' ? cJSON_Parse(ice_servers) : cJSON_CreateArray();
+    if (ok && !cJSON_IsArray(ice)) {
+        cJSON_Delete(ice);
+        ice = cJSON_CreateArray();
+    }
+    ok = ok && ice != NULL && cJSON_AddItemToObject(p, "iceServers", ice);
+    if (!ok) {
+        cJSON_Delete(ice);
+    }
+    return proto_print(root, ok);
+}
+
+char *proto_encode_keys(const char *id, const cJSON *users, const char *const *values)
+{
+    cJSON *p = NULL, *keys = NULL;
+    cJSON *root = proto_frame("keys", id, &p);
+    int ok = root != NULL && (keys = cJSON_AddObjectToObject(p, "keys")) != NULL;
+    const cJSON *u;
+    int i = 0;
+    cJSON_ArrayForEach(u, users) {
+        if (!ok) {
+            break;
+        }
+        if (cJSON_GetObjectItemCaseSensitive(keys, u->valuestring) == NULL) {
+            ok = (values[i] != NULL ? cJSON_AddStringToObject(keys, u->valuestring, values[i])
+                                    : cJSON_AddNullToObject(keys, u->valuestring)) != NULL;
+        }
+        i++;
+    }
+    return proto_print(root, ok);
+}
+
+char *proto_encode_roomkey(const char *room, const char *from, const char *key_id, const char *wrapped)
+{
+    cJSON *p = NULL;
+    cJSON *root = proto_frame("roomkey", NULL, &p);
+    int ok = root != NULL && cJSON_AddStringToObject(p, "room", room) != NULL &&
+             cJSON_AddStringToObject(p, "from", from) != NULL &&
+             cJSON_AddStringToObject(p, "keyId", key_id) != NULL &&
+             cJSON_AddStringToObject(p, "wrapped", wrapped) != NULL;
+    return proto_print(root, ok);
+}
+
+char *proto_encode_roomkeys(const char *id, const char *room, const char *const *entries, size_t n)
+{
+    cJSON *p = NULL, *keys = NULL;
+    cJSON *root = proto_frame("roomkeys", id, &p);
+    int ok = root != NULL && cJSON_AddStringToObject(p, "room", room) != NULL &&
+             (keys = cJSON_AddArrayToObject(p, "keys")) != NULL;
+    for (size_t i = 0; ok && i < n; i++) {
+        cJSON *e = cJSON_Parse(entries[i]);
+        if (!cJSON_IsObject(e)) {
+            cJSON_Delete(e);
+            continue;       /* not ours: skipped rather than failing the list */
+        }
+        ok = cJSON_AddItemToArray(keys, e);
+    }
+    return proto_print(root, ok);
+}
+
+char *proto_encode_signal(const char *from, const char *room, const char *call_id, const char *kind,
+                          const char *data)
+{
+    cJSON *p = NULL;
+    cJSON *root = proto_frame("signal", NULL, &p);
+    int ok = root != NULL && cJSON_AddStringToObject(p, "from", from) != NULL &&
+             cJSON_AddStringToObject(p, "room", room) != NULL &&
+             cJSON_AddStringToObject(p, "callId", call_id) != NULL &&
+             cJSON_AddStringToObject(p, "kind", kind) != NULL &&
+             cJSON_AddStringToObject(p, "data", data) != NULL;
     return proto_print(root, ok);
 }
 
@@ -723,13 +915,26 @@ static char *proto_print_tail(cJSON *o, int ok)
     return json;
 }
 
+/* Adds a copy of a validated e2e object ({keyId, iv} only). */
+static int proto_add_e2e(cJSON *o, const cJSON *e2e)
+{
+    if (e2e == NULL) {
+        return 1;
+    }
+    cJSON *e = cJSON_AddObjectToObject(o, "e2e");
+    return e != NULL &&
+           cJSON_AddStringToObject(e, "keyId", cJSON_GetObjectItemCaseSensitive(e2e, "keyId")->valuestring) != NULL &&
+           cJSON_AddStringToObject(e, "iv", cJSON_GetObjectItemCaseSensitive(e2e, "iv")->valuestring) != NULL;
+}
+
 char *proto_encode_chat_tail(const char *sender, const char *content,
-                             const cJSON *attachments, const char *cid)
+                             const cJSON *attachments, const cJSON *e2e, const char *cid)
 {
     cJSON *o = cJSON_CreateObject();
     int ok = o != NULL &&
              cJSON_AddStringToObject(o, "sender", sender) != NULL &&
              proto_add_content(o, content, attachments) &&
+             proto_add_e2e(o, e2e) &&
              (cid == NULL || cJSON_AddStringToObject(o, "cid", cid) != NULL);
     return proto_print_tail(o, ok);
 }
@@ -760,6 +965,9 @@ char *proto_encode_event_tail(proto_event_t kind, const char *sender, const prot
              cJSON_AddRawToObject(o, "attachments", PROTO_KEEP_ATTACHMENTS) != NULL;
     } else if (ok && kind == PROTO_EV_EDIT) {
         ok = proto_add_content(o, req->content, req->attachments);
+    }
+    if (ok && kind == PROTO_EV_EDIT) {
+        ok = proto_add_e2e(o, req->e2e);
     } else if (ok && kind == PROTO_EV_REACTION) {
         ok = cJSON_AddStringToObject(o, "emoji", req->emoji) != NULL &&
              cJSON_AddBoolToObject(o, "on", req->on) != NULL;
@@ -848,6 +1056,11 @@ char *proto_fold_message(const char *payload, size_t len, const char *state, siz
             }
             if (ok && cJSON_IsNumber(e)) {
                 ok = proto_set(m, "edited", cJSON_CreateNumber(e->valuedouble));
+            }
+            /* An edit in an e2e: room brings its own key id and iv. */
+            const cJSON *k = cJSON_GetObjectItemCaseSensitive(st, "k");
+            if (ok && cJSON_IsObject(k)) {
+                ok = proto_set(m, "e2e", cJSON_Duplicate(k, 1));
             }
         }
         if (ok && !cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(m, "deleted"))) {

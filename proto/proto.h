@@ -27,6 +27,13 @@
 #define PROTO_QUERY_BYTES 256
 #define PROTO_EMOJI_MAX 32         /* bytes */
 #define PROTO_REACTIONS_MAX 20     /* distinct emoji per message */
+#define PROTO_KEY_MAX 2048         /* setkey: a public key */
+#define PROTO_GETKEYS_MAX 100      /* users per getkeys */
+#define PROTO_KEY_ID_MAX 64        /* roomkey's keyId */
+#define PROTO_WRAPPED_MAX 4096     /* roomkey's wrapped key */
+#define PROTO_E2E_FIELD_MAX 128    /* e2e.keyId and e2e.iv */
+#define PROTO_CALL_ID_MAX 64
+#define PROTO_SIGNAL_DATA_MAX 16384
 
 typedef enum {
     PROTO_JOIN = 1,
@@ -41,7 +48,12 @@ typedef enum {
     PROTO_REACT,
     PROTO_READ,
     PROTO_ROOMS,
-    PROTO_SEARCH
+    PROTO_SEARCH,
+    PROTO_SETKEY,
+    PROTO_GETKEYS,
+    PROTO_ROOMKEY,
+    PROTO_GETROOMKEYS,
+    PROTO_SIGNAL
 } proto_type_t;
 
 /* Error codes of the contract, in its order. */
@@ -86,6 +98,15 @@ typedef struct proto_req_s {
     int on;                     /* react */
     int64_t seq;                /* read */
     const char *q;              /* search: the query text (its words are the chat wing's business) */
+    const cJSON *e2e;           /* chat, edit: {keyId, iv}, validated, or NULL */
+    const char *key;            /* setkey */
+    const cJSON *users;         /* getkeys: array of valid user names */
+    const char *to;             /* roomkey, signal */
+    const char *key_id;         /* roomkey */
+    const char *wrapped;        /* roomkey */
+    const char *call_id;        /* signal */
+    const char *kind;           /* signal: offer, answer, ice, hangup, reject, busy */
+    const char *data;           /* signal */
 } proto_req_t;
 
 typedef struct proto_limits_s {
@@ -128,8 +149,19 @@ int proto_user_valid(const char *user, size_t len);
  */
 char *proto_encode_error(const char *id, proto_err_t code, const char *message);
 char *proto_encode_pong(const char *id);
+/* ice_servers: a JSON array text (checked at config load), or NULL for []. */
 char *proto_encode_welcome(const char *user, const char *session, int heartbeat,
-                           int max_message, int max_content, int rate, int burst, int max_file);
+                           int max_message, int max_content, int rate, int burst, int max_file,
+                           const char *ice_servers);
+
+/* keys {keys: {user: key or null}}: values[i] is users' i-th key, NULL
+ * when the user has none. */
+char *proto_encode_keys(const char *id, const cJSON *users, const char *const *values);
+char *proto_encode_roomkey(const char *room, const char *from, const char *key_id, const char *wrapped);
+/* roomkeys {room, keys}: entries are JSON texts {from, keyId, wrapped}. */
+char *proto_encode_roomkeys(const char *id, const char *room, const char *const *entries, size_t n);
+char *proto_encode_signal(const char *from, const char *room, const char *call_id, const char *kind,
+                          const char *data);
 char *proto_encode_joined(const char *id, const char *room, int64_t seq, int recovered,
                           int64_t read_seq, int unread);
 char *proto_encode_ok(const char *id);
@@ -189,6 +221,6 @@ char *proto_fold_message(const char *payload, size_t len, const char *state, siz
  * it when it assigns them, so the payload is encoded once per message.
  */
 char *proto_encode_chat_tail(const char *sender, const char *content,
-                             const cJSON *attachments, const char *cid);
+                             const cJSON *attachments, const cJSON *e2e, const char *cid);
 
 #endif

@@ -15,7 +15,7 @@ try {
     timestamp: d.timestamp === undefined ? null : new Date(d.timestamp).getTime(),
     attachments: d.attachments, cid: d.cid ?? null,
     edited: d.edited === undefined ? null : Number(d.edited), deleted: d.deleted ?? null,
-    reactions: d.reactions ?? null, v: d.v === undefined ? null : Number(d.v),
+    reactions: d.reactions ?? null, v: d.v === undefined ? null : Number(d.v), e2e: d.e2e ?? null,
     fields: Object.keys(d),
   }))));
 } finally {

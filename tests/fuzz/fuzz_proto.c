@@ -289,7 +289,7 @@ static void exercise_encoders(const proto_req_t *req, proto_err_t rc, const char
     cJSON_Delete(root);
     free(json);
 
-    json = proto_encode_welcome(user, room, 25, 65536, 16384, 20, 40, 1024);
+    json = proto_encode_welcome(user, room, 25, 65536, 16384, 20, 40, 1024, "[]");
     root = parse_back(json, "welcome");
     check_str(payload_of(root), "user", user);
     check_str(payload_of(root), "session", room);
@@ -356,7 +356,7 @@ static void exercise_encoders(const proto_req_t *req, proto_err_t rc, const char
     free(json);
 
     if (rc == PROTO_OK && req->type == PROTO_CHAT) {
-        char *tail = proto_encode_chat_tail(user, req->content, req->attachments, id);
+        char *tail = proto_encode_chat_tail(user, req->content, req->attachments, req->e2e, id);
         CHECK(tail != NULL);
         /* The store splices room, seq and ts in front of the tail. */
         size_t tl = strlen(tail);

@@ -26,7 +26,8 @@ import websockets
 
 import harness
 
-RESPONSE_TYPES = ("joined", "left", "ack", "history", "presence", "pong", "error", "ok", "rooms", "results")
+RESPONSE_TYPES = ("joined", "left", "ack", "history", "presence", "pong", "error", "ok", "rooms", "results",
+                  "keys", "roomkeys")
 
 
 class Closed(AssertionError):

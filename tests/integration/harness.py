@@ -1934,3 +1934,41 @@ class Congo:
         """Installs CongoDB (npm) when missing."""
         subprocess.run(["bash", os.path.join(CONGO_DIR, "setup")], check=True, timeout=300)
 
+
+# --------------------------------------------------------------------------
+# What Redis holds of a room
+
+
+def room_dump(redis, room):
+    """Every value Redis holds under the room's keys, as text."""
+    out = {}
+    pattern = f"chatd:{{{room}}}*"
+    node = redis.master_of(f"chatd:{{{room}}}") if is_cluster(redis) else redis
+    keys = node.command("KEYS", pattern)
+    assert keys, f"no keys match {pattern}"
+    for key in keys:
+        k = key.decode() if isinstance(key, bytes) else key
+        t = redis.command("TYPE", k)
+        t = t.decode() if isinstance(t, bytes) else t
+        if t == "stream":
+            v = redis.command("XRANGE", k, "-", "+")
+        elif t == "hash":
+            v = redis.command("HGETALL", k)
+        elif t == "zset":
+            v = redis.command("ZRANGE", k, 0, -1)
+        elif t == "set":
+            v = redis.command("SMEMBERS", k)
+        else:
+            v = redis.command("GET", k)
+        out[k] = _text(v)
+    return out
+
+
+def _text(v):
+    if isinstance(v, bytes):
+        return v.decode("utf-8", "replace")
+    if isinstance(v, (list, tuple)):
+        return [_text(x) for x in v]
+    if isinstance(v, dict):
+        return {_text(k): _text(x) for k, x in v.items()}
+    return v

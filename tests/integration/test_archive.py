@@ -663,3 +663,46 @@ async def test_words_backfilled_for_documents_archived_before_search():
         assert [m["seq"] for m in f["payload"]["messages"]] == [old[1]["seq"], old[0]["seq"]], f
     finally:
         await a.close()
+
+
+@atest(90)
+async def test_e2e_room_archive_holds_only_ciphertext():
+    """An e2e: room's documents hold the ciphertext, its key id and iv (the
+    last edit's), no search words; history read back from MongoDB gives
+    the same e2e as the live messages."""
+    room = "e2e:" + R("cipher")
+    a = await ChatClient.open(SRV.port, "eve2e")
+    try:
+        await a.join(room)
+
+        async def chat(i):
+            f = await a.request("chat", {"room": room, "content": f"Q0lQSEVS{i:04d}",
+                                         "e2e": {"keyId": "k1", "iv": f"iv{i}"}}, id=f"e{i}", timeout=15)
+            assert f["type"] == "ack", f
+            return f["payload"]
+        first = await chat(0)
+        f = await a.request("edit", {"room": room, "target": first["seq"], "content": "RURJVA==",
+                                     "e2e": {"keyId": "k2", "iv": "iv-edit"}}, timeout=15)
+        assert f["type"] == "ack", f
+        last = None
+        for i in range(1, 231):
+            last = await chat(i)
+        wait_archived_upto(room, last["seq"])
+        wait_doc(room, first["seq"], lambda x: x["content"] == "RURJVA==", "the edit archived")
+        docs = {d["seq"]: d for d in MONGO.docs(room)}
+        d0 = docs[first["seq"]]
+        assert d0["e2e"] == {"keyId": "k2", "iv": "iv-edit"} and "words" not in d0["fields"], d0
+        assert all("words" not in d["fields"] and d["e2e"]["keyId"] for d in docs.values())
+        assert docs[last["seq"]]["e2e"] == {"keyId": "k1", "iv": "iv230"}
+        for i in range(20):
+            await chat(1000 + i)       # the log moves on past the first messages
+        log = REDIS.command("XRANGE", f"chatd:{{{room}}}:log", "-", "+", "COUNT", 1)
+        assert int(log[0][0].decode().split("-")[0]) > first["seq"] + 2, "history should come from MongoDB"
+        # seq + 1 is the edit: the next message is seq + 2.
+        h = await a.request("history", {"room": room, "before": first["seq"] + 3, "limit": 2}, timeout=15)
+        msgs = h["payload"]["messages"]
+        assert [m["seq"] for m in msgs] == [first["seq"], first["seq"] + 2], h
+        assert msgs[0]["content"] == "RURJVA==" and msgs[0]["e2e"] == {"keyId": "k2", "iv": "iv-edit"}, msgs[0]
+        assert msgs[1]["e2e"] == {"keyId": "k1", "iv": "iv1"}, msgs[1]
+    finally:
+        await a.close()

@@ -261,37 +261,8 @@ async def test_delete_means_gone_in_redis_and_replay():
 
 def harness_dump(room):
     """Every value Redis holds under the room's keys, as text."""
-    out = {}
-    pattern = f"chatd:{{{room}}}*"
-    node = REDIS.master_of(f"chatd:{{{room}}}") if harness.is_cluster(REDIS) else REDIS
-    keys = node.command("KEYS", pattern)
-    assert keys, f"no keys match {pattern}"
-    for key in keys:
-        k = key.decode() if isinstance(key, bytes) else key
-        t = REDIS.command("TYPE", k)
-        t = t.decode() if isinstance(t, bytes) else t
-        if t == "stream":
-            v = REDIS.command("XRANGE", k, "-", "+")
-        elif t == "hash":
-            v = REDIS.command("HGETALL", k)
-        elif t == "zset":
-            v = REDIS.command("ZRANGE", k, 0, -1)
-        elif t == "set":
-            v = REDIS.command("SMEMBERS", k)
-        else:
-            v = REDIS.command("GET", k)
-        out[k] = _text(v)
-    return out
+    return harness.room_dump(REDIS, room)
 
-
-def _text(v):
-    if isinstance(v, bytes):
-        return v.decode("utf-8", "replace")
-    if isinstance(v, (list, tuple)):
-        return [_text(x) for x in v]
-    if isinstance(v, dict):
-        return {_text(k): _text(x) for k, x in v.items()}
-    return v
 
 
 # --------------------------------------------------------------------------

@@ -356,7 +356,12 @@ async def test_file_attachments_in_chat():
     await g.chat(room, "archived", attachments=[att])
     wait_for(lambda: any(d["content"] == "archived" for d in MONGO.docs(room)), 20, what="archived")
     assert [d["attachments"] for d in MONGO.docs(room) if d["content"] == "archived"] == [[att]]
-    for bad in ({"type": "file", "url": "/files/../../etc"}, {"type": "file", "url": "https://x.test/a"},
+    # Version 1's "file" with an http(s) URL stays valid.
+    v1 = {"type": "file", "url": "https://x.test/a.pdf"}
+    await a.chat(room, "v1 link", attachments=[v1])
+    got = await b.recv_until(lambda f: f.get("type") == "chat" and f["payload"]["content"] == "v1 link")
+    assert got["payload"]["attachments"] == [v1], got
+    for bad in ({"type": "file", "url": "/files/../../etc"}, {"type": "file", "url": "/other/x"},
                 {"type": "file", "url": meta["url"], "size": -1}, {"type": "file", "url": meta["url"], "name": 5},
                 {"type": "image", "url": meta["url"]}):
         await a.expect("chat", {"room": room, "content": "x", "attachments": [bad]}, want="error:bad_request")

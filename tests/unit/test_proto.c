@@ -828,7 +828,7 @@ TEST(encode_pong)
 TEST(encode_welcome)
 {
     const cJSON *p;
-    cJSON *r = FRAME(proto_encode_welcome("al\"ice", "s-1", 25, 65536, 16384, 20, 40, 10485760),
+    cJSON *r = FRAME(proto_encode_welcome("al\"ice", "s-1", 25, 65536, 16384, 20, 40, 10485760, NULL),
                      "welcome", NULL, &p);
     REQUIRE(r != NULL);
     CHECK_STR_EQ(pstr(p, "user"), "al\"ice");
@@ -973,7 +973,7 @@ TEST(encode_chat_tail)
     cJSON *req_root = cJSON_Parse("[{\"type\":\"image/png\",\"url\":\"https://x.test/a.png\",\"size\":9},"
                                   "{\"type\":\"link\",\"url\":\"http://y.test/?q=\\\"x\\\"\"}]");
     REQUIRE(req_root != NULL);
-    cJSON *o = splice_tail(proto_encode_chat_tail("alice", nasty, req_root, "c-17"), __FILE__, __LINE__);
+    cJSON *o = splice_tail(proto_encode_chat_tail("alice", nasty, req_root, NULL, "c-17"), __FILE__, __LINE__);
     cJSON_Delete(req_root);
     REQUIRE(o != NULL);
     CHECK_STR_EQ(pstr(o, "room"), "r");
@@ -996,7 +996,7 @@ TEST(encode_chat_tail)
 
 TEST(encode_chat_tail_no_cid_no_attachments)
 {
-    cJSON *o = splice_tail(proto_encode_chat_tail("b\"ob", "hi", NULL, NULL), __FILE__, __LINE__);
+    cJSON *o = splice_tail(proto_encode_chat_tail("b\"ob", "hi", NULL, NULL, NULL), __FILE__, __LINE__);
     REQUIRE(o != NULL);
     CHECK_STR_EQ(pstr(o, "sender"), "b\"ob");
     CHECK_STR_EQ(pstr(o, "content"), "hi");
@@ -1014,7 +1014,7 @@ TEST(encode_chat_tail_from_decoded_request)
     REQUIRE_EQ_INT(dec("{\"type\":\"chat\",\"id\":\"k\\\"1\",\"payload\":{\"room\":\"r\",\"content\":\"a\\u0001b\","
                        "\"attachments\":[{\"type\":\"t\",\"url\":\"https://a.b/c\",\"x\":1}]}}", &req, &why),
                    PROTO_OK);
-    cJSON *o = splice_tail(proto_encode_chat_tail("u", req.content, req.attachments, req.id),
+    cJSON *o = splice_tail(proto_encode_chat_tail("u", req.content, req.attachments, req.e2e, req.id),
                            __FILE__, __LINE__);
     proto_req_free(&req);
     REQUIRE(o != NULL);

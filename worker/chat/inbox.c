@@ -130,19 +130,35 @@ void inbox_remove(conn_t *c)
     s->inbox_next = NULL;
 }
 
+/* The message on a user's channel: "U<skip room>\n<skip session>\n<frame>". */
+static int inbox_message(buf_t *msg, const char *skip_room, const char *skip_session, const char *frame)
+{
+    const char *r = skip_room != NULL ? skip_room : "";
+    const char *sid = skip_session != NULL ? skip_session : "";
+    return buf_append(msg, "U", 1) == 0 && buf_append(msg, r, strlen(r)) == 0 &&
+           buf_append(msg, "\n", 1) == 0 && buf_append(msg, sid, strlen(sid)) == 0 &&
+           buf_append(msg, "\n", 1) == 0 && buf_append(msg, frame, strlen(frame)) == 0 ? 0 : -1;
+}
+
 void inbox_send(chat_t *ch, const char *user, const char *skip_room, const char *skip_session,
                 const char *frame)
 {
-    /* "U<skip room>\n<skip session>\n<frame>" */
     buf_t msg = { 0 };
-    const char *r = skip_room != NULL ? skip_room : "";
-    const char *sid = skip_session != NULL ? skip_session : "";
-    if (buf_append(&msg, "U", 1) == 0 && buf_append(&msg, r, strlen(r)) == 0 &&
-        buf_append(&msg, "\n", 1) == 0 && buf_append(&msg, sid, strlen(sid)) == 0 &&
-        buf_append(&msg, "\n", 1) == 0 && buf_append(&msg, frame, strlen(frame)) == 0) {
+    if (inbox_message(&msg, skip_room, skip_session, frame) == 0) {
         store_user_publish(ch->bus, user, msg.data, msg.len);
     }
     buf_free(&msg);
+}
+
+int inbox_send_counted(chat_t *ch, const char *user, const char *frame, store_cb_t *cb, void *arg)
+{
+    buf_t msg = { 0 };
+    int rc = inbox_message(&msg, NULL, NULL, frame);
+    if (rc == 0) {
+        rc = store_user_publish_counted(ch->bus, user, msg.data, msg.len, cb, arg);
+    }
+    buf_free(&msg);
+    return rc;
 }
 
 /* "chatd:u:{U}" -> the inbox of U, or NULL. */

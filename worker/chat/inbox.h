@@ -12,6 +12,7 @@
 #include <stddef.h>
 
 #include "chat.h"
+#include "../data/store.h"
 #include "session.h"
 
 /* A session started / ended: joins or leaves its user's inbox here. */
@@ -26,6 +27,14 @@ void inbox_remove(conn_t *c);
  */
 void inbox_send(chat_t *ch, const char *user, const char *skip_room, const char *skip_session,
                 const char *frame);
+
+/*
+ * Sends frame to every connection of user, like inbox_send without skips,
+ * and tells cb how many workers took it (an integer reply; 0: the user
+ * has no connection anywhere; NULL or an error: Redis failed). Returns 0,
+ * or -1 when nothing was sent (cb not called).
+ */
+int inbox_send_counted(chat_t *ch, const char *user, const char *frame, store_cb_t *cb, void *arg);
 
 /* Bus events for user channels (others are ignored): a message, a
  * subscription confirmed or ended, the bus up or down. */

@@ -183,7 +183,7 @@ void message_chat(conn_t *c, const proto_req_t *req)
     if (call == NULL) {
         return;
     }
-    call->tail = proto_encode_chat_tail(session_of(c)->auth.user, req->content, req->attachments, id);
+    call->tail = proto_encode_chat_tail(session_of(c)->auth.user, req->content, req->attachments, req->e2e, id);
     if (call->tail == NULL) {
         room_call_free(call);
         session_send_error(c, id, PROTO_E_INTERNAL, "out of memory");

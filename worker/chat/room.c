@@ -136,6 +136,9 @@ void room_call_free(room_call_t *call)
     free(call->emoji);
     free(call->seed_msg);
     free(call->seed_state);
+    free(call->to);
+    free(call->key_id);
+    free(call->wrapped);
     free(call);
 }
 

@@ -82,6 +82,9 @@ typedef struct room_call_s {
     int seeded;                 /* chat: the counter was seeded once already */
     char **texts;               /* history: payloads from Redis, newest first, owned */
     size_t ntexts;
+    char *to;                   /* roomkey, signal: the receiver, owned */
+    char *key_id;               /* roomkey, owned */
+    char *wrapped;              /* roomkey: the frame to relay, owned */
 } room_call_t;
 
 /* join and leave requests. */

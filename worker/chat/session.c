@@ -1,4 +1,6 @@
 #include "session.h"
+#include "calls.h"
+#include "keys.h"
 #include "inbox.h"
 #include "unread.h"
 #include "search.h"
@@ -12,6 +14,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+/* The signal bucket of the contract: 50 per second, burst 100. */
+#define SESSION_RELAY_RATE 50.0f
+#define SESSION_RELAY_BURST 100.0f
 
 void session_send_json(conn_t *c, char *json)
 {
@@ -45,12 +51,15 @@ void session_start(conn_t *c, auth_t *auth)
     session_id(s, id, sizeof(id));
     s->tokens = ch->cfg->burst;
     s->refill_ms = (uint32_t)uv_now(ch->loop);
+    s->relay_tokens = SESSION_RELAY_BURST;
+    s->relay_refill_ms = s->refill_ms;
     metrics_add(&ch->metrics->connections, 1);
     log_debug("event=session_start session=%s user=%s", id, s->auth.user);
     inbox_add(c);
     const config_t *cfg = ch->cfg;
     session_send_json(c, proto_encode_welcome(s->auth.user, id, cfg->heartbeat, cfg->max_message,
-                                              cfg->max_content, cfg->rate, cfg->burst, cfg->max_file));
+                                              cfg->max_content, cfg->rate, cfg->burst, cfg->max_file,
+                                              cfg->ice_servers));
 }
 
 /*
@@ -88,6 +97,44 @@ static int session_rate_ok(conn_t *c, const char *id)
     return 1;
 }
 
+/*
+ * Signals have their own bucket (the contract: 50/s, burst 100), and key
+ * requests share it: rotating a room's key sends one roomkey per member
+ * at once, which the chat bucket's burst would cut short.
+ */
+static int session_relay_ok(conn_t *c, const char *id)
+{
+    session_t *s = session_of(c);
+    uint32_t now = (uint32_t)uv_now(chat_of(c)->loop);
+    s->relay_tokens += (float)(now - s->relay_refill_ms) * SESSION_RELAY_RATE / 1000.0f;
+    if (s->relay_tokens > SESSION_RELAY_BURST) {
+        s->relay_tokens = SESSION_RELAY_BURST;
+    }
+    s->relay_refill_ms = now;
+    if (s->relay_tokens < 1.0f) {
+        session_send_error(c, id, PROTO_E_RATE_LIMITED, "signal rate limit exceeded");
+        return 0;
+    }
+    s->relay_tokens -= 1.0f;
+    return 1;
+}
+
+/* The rule of e2e: rooms: ciphertext only, with its key id and iv; and
+ * e2e only there. */
+static int session_e2e_ok(conn_t *c, const proto_req_t *req, const char *id)
+{
+    int e2e_room = strncmp(req->room, "e2e:", 4) == 0;
+    if (e2e_room && req->e2e == NULL) {
+        session_send_error(c, id, PROTO_E_BAD_REQUEST, "an e2e: room takes only encrypted content with 'e2e'");
+        return 0;
+    }
+    if (!e2e_room && req->e2e != NULL) {
+        session_send_error(c, id, PROTO_E_BAD_REQUEST, "'e2e' belongs only in e2e: rooms");
+        return 0;
+    }
+    return 1;
+}
+
 void session_on_text(conn_t *c, const char *text, size_t len)
 {
     proto_req_t req;
@@ -111,7 +158,7 @@ void session_on_text(conn_t *c, const char *text, size_t len)
         room_leave(c, &req);
         break;
     case PROTO_CHAT:
-        if (session_rate_ok(c, id)) {
+        if (session_e2e_ok(c, &req, id) && session_rate_ok(c, id)) {
             message_chat(c, &req);
         }
         break;
@@ -130,17 +177,50 @@ void session_on_text(conn_t *c, const char *text, size_t len)
         }
         break;
     case PROTO_EDIT:
+        if (session_e2e_ok(c, &req, id) && session_rate_ok(c, id)) {
+            message_event(c, &req);
+        }
+        break;
     case PROTO_DELETE:
     case PROTO_REACT:
         if (session_rate_ok(c, id)) {
             message_event(c, &req);
         }
         break;
+    case PROTO_SETKEY:
+        if (session_relay_ok(c, id)) {
+            keys_set(c, &req);
+        }
+        break;
+    case PROTO_GETKEYS:
+        if (session_relay_ok(c, id)) {
+            keys_get(c, &req);
+        }
+        break;
+    case PROTO_ROOMKEY:
+        if (session_relay_ok(c, id)) {
+            keys_room_key(c, &req);
+        }
+        break;
+    case PROTO_GETROOMKEYS:
+        if (session_relay_ok(c, id)) {
+            keys_room_keys(c, &req);
+        }
+        break;
+    case PROTO_SIGNAL:
+        if (session_relay_ok(c, id)) {
+            calls_signal(c, &req);
+        }
+        break;
     case PROTO_HISTORY:
         history_request(c, &req);
         break;
     case PROTO_SEARCH:
-        search_request(c, &req);
+        /* One request, up to 100 pages of the log and a MongoDB query: it
+         * spends a token, as rooms does. */
+        if (session_rate_ok(c, id)) {
+            search_request(c, &req);
+        }
         break;
     case PROTO_PRESENCE:
         presence_request(c, &req);

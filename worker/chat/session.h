@@ -26,6 +26,8 @@ typedef struct session_s {
     uint32_t refill_ms;         /* loop clock cut to 32 bits: differences only */
     uint32_t flood_start_ms;    /* start of the current one-second window */
     uint32_t flood_count;       /* rate-limited requests in that window */
+    float relay_tokens;         /* signals and key requests: their own bucket */
+    uint32_t relay_refill_ms;
     inbox_t *inbox;             /* its user's, on this worker (inbox.h) */
     struct session_s *inbox_next;
 } session_t;

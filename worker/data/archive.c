@@ -256,6 +256,21 @@ static int archive_doc(const entry_t *e, bson_t *doc, bson_oid_t *oid)
     if (cJSON_IsString(cid)) {
         BSON_APPEND_UTF8(doc, "cid", cid->valuestring);
     }
+    /* An e2e: room's key id and iv, the last edit's when edited. */
+    const cJSON *e2e = cJSON_GetObjectItemCaseSensitive(p, "e2e");
+    const cJSON *st_e2e = cJSON_GetObjectItemCaseSensitive(st, "k");
+    if (cJSON_IsObject(st_e2e)) {
+        e2e = st_e2e;
+    }
+    const cJSON *kid = cJSON_GetObjectItemCaseSensitive(e2e, "keyId");
+    const cJSON *iv = cJSON_GetObjectItemCaseSensitive(e2e, "iv");
+    if (!gone && cJSON_IsString(kid) && cJSON_IsString(iv)) {
+        bson_t sub;
+        BSON_APPEND_DOCUMENT_BEGIN(doc, "e2e", &sub);
+        BSON_APPEND_UTF8(&sub, "keyId", kid->valuestring);
+        BSON_APPEND_UTF8(&sub, "iv", iv->valuestring);
+        bson_append_document_end(doc, &sub);
+    }
     if (st != NULL) {
         if (gone) {
             BSON_APPEND_BOOL(doc, "deleted", true);
@@ -335,7 +350,7 @@ static int archive_queue_state(mongoc_bulk_operation_t *bulk, const entry_t *e, 
     bson_iter_t d;
     if (bson_iter_init_find(&d, doc, "deleted")) {
         bson_t *unset = BCON_NEW("content", BCON_UTF8(""), "attachments", BCON_UTF8(""), "edited", BCON_UTF8(""),
-                                 "words", BCON_UTF8(""));
+                                 "words", BCON_UTF8(""), "e2e", BCON_UTF8(""));
         BSON_APPEND_DOCUMENT(upd, "$unset", unset);
         bson_destroy(unset);
     }
@@ -476,6 +491,7 @@ static char *archive_payload(const bson_t *d)
         return NULL;
     }
     const char *room = "", *sender = "", *content = "", *cid = NULL;
+    const char *e2e_key = NULL, *e2e_iv = NULL;
     int64_t seq = 0, ts = 0, edited = -1;
     int deleted = 0;
     cJSON *att = cJSON_CreateArray();
@@ -505,6 +521,17 @@ static char *archive_payload(const bson_t *d)
                 archive_reactions(&it, reactions);
             } else if (strcmp(k, "timestamp") == 0 && BSON_ITER_HOLDS_DATE_TIME(&it) && ts == 0) {
                 ts = bson_iter_date_time(&it);
+            } else if (strcmp(k, "e2e") == 0 && BSON_ITER_HOLDS_DOCUMENT(&it)) {
+                bson_iter_t ei;
+                if (bson_iter_recurse(&it, &ei)) {
+                    while (bson_iter_next(&ei)) {
+                        if (strcmp(bson_iter_key(&ei), "keyId") == 0 && BSON_ITER_HOLDS_UTF8(&ei)) {
+                            e2e_key = bson_iter_utf8(&ei, NULL);
+                        } else if (strcmp(bson_iter_key(&ei), "iv") == 0 && BSON_ITER_HOLDS_UTF8(&ei)) {
+                            e2e_iv = bson_iter_utf8(&ei, NULL);
+                        }
+                    }
+                }
             } else if (strcmp(k, "attachments") == 0 && BSON_ITER_HOLDS_ARRAY(&it) && att != NULL) {
                 bson_iter_t ai;
                 if (bson_iter_recurse(&it, &ai)) {
@@ -565,6 +592,11 @@ static char *archive_payload(const bson_t *d)
             att = cJSON_CreateArray();
         }
         cJSON_AddItemToObject(p, "attachments", att);
+    }
+    if (!deleted && e2e_key != NULL && e2e_iv != NULL) {
+        cJSON *e = cJSON_AddObjectToObject(p, "e2e");
+        cJSON_AddStringToObject(e, "keyId", e2e_key);
+        cJSON_AddStringToObject(e, "iv", e2e_iv);
     }
     if (cid != NULL) {
         cJSON_AddStringToObject(p, "cid", cid);

@@ -303,7 +303,7 @@ static const char store_event_lua[] =
     "if type(st.v) ~= 'table' then st.v = {} end\n"
     "if kind == 'edit' then\n"
     "  local ev = cjson.decode(p)\n"
-    "  st.c, st.a, st.e = ev.content, ev.attachments, ms\n"
+    "  st.c, st.a, st.e, st.k = ev.content, ev.attachments, ms, ev.e2e\n"
     "elseif kind == 'reaction' then\n"
     "  if ARGV[16] == '1' then\n"
     "    if not ri then table.insert(st.r, {e = emoji, u = {}}) ri = #st.r end\n"
@@ -1307,6 +1307,72 @@ void store_user_publish(bus_t *b, const char *user, const char *msg, size_t len)
     if (clen > 0) {
         bus_command(b, chan, clen, NULL, NULL, 3, argv, lens);
     }
+}
+
+int store_user_publish_counted(bus_t *b, const char *user, const char *msg, size_t len,
+                               store_cb_t *cb, void *arg)
+{
+    char chan[128];
+    size_t clen = store_user_channel(user, chan, sizeof(chan));
+    const char *verb = bus_publish_verb(b);
+    const char *argv[] = { verb, chan, msg };
+    size_t lens[] = { strlen(verb), clen, len };
+    return clen > 0 ? store_call(b, cb, arg, 3, argv, lens) : -1;
+}
+
+static void store_user_key_name(const char *user, char *out, size_t outlen)
+{
+    snprintf(out, outlen, "chatd:k:{%s}", user);
+}
+
+int store_set_user_key(bus_t *b, const char *user, const char *key, store_cb_t *cb, void *arg)
+{
+    char k[128];
+    store_user_key_name(user, k, sizeof(k));
+    const char *argv[] = { "SET", k, key };
+    size_t lens[] = { 3, strlen(k), strlen(key) };
+    return store_call(b, cb, arg, 3, argv, lens);
+}
+
+int store_get_user_key(bus_t *b, const char *user, store_cb_t *cb, void *arg)
+{
+    char k[128];
+    store_user_key_name(user, k, sizeof(k));
+    const char *argv[] = { "GET", k };
+    size_t lens[] = { 3, strlen(k) };
+    return store_call(b, cb, arg, 2, argv, lens);
+}
+
+static void store_room_keys_name(const char *room, const char *user, char *out, size_t outlen)
+{
+    char suffix[96];
+    snprintf(suffix, sizeof(suffix), "rk:%s", user);
+    store_key(out, outlen, room, suffix);
+}
+
+int store_put_room_key(bus_t *b, const char *room, const char *user, const char *entry,
+                       store_cb_t *cb, void *arg)
+{
+    static const char script[] =
+        "redis.call('LREM', KEYS[1], 0, ARGV[1])\n"
+        "redis.call('RPUSH', KEYS[1], ARGV[1])\n"
+        "redis.call('LTRIM', KEYS[1], -tonumber(ARGV[2]), -1)\n"
+        "return 1\n";
+    char k[256], max[16];
+    store_room_keys_name(room, user, k, sizeof(k));
+    snprintf(max, sizeof(max), "%d", STORE_ROOM_KEYS_MAX);
+    const char *argv[] = { "EVAL", script, "1", k, entry, max };
+    size_t lens[] = { 4, sizeof(script) - 1, 1, strlen(k), strlen(entry), strlen(max) };
+    return store_call_key(b, k, cb, arg, 6, argv, lens);
+}
+
+int store_room_keys(bus_t *b, const char *room, const char *user, store_cb_t *cb, void *arg)
+{
+    char k[256];
+    store_room_keys_name(room, user, k, sizeof(k));
+    const char *argv[] = { "LRANGE", k, "0", "-1" };
+    size_t lens[] = { 6, strlen(k), 1, 2 };
+    return store_call(b, cb, arg, 4, argv, lens);
 }
 
 int store_room_state(bus_t *b, const char *room, const char *user, store_cb_t *cb, void *arg)

@@ -154,6 +154,23 @@ size_t store_user_channel(const char *user, char *out, size_t outlen);
 /* Publishes msg (len bytes) on user's channel. Fire and forget. */
 void store_user_publish(bus_t *b, const char *user, const char *msg, size_t len);
 
+/* The same, with the publish's reply (an integer: how many subscribers,
+ * i.e. workers holding a connection of the user, got it). */
+int store_user_publish_counted(bus_t *b, const char *user, const char *msg, size_t len,
+                               store_cb_t *cb, void *arg);
+
+/* A user's public key (chatd:k:{user}): set, and read (nil when none). */
+int store_set_user_key(bus_t *b, const char *user, const char *key, store_cb_t *cb, void *arg);
+int store_get_user_key(bus_t *b, const char *user, store_cb_t *cb, void *arg);
+
+/* The room-key mailbox of a user in a room (chatd:{R}:rk:<user>): the
+ * latest STORE_ROOM_KEYS_MAX entries (JSON texts), oldest first; an entry
+ * given again moves to the end instead of being kept twice. */
+#define STORE_ROOM_KEYS_MAX 100
+int store_put_room_key(bus_t *b, const char *room, const char *user, const char *entry,
+                       store_cb_t *cb, void *arg);
+int store_room_keys(bus_t *b, const char *room, const char *user, store_cb_t *cb, void *arg);
+
 /* Where user stands in room: an array {the room's seq, the user's read
  * cursor, unread messages up to 100, ts of the room's last event}. */
 int store_room_state(bus_t *b, const char *room, const char *user, store_cb_t *cb, void *arg);
