@@ -1,5 +1,6 @@
 /*
- * The composer: writing a message (text and an optional link), editing
+ * The composer: writing a message (text, an optional link, and the files
+ * files.js uploaded for it), editing
  * one of ours (protocol 1.1; Up in an empty composer edits the last one),
  * checking both against the server's limits, and telling the room we are
  * typing.
@@ -10,6 +11,7 @@ import { send, nextId, takeToken } from './conn.js';
 import { ui, showBanner, scrollToBottom } from './views.js';
 import { queueChat, queueEvent } from './outbox.js';
 import { lastOwn } from './messages.js';
+import { hasFiles, sendWithFiles } from './files.js';
 
 const TYPING_REPEAT_MS = 3000;    // resend active:true at most this often
 const TYPING_IDLE_MS = 3500;      // send active:false after this pause
@@ -36,6 +38,13 @@ export function submit() {
     }
     attachments.push({ type: guessType(u), url: u.href });
   }
+  if (hasFiles(room)) {
+    // The files go with this text, once uploaded.
+    if (tooLong(content)) return;
+    clearComposer();
+    sendWithFiles(room, content, attachments);
+    return;
+  }
   if (!content.trim()) {
     // content is required by the protocol; a bare link says itself.
     if (attachments.length) sendMessage(room, attachments[0].url, attachments);
@@ -52,12 +61,17 @@ function tooLong(content) {
   return true;
 }
 
-function sendMessage(room, content, attachments) {
+function clearComposer() {
   ui.input.value = '';
   ui.attachUrl.value = '';
   ui.attachRow.hidden = true;
   autosize();
   stopTyping();
+  scrollToBottom();
+}
+
+function sendMessage(room, content, attachments) {
+  clearComposer();
   queueChat(room, content, attachments);
   scrollToBottom();
 }
