@@ -50,6 +50,8 @@ static const opt_t config_opts[] = {
     OPT_I("max-conns-per-ip", max_conns_per_ip, 0, 10000000, "connections per client address per worker, 0 = unlimited"),
     OPT_I("handshake-timeout", handshake_timeout, 1, 3600, "seconds to complete the upgrade (default 10)"),
     OPT_I("shutdown-timeout", shutdown_timeout, 1, 3600, "seconds a graceful stop may take (default 30)"),
+    OPT_I("max-file", max_file, 1, 1 << 30, "largest uploaded file in bytes (default 10485760)"),
+    OPT_S("files-dir", files_dir, "directory for uploaded files without --mongo-uri (default var/files)"),
 };
 
 #define CONFIG_NOPTS (sizeof(config_opts) / sizeof(config_opts[0]))
@@ -77,6 +79,8 @@ static void config_defaults(config_t *cfg)
     cfg->max_conns_per_ip = 0;
     cfg->handshake_timeout = 10;
     cfg->shutdown_timeout = 30;
+    cfg->max_file = 10 << 20;
+    snprintf(cfg->files_dir, sizeof(cfg->files_dir), "var/files");
 }
 
 static const opt_t *config_find(const char *name, size_t len)

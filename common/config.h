@@ -39,6 +39,8 @@ typedef struct config_s {
     int max_conns_per_ip;       /* 0 = unlimited */
     int handshake_timeout;      /* seconds to finish the HTTP upgrade */
     int shutdown_timeout;       /* seconds a graceful stop may take */
+    int max_file;               /* bytes, one uploaded file */
+    char files_dir[1024];       /* uploads without --mongo-uri */
 } config_t;
 
 /*

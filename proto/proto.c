@@ -1,4 +1,5 @@
 #include "proto.h"
+#include <ctype.h>
 
 #include <math.h>
 #include <stdio.h>
@@ -163,6 +164,40 @@ static int proto_url_valid(const char *url)
     return 1;
 }
 
+/* "/files/<id>": what POST /files answers, the url of a "file" attachment. */
+static int proto_file_url_valid(const char *url)
+{
+    if (strncmp(url, "/files/", 7) != 0) {
+        return 0;
+    }
+    size_t n = strlen(url + 7);
+    if (n == 0 || n > 64) {
+        return 0;
+    }
+    for (const char *p = url + 7; *p != '\0'; p++) {
+        if (!isalnum((unsigned char)*p) && *p != '-' && *p != '_') {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* The optional name, size and mime of a "file" attachment. */
+static int proto_file_fields_valid(const cJSON *a)
+{
+    const cJSON *name = cJSON_GetObjectItemCaseSensitive(a, "name");
+    const cJSON *size = cJSON_GetObjectItemCaseSensitive(a, "size");
+    const cJSON *mime = cJSON_GetObjectItemCaseSensitive(a, "mime");
+    if (name != NULL && (!cJSON_IsString(name) || strlen(name->valuestring) > PROTO_FILE_NAME_MAX)) {
+        return 0;
+    }
+    if (mime != NULL && (!cJSON_IsString(mime) || strlen(mime->valuestring) > PROTO_FILE_NAME_MAX)) {
+        return 0;
+    }
+    int64_t v;
+    return size == NULL || proto_get_int(size, 0, (int64_t)1 << 53, &v);
+}
+
 static proto_err_t proto_decode_chat(const cJSON *payload, const proto_limits_t *lim,
                                      proto_req_t *req, const char **why)
 {
@@ -204,7 +239,16 @@ static proto_err_t proto_decode_chat(const cJSON *payload, const proto_limits_t 
             *why = "an attachment must be {\"type\": string, \"url\": string}";
             return PROTO_E_BAD_REQUEST;
         }
-        if (!proto_url_valid(u->valuestring)) {
+        if (strcmp(t->valuestring, "file") == 0) {
+            if (!proto_file_url_valid(u->valuestring)) {
+                *why = "a file attachment's url must be /files/<id>, as POST /files answered";
+                return PROTO_E_BAD_REQUEST;
+            }
+            if (!proto_file_fields_valid(a)) {
+                *why = "a file attachment's name and mime must be strings of at most 255 bytes, its size an integer";
+                return PROTO_E_BAD_REQUEST;
+            }
+        } else if (!proto_url_valid(u->valuestring)) {
             *why = "an attachment url must be an http(s) URL of at most 2048 bytes";
             return PROTO_E_BAD_REQUEST;
         }
@@ -501,7 +545,7 @@ char *proto_encode_pong(const char *id)
 }
 
 char *proto_encode_welcome(const char *user, const char *session, int heartbeat,
-                           int max_message, int max_content, int rate, int burst)
+                           int max_message, int max_content, int rate, int burst, int max_file)
 {
     cJSON *p = NULL, *l = NULL;
     cJSON *root = proto_frame("welcome", NULL, &p);
@@ -513,7 +557,8 @@ char *proto_encode_welcome(const char *user, const char *session, int heartbeat,
              cJSON_AddNumberToObject(l, "maxMessage", max_message) != NULL &&
              cJSON_AddNumberToObject(l, "maxContent", max_content) != NULL &&
              cJSON_AddNumberToObject(l, "rate", rate) != NULL &&
-             cJSON_AddNumberToObject(l, "burst", burst) != NULL;
+             cJSON_AddNumberToObject(l, "burst", burst) != NULL &&
+             cJSON_AddNumberToObject(l, "maxFile", max_file) != NULL;
     return proto_print(root, ok);
 }
 
@@ -642,14 +687,25 @@ static int proto_add_content(cJSON *o, const char *content, const cJSON *attachm
     const cJSON *a;
     if (attachments != NULL) {
         cJSON_ArrayForEach(a, attachments) {
-            /* Only the two known fields travel; unknown ones are ignored. */
+            /* Only the known fields travel; unknown ones are ignored. */
+            const char *type = cJSON_GetObjectItemCaseSensitive(a, "type")->valuestring;
             cJSON *copy = cJSON_CreateObject();
             if (copy == NULL || !cJSON_AddItemToArray(arr, copy) ||
-                cJSON_AddStringToObject(copy, "type",
-                    cJSON_GetObjectItemCaseSensitive(a, "type")->valuestring) == NULL ||
+                cJSON_AddStringToObject(copy, "type", type) == NULL ||
                 cJSON_AddStringToObject(copy, "url",
                     cJSON_GetObjectItemCaseSensitive(a, "url")->valuestring) == NULL) {
                 return 0;
+            }
+            if (strcmp(type, "file") == 0) {
+                static const char *const extra[] = { "name", "size", "mime" };
+                for (size_t i = 0; i < sizeof(extra) / sizeof(extra[0]); i++) {
+                    const cJSON *f = cJSON_GetObjectItemCaseSensitive(a, extra[i]);
+                    cJSON *dup = f != NULL ? cJSON_Duplicate(f, 0) : NULL;
+                    if (f != NULL && (dup == NULL || !cJSON_AddItemToObject(copy, extra[i], dup))) {
+                        cJSON_Delete(dup);
+                        return 0;
+                    }
+                }
             }
         }
     }

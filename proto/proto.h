@@ -19,6 +19,7 @@
 #define PROTO_USER_MAX 64
 #define PROTO_ATTACH_MAX 10
 #define PROTO_URL_MAX 2048
+#define PROTO_FILE_NAME_MAX 255     /* a file's name and type */
 #define PROTO_HISTORY_DEFAULT 50
 #define PROTO_HISTORY_MAX 100
 #define PROTO_SEARCH_DEFAULT 20
@@ -128,7 +129,7 @@ int proto_user_valid(const char *user, size_t len);
 char *proto_encode_error(const char *id, proto_err_t code, const char *message);
 char *proto_encode_pong(const char *id);
 char *proto_encode_welcome(const char *user, const char *session, int heartbeat,
-                           int max_message, int max_content, int rate, int burst);
+                           int max_message, int max_content, int rate, int burst, int max_file);
 char *proto_encode_joined(const char *id, const char *room, int64_t seq, int recovered,
                           int64_t read_seq, int unread);
 char *proto_encode_ok(const char *id);

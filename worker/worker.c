@@ -1,6 +1,8 @@
 #include "worker.h"
 #include "chat/chat.h"
 #include "data/archive.h"
+#include "data/filestore.h"
+#include "chat/files.h"
 #include "data/bus.h"
 #include "net/conn.h"
 #include "net/net.h"
@@ -46,6 +48,8 @@ typedef struct worker_s {
     metrics_t *metrics;         /* shared page; this worker writes its slot */
     bus_t *bus;                 /* the data wing */
     archive_t *archive;         /* NULL without --mongo-uri */
+    filestore_t *filestore;     /* GridFS or --files-dir; NULL if neither works */
+    files_t files;              /* the chat wing's HTTP side */
     chat_t chat;                /* the chat wing */
     net_t net;                  /* the net wing (last: it holds the read buffer) */
 } worker_t;
@@ -152,6 +156,7 @@ static void worker_on_tick(uv_timer_t *t)
     net_tick(&w->net, now);
     bus_tick(w->bus);
     archive_tick(w->archive);
+    filestore_tick(w->filestore);
     chat_tick(&w->chat);
 }
 
@@ -228,9 +233,16 @@ static int worker_start_signal(worker_t *w, uv_signal_t *s, int signum)
 }
 
 /* The server's own pages: /healthz (Redis reachable) and /metrics. */
-static int worker_serve_http(void *ud, conn_t *c, const char *path)
+static int worker_serve_http(void *ud, conn_t *c, const char *path, const char *query)
 {
     worker_t *w = ud;
+    if (files_http(&w->files, c, path, query)) {
+        return 1;
+    }
+    const http_req_t *req = conn_request(c);
+    if (req == NULL || (req->method != HTTP_GET && req->method != HTTP_HEAD)) {
+        return 0;
+    }
     if (strcmp(path, "/healthz") == 0) {
         /* The first line says it all; one line per Redis node follows. */
         int ok = bus_healthy(w->bus);
@@ -341,6 +353,9 @@ int worker_run(const config_t *cfg, int slot, int listen_fd, int ready_fd,
         }
     }
     metrics_slot_t *ms = &metrics->slot[slot];
+    /* A store that cannot start leaves files answered 503, chat unharmed. */
+    w->filestore = filestore_new(&w->loop, cfg);
+    files_init(&w->files, cfg, w->filestore);
     chat_init(&w->chat, &w->loop, cfg, ms, w->master_pid, w->bus, w->archive);
     bus_set_handlers(w->bus, chat_bus_handlers(), &w->chat);
     net_init(&w->net, &w->loop, cfg, ms, chat_net_handlers(), &w->chat, chat_conn_size(),
@@ -375,6 +390,7 @@ done:
     uv_run(&w->loop, UV_RUN_DEFAULT);
     bus_free(w->bus);
     archive_free(w->archive);
+    filestore_free(w->filestore);
     chat_free(&w->chat);
     net_free(&w->net);
     web_unload();

@@ -289,7 +289,7 @@ static void exercise_encoders(const proto_req_t *req, proto_err_t rc, const char
     cJSON_Delete(root);
     free(json);
 
-    json = proto_encode_welcome(user, room, 25, 65536, 16384, 20, 40);
+    json = proto_encode_welcome(user, room, 25, 65536, 16384, 20, 40, 1024);
     root = parse_back(json, "welcome");
     check_str(payload_of(root), "user", user);
     check_str(payload_of(root), "session", room);

@@ -163,6 +163,10 @@ def http_corpus(token):
                            + "".join("X-H%d: %s\r\n" % (i, "v" * 180) for i in range(45)) + "\r\n",
         "pct-nul": "GET /ws?user=a%00b&token=x%2 HTTP/1.1\r\n\r\n",
         "pct-query": "GET /ws?user=%61lice&token=%zz&user=x HTTP/1.1\r\n\r\n",
+        "post-chunked": b"POST /files?room=r&user=a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n"
+                        b"Content-Type: image/png\r\n\r\n3\r\nab\0\r\n2;x=y\r\nyz\r\n0\r\n\r\nGET / HTTP/1.1\r\n\r\n",
+        "post-length": "POST /files?room=r HTTP/1.1\r\nContent-Length: 12\r\nExpect: 100-continue\r\n"
+                       "Authorization: Bearer a.b.c\r\nRange: bytes=0-1\r\n\r\nhello world!trailing",
     }
     chunkings = [b"\x00\x00\x00\x00", b"\x03\x85\x01\x10", b"\xff\xff\xff\xff", b"\x1f\x01\x82\x07"]
     for i, (name, req) in enumerate(reqs.items()):

@@ -1219,6 +1219,9 @@ class Chatd:
                     a += self.redis.chatd_args()
                 else:
                     a += ["--redis-url", self.redis.url]
+            # Uploads go under the run's artifacts, not the caller's var/files.
+            if "--files-dir" not in self.extra_args:
+                a += ["--files-dir", os.path.join(artifacts_dir(), "files")]
         return a + self.extra_args
 
     def start(self, timeout=None):
@@ -1860,3 +1863,65 @@ def make_jwt(claims, secret, alg="HS256", header=None, sign=True):
     sig = hmac.new(secret.encode() if isinstance(secret, str) else secret,
                    signing_input, digest).digest()
     return f"{h}.{p}.{b64url(sig)}"
+
+
+# --------------------------------------------------------------------------
+# A MongoDB-wire server for the archive and the file store
+
+CONGO_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "congodb")
+
+
+class Congo:
+    """A CongoDB server on a free loopback port with file storage, so a
+    stop and start keeps what it had stored."""
+
+    def __init__(self):
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="congo-", dir=artifacts_dir())
+        self.log_path = os.path.join(self.dir, "congo.log")
+        self.proc = None
+
+    @property
+    def uri(self):
+        return f"mongodb://127.0.0.1:{self.port}/chatd"
+
+    def start(self, timeout=30):
+        log = open(self.log_path, "a")
+        self.proc = subprocess.Popen(["node", os.path.join(CONGO_DIR, "run.mjs"), str(self.port),
+                                      os.path.join(self.dir, "data")],
+                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        wait_for(lambda: "congodb ready" in open(self.log_path).read() or self.proc.poll() is not None,
+                 timeout, what="congodb ready")
+        assert self.proc.poll() is None, open(self.log_path).read()
+        return self
+
+    def stop(self):
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        self.proc = None
+
+    def docs(self, room):
+        p = subprocess.run(["node", os.path.join(CONGO_DIR, "query.mjs"), self.uri, room],
+                           capture_output=True, text=True, timeout=30)
+        assert p.returncode == 0, p.stderr
+        return json.loads(p.stdout)
+
+    def count(self, collection, filter_ejson):
+        """Documents of collection matching a filter given as extended JSON
+        (e.g. {"files_id": {"$oid": "..."}})."""
+        p = subprocess.run(["node", os.path.join(CONGO_DIR, "count.mjs"), self.uri, collection,
+                            json.dumps(filter_ejson)], capture_output=True, text=True, timeout=30)
+        assert p.returncode == 0, p.stderr
+        return int(p.stdout)
+
+    @staticmethod
+    def setup():
+        """Installs CongoDB (npm) when missing."""
+        subprocess.run(["bash", os.path.join(CONGO_DIR, "setup")], check=True, timeout=300)
+

@@ -9,16 +9,12 @@ import functools
 import json
 import os
 import signal
-import subprocess
-import tempfile
 import time
 
 import harness
 from chatclient import ChatClient, fold_room, room_event_writers
-from harness import Chatd, Redis, is_cluster, make_redis, wait_for  # noqa: F401
+from harness import Chatd, Congo, Redis, is_cluster, make_redis, wait_for  # noqa: F401
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-CONGO = os.path.join(os.path.dirname(HERE), "congodb")
 TAG = str(int(time.time()) % 100000)
 
 REDIS = None
@@ -26,51 +22,9 @@ MONGO = None
 SRV = None
 
 
-class Congo:
-    """A CongoDB server on a free loopback port with file storage, so a
-    stop and start keeps what it had stored."""
-
-    def __init__(self):
-        self.port = harness.free_port()
-        self.dir = tempfile.mkdtemp(prefix="congo-", dir=harness.artifacts_dir())
-        self.log_path = os.path.join(self.dir, "congo.log")
-        self.proc = None
-
-    @property
-    def uri(self):
-        return f"mongodb://127.0.0.1:{self.port}/chatd"
-
-    def start(self, timeout=30):
-        log = open(self.log_path, "a")
-        self.proc = subprocess.Popen(["node", os.path.join(CONGO, "run.mjs"), str(self.port),
-                                      os.path.join(self.dir, "data")],
-                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        log.close()
-        wait_for(lambda: "congodb ready" in open(self.log_path).read() or self.proc.poll() is not None,
-                 timeout, what="congodb ready")
-        assert self.proc.poll() is None, open(self.log_path).read()
-        return self
-
-    def stop(self):
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
-        self.proc = None
-
-    def docs(self, room):
-        p = subprocess.run(["node", os.path.join(CONGO, "query.mjs"), self.uri, room],
-                           capture_output=True, text=True, timeout=30)
-        assert p.returncode == 0, p.stderr
-        return json.loads(p.stdout)
-
-
 def setup_module():
     global REDIS, MONGO, SRV
-    subprocess.run(["bash", os.path.join(CONGO, "setup")], check=True, timeout=300)
+    Congo.setup()
     REDIS = make_redis("redis-archive")
     MONGO = Congo().start()
     SRV = Chatd(REDIS, workers=2, name="archive",

@@ -33,7 +33,7 @@ _EXTRA = {}             # name -> Chatd started on first use
 _EXTRA_WORKERS = {}     # name -> worker pids when started
 
 JWT_SECRET = "it-secret-8f2c1e"
-DEFAULT_LIMITS = {"maxMessage": 65536, "maxContent": 16384, "rate": 20, "burst": 40}
+DEFAULT_LIMITS = {"maxMessage": 65536, "maxContent": 16384, "rate": 20, "burst": 40, "maxFile": 10485760}
 
 
 def setup_module():

@@ -188,6 +188,31 @@ TEST(jwt_valid)
     auth_free(&a);
 }
 
+TEST(bearer_header)
+{
+    auth_t a;
+    const char *why;
+    char *tok = make_jwt("{\"sub\":\"carol\"}");
+    char h[1024];
+    snprintf(h, sizeof(h), "bearer   %s", tok);
+    /* The header wins over the query, scheme case-insensitive. */
+    CHECK_EQ_INT(auth_check_request("user=alice", h, SECRET, NOW, &a, &why), 0);
+    CHECK_STR_EQ(a.user, "carol");
+    auth_free(&a);
+    /* No header: the query, as for the upgrade. */
+    char q[1024];
+    snprintf(q, sizeof(q), "token=%s", tok);
+    CHECK_EQ_INT(auth_check_request(q, "", SECRET, NOW, &a, &why), 0);
+    CHECK_STR_EQ(a.user, "carol");
+    auth_free(&a);
+    free(tok);
+    CHECK_EQ_INT(auth_check_request(q, "Basic YWxpY2U6eA==", SECRET, NOW, &a, &why), -1);
+    CHECK_EQ_INT(auth_check_request("", "Bearer ", SECRET, NOW, &a, &why), -1);
+    CHECK_EQ_INT(auth_check_request("", "Bearer x.y.z", SECRET, NOW, &a, &why), -1);
+    /* Development mode takes no tokens. */
+    CHECK_EQ_INT(auth_check_request("user=alice", "Bearer x.y.z", "", NOW, &a, &why), -1);
+}
+
 TEST(jwt_exp)
 {
     auth_t a;

@@ -534,6 +534,114 @@ TEST(response_head)
     CHECK_EQ_INT(http_response_head(buf, 20, 200, "text/plain", NULL, 0), -1);
 }
 
+/* Collects a request's body as http_req_body() hands it over. */
+typedef struct {
+    char data[256];
+    size_t len;
+    int calls;
+} sink_t;
+
+static int sink_body(void *ud, const char *data, size_t len)
+{
+    sink_t *s = ud;
+    if (s->len + len > sizeof(s->data)) {
+        return -1;
+    }
+    memcpy(s->data + s->len, data, len);
+    s->len += len;
+    s->calls++;
+    return 0;
+}
+
+/* Feeds a POST's headers; the body bytes that came with them are in
+ * text + *used. */
+static http_req_t *post_req(const char *text, size_t *used, sink_t *sink)
+{
+    http_req_t *req = malloc(sizeof(*req));
+    http_req_init(req);
+    if (http_req_feed(req, text, strlen(text), used) != HTTP_DONE) {
+        free(req);
+        return NULL;
+    }
+    memset(sink, 0, sizeof(*sink));
+    req->on_body = sink_body;
+    req->body_ud = sink;
+    return req;
+}
+
+TEST(body_content_length_stops_at_its_end)
+{
+    static const char text[] = "POST /files?room=r HTTP/1.1\r\nHost: h\r\nContent-Type: image/png\r\n"
+                               "Content-Length: 10\r\nExpect: 100-continue\r\n\r\n0123456789GET / HTTP/1.1\r\n";
+    size_t used;
+    sink_t sink;
+    http_req_t *req = post_req(text, &used, &sink);
+    REQUIRE(req != NULL);
+    CHECK(req->has_body);
+    CHECK_EQ_INT(http_req_content_length(req), 10);
+    CHECK(http_req_expects_continue(req));
+    CHECK_STR_EQ(req->content_type, "image/png");
+    CHECK_EQ_INT(sink.len, 0);          /* nothing before the reader asks */
+    const char *rest = text + used;
+    CHECK_EQ_INT(http_req_body(req, rest, 4), HTTP_AGAIN);
+    CHECK_EQ_INT(http_req_body(req, rest + 4, strlen(rest) - 4), HTTP_DONE);
+    CHECK_EQ_INT(sink.len, 10);
+    CHECK(memcmp(sink.data, "0123456789", 10) == 0);
+    /* Done is done: what follows is never parsed. */
+    CHECK_EQ_INT(http_req_body(req, "xx", 2), HTTP_DONE);
+    free(req);
+}
+
+TEST(body_chunked_and_empty)
+{
+    static const char chunked[] = "POST /files HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                  "3\r\nab\0\r\n2;ext=1\r\nyz\r\n0\r\n\r\n";
+    size_t used;
+    sink_t sink;
+    http_req_t *req = post_req(chunked, &used, &sink);
+    REQUIRE(req != NULL);
+    CHECK_EQ_INT(http_req_content_length(req), -1);
+    CHECK_EQ_INT(http_req_body(req, chunked + used, sizeof(chunked) - 1 - used), HTTP_DONE);
+    CHECK_EQ_INT(sink.len, 5);
+    CHECK(memcmp(sink.data, "ab\0yz", 5) == 0);
+    free(req);
+
+    /* Content-Length: 0 completes without a byte. */
+    static const char empty[] = "POST /files HTTP/1.1\r\nContent-Length: 0\r\n\r\n";
+    req = post_req(empty, &used, &sink);
+    REQUIRE(req != NULL);
+    CHECK_EQ_INT(http_req_body(req, empty + used, 0), HTTP_DONE);
+    CHECK_EQ_INT(sink.len, 0);
+    free(req);
+
+    /* A bad chunk size, and a reader that refuses: HTTP_BAD. */
+    static const char bad[] = "POST /files HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n";
+    req = post_req(bad, &used, &sink);
+    REQUIRE(req != NULL);
+    CHECK_EQ_INT(http_req_body(req, bad + used, strlen(bad + used)), HTTP_BAD);
+    free(req);
+    static const char big[] = "POST /files HTTP/1.1\r\nContent-Length: 300\r\n\r\n";
+    req = post_req(big, &used, &sink);
+    REQUIRE(req != NULL);
+    char body[300];
+    memset(body, 'x', sizeof(body));
+    CHECK_EQ_INT(http_req_body(req, body, sizeof(body)), HTTP_BAD);    /* the sink holds 256 */
+    free(req);
+}
+
+TEST(body_get_has_none)
+{
+    static const char text[] = "GET /files/abc HTTP/1.1\r\nRange: bytes=0-9\r\nContent-Length: 5\r\n\r\nhello";
+    http_req_t *req = malloc(sizeof(*req));
+    size_t used;
+    CHECK_EQ_INT(feed_all(req, text, strlen(text), &used), HTTP_DONE);
+    CHECK(!req->has_body);
+    CHECK_STR_EQ(req->range, "bytes=0-9");
+    CHECK_EQ_INT(http_req_content_length(req), -1);
+    CHECK_EQ_INT(http_req_body(req, "hello", 5), HTTP_BAD);
+    free(req);
+}
+
 int main(void)
 {
     return unit_main();

@@ -828,7 +828,7 @@ TEST(encode_pong)
 TEST(encode_welcome)
 {
     const cJSON *p;
-    cJSON *r = FRAME(proto_encode_welcome("al\"ice", "s-1", 25, 65536, 16384, 20, 40),
+    cJSON *r = FRAME(proto_encode_welcome("al\"ice", "s-1", 25, 65536, 16384, 20, 40, 10485760),
                      "welcome", NULL, &p);
     REQUIRE(r != NULL);
     CHECK_STR_EQ(pstr(p, "user"), "al\"ice");
@@ -840,6 +840,7 @@ TEST(encode_welcome)
     CHECK_EQ_INT(pnum(l, "maxContent"), 16384);
     CHECK_EQ_INT(pnum(l, "rate"), 20);
     CHECK_EQ_INT(pnum(l, "burst"), 40);
+    CHECK_EQ_INT(pnum(l, "maxFile"), 10485760);
     cJSON_Delete(r);
 }
 

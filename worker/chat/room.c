@@ -184,25 +184,34 @@ static void room_member_remove(chat_t *ch, member_t *m)
     pool_release(&ch->members_pool, m);
 }
 
+int room_allowed(const auth_t *auth, const char *room, const char **why)
+{
+    char dm_a[PROTO_USER_MAX + 1], dm_b[PROTO_USER_MAX + 1];
+    int dm = proto_dm_users(room, dm_a, dm_b);
+    if (dm < 0) {
+        *why = "a dm: room must be dm:A:B with A < B, two user names";
+        return 0;
+    }
+    if (dm > 0 && strcmp(auth->user, dm_a) != 0 && strcmp(auth->user, dm_b) != 0) {
+        *why = "a direct conversation of two other users";
+        return 0;
+    }
+    /* A direct conversation belongs to its two users, whatever a token's
+     * rooms claim says. */
+    if (dm == 0 && !auth_room_allowed(auth, room)) {
+        *why = "your token does not allow this room";
+        return 0;
+    }
+    return 1;
+}
+
 void room_join(conn_t *c, const proto_req_t *req)
 {
     chat_t *ch = chat_of(c);
     const char *id = req->has_id ? req->id : NULL;
-    char dm_a[PROTO_USER_MAX + 1], dm_b[PROTO_USER_MAX + 1];
-    int dm = proto_dm_users(req->room, dm_a, dm_b);
-    const char *user = session_of(c)->auth.user;
-    if (dm < 0) {
-        session_send_error(c, id, PROTO_E_FORBIDDEN, "a dm: room must be dm:A:B with A < B, two user names");
-        return;
-    }
-    if (dm > 0 && strcmp(user, dm_a) != 0 && strcmp(user, dm_b) != 0) {
-        session_send_error(c, id, PROTO_E_FORBIDDEN, "a direct conversation of two other users");
-        return;
-    }
-    /* A direct conversation belongs to its two users, whatever a token's
-     * rooms claim says. */
-    if (dm == 0 && !auth_room_allowed(&session_of(c)->auth, req->room)) {
-        session_send_error(c, id, PROTO_E_FORBIDDEN, "your token does not allow this room");
+    const char *why;
+    if (!room_allowed(&session_of(c)->auth, req->room, &why)) {
+        session_send_error(c, id, PROTO_E_FORBIDDEN, why);
         return;
     }
     member_t *m = room_member_of(c, req->room);

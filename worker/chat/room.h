@@ -85,6 +85,10 @@ typedef struct room_call_s {
 } room_call_t;
 
 /* join and leave requests. */
+/* Whether auth may use room (join it, upload to it, read its files):
+ * the dm: rule, then the token's rooms claim. 0 with a reason in *why. */
+int room_allowed(const auth_t *auth, const char *room, const char **why);
+
 void room_join(conn_t *c, const proto_req_t *req);
 void room_leave(conn_t *c, const proto_req_t *req);
 

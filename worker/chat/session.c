@@ -50,7 +50,7 @@ void session_start(conn_t *c, auth_t *auth)
     inbox_add(c);
     const config_t *cfg = ch->cfg;
     session_send_json(c, proto_encode_welcome(s->auth.user, id, cfg->heartbeat, cfg->max_message,
-                                              cfg->max_content, cfg->rate, cfg->burst));
+                                              cfg->max_content, cfg->rate, cfg->burst, cfg->max_file));
 }
 
 /*

@@ -1,4 +1,5 @@
 #include "archive.h"
+#include "mongo.h"
 #include "bus.h"
 #include "hashslot.h"
 #include "store.h"
@@ -222,6 +223,19 @@ static int archive_doc(const entry_t *e, bson_t *doc, bson_oid_t *oid)
             bson_append_document_begin(&arr, key, -1, &item);
             BSON_APPEND_UTF8(&item, "type", t->valuestring);
             BSON_APPEND_UTF8(&item, "url", u->valuestring);
+            /* A file attachment's own fields (proto has checked them). */
+            const cJSON *name = cJSON_GetObjectItemCaseSensitive(a, "name");
+            const cJSON *mime = cJSON_GetObjectItemCaseSensitive(a, "mime");
+            const cJSON *size = cJSON_GetObjectItemCaseSensitive(a, "size");
+            if (cJSON_IsString(name)) {
+                BSON_APPEND_UTF8(&item, "name", name->valuestring);
+            }
+            if (cJSON_IsString(mime)) {
+                BSON_APPEND_UTF8(&item, "mime", mime->valuestring);
+            }
+            if (cJSON_IsNumber(size)) {
+                BSON_APPEND_INT64(&item, "size", (int64_t)size->valuedouble);
+            }
             bson_append_document_end(&arr, &item);
         }
         bson_append_array_end(doc, &arr);
@@ -483,13 +497,24 @@ static char *archive_payload(const bson_t *d)
                 if (bson_iter_recurse(&it, &ai)) {
                     while (bson_iter_next(&ai)) {
                         bson_iter_t fi;
-                        const char *type = NULL, *url = NULL;
+                        const char *type = NULL, *url = NULL, *name = NULL, *mime = NULL;
+                        int64_t size = -1;
                         if (BSON_ITER_HOLDS_DOCUMENT(&ai) && bson_iter_recurse(&ai, &fi)) {
                             while (bson_iter_next(&fi)) {
-                                if (strcmp(bson_iter_key(&fi), "type") == 0 && BSON_ITER_HOLDS_UTF8(&fi)) {
-                                    type = bson_iter_utf8(&fi, NULL);
-                                } else if (strcmp(bson_iter_key(&fi), "url") == 0 && BSON_ITER_HOLDS_UTF8(&fi)) {
-                                    url = bson_iter_utf8(&fi, NULL);
+                                const char *fk = bson_iter_key(&fi);
+                                if (BSON_ITER_HOLDS_UTF8(&fi)) {
+                                    const char *v = bson_iter_utf8(&fi, NULL);
+                                    if (strcmp(fk, "type") == 0) {
+                                        type = v;
+                                    } else if (strcmp(fk, "url") == 0) {
+                                        url = v;
+                                    } else if (strcmp(fk, "name") == 0) {
+                                        name = v;
+                                    } else if (strcmp(fk, "mime") == 0) {
+                                        mime = v;
+                                    }
+                                } else if (strcmp(fk, "size") == 0 && BSON_ITER_HOLDS_NUMBER(&fi)) {
+                                    size = bson_iter_as_int64(&fi);
                                 }
                             }
                         }
@@ -497,6 +522,15 @@ static char *archive_payload(const bson_t *d)
                         if (o != NULL && type != NULL && url != NULL) {
                             cJSON_AddStringToObject(o, "type", type);
                             cJSON_AddStringToObject(o, "url", url);
+                            if (name != NULL) {
+                                cJSON_AddStringToObject(o, "name", name);
+                            }
+                            if (size >= 0) {
+                                cJSON_AddNumberToObject(o, "size", (double)size);
+                            }
+                            if (mime != NULL) {
+                                cJSON_AddStringToObject(o, "mime", mime);
+                            }
                             cJSON_AddItemToArray(att, o);
                         } else {
                             cJSON_Delete(o);
@@ -1527,20 +1561,6 @@ int archive_max_seq(archive_t *a, const char *room, archive_seq_cb_t *cb, void *
     return 0;
 }
 
-/* mongo-c-driver's own log, into chatd's: warnings and errors only (its
- * default handler prints every monitor retry to stdout). Called on the
- * driver's threads; log_write is one write(2) per line. */
-static void archive_on_mongoc_log(mongoc_log_level_t level, const char *domain,
-                                  const char *message, void *user_data)
-{
-    (void)user_data;
-    if (level <= MONGOC_LOG_LEVEL_ERROR) {
-        log_error("event=mongoc domain=%s msg=\"%s\"", domain, message);
-    } else if (level == MONGOC_LOG_LEVEL_WARNING) {
-        log_warn("event=mongoc domain=%s msg=\"%s\"", domain, message);
-    }
-}
-
 archive_t *archive_new(bus_t *b)
 {
     const bus_env_t *env = bus_env(b);
@@ -1565,41 +1585,14 @@ archive_t *archive_new(bus_t *b)
         a->sweep_cursor = (unsigned)(env->slot * 2731) % HASHSLOT_COUNT;
         a->first_sweep_left = HASHSLOT_COUNT;
     }
-    mongoc_log_set_handler(archive_on_mongoc_log, NULL);
-    mongoc_init();
-    bson_error_t err;
-    a->uri = mongoc_uri_new_with_error(env->cfg->mongo_uri, &err);
-    if (a->uri == NULL) {
-        log_error("event=bad_mongo_uri err=\"%s\"", err.message);
-        goto fail;
-    }
-    /* Fail fast while MongoDB is away: the queue keeps the messages. */
-    if (!mongoc_uri_has_option(a->uri, MONGOC_URI_SERVERSELECTIONTIMEOUTMS)) {
-        mongoc_uri_set_option_as_int32(a->uri, MONGOC_URI_SERVERSELECTIONTIMEOUTMS, 2000);
-    }
-    if (!mongoc_uri_has_option(a->uri, MONGOC_URI_CONNECTTIMEOUTMS)) {
-        mongoc_uri_set_option_as_int32(a->uri, MONGOC_URI_CONNECTTIMEOUTMS, 2000);
-    }
-    if (!mongoc_uri_has_option(a->uri, MONGOC_URI_SOCKETTIMEOUTMS)) {
-        mongoc_uri_set_option_as_int32(a->uri, MONGOC_URI_SOCKETTIMEOUTMS, 10000);
-    }
-    const char *db = mongoc_uri_get_database(a->uri);
-    snprintf(a->db, sizeof(a->db), "%s", db != NULL && db[0] != '\0' ? db : "chatd");
-    a->pool = mongoc_client_pool_new_with_error(a->uri, &err);
+    a->pool = mongo_pool_open(env->cfg->mongo_uri, &a->uri, a->db, sizeof(a->db));
     if (a->pool == NULL) {
-        log_error("event=mongo_pool_failed err=\"%s\"", err.message);
         goto fail;
     }
-    mongoc_client_pool_set_error_api(a->pool, MONGOC_ERROR_API_VERSION_2);
-    mongoc_client_pool_set_appname(a->pool, "chatd");
     return a;
 fail:
-    if (a->uri != NULL) {
-        mongoc_uri_destroy(a->uri);
-    }
     free(a->backlog);
     free(a);
-    mongoc_cleanup();
     return NULL;
 }
 
@@ -1615,9 +1608,7 @@ void archive_free(archive_t *a)
     if (a == NULL) {
         return;
     }
-    mongoc_client_pool_destroy(a->pool);
-    mongoc_uri_destroy(a->uri);
+    mongo_pool_close(a->pool, a->uri);
     free(a->backlog);
     free(a);
-    mongoc_cleanup();
 }

@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include <cjson/cJSON.h>
 #include <jwt.h>
@@ -163,6 +164,34 @@ int auth_check(const char *query, const char *secret, int64_t now, auth_t *out,
     }
     memcpy(out->user, user, (size_t)n + 1);
     return 0;
+}
+
+int auth_check_request(const char *query, const char *authorization, const char *secret,
+                       int64_t now, auth_t *out, const char **why)
+{
+    if (authorization == NULL || authorization[0] == '\0') {
+        return auth_check(query, secret, now, out, why);
+    }
+    memset(out, 0, sizeof(*out));
+    /* The scheme is case-insensitive (RFC 9110 11.1); one space or more
+     * before the credentials. */
+    if (strncasecmp(authorization, "Bearer ", 7) != 0) {
+        *why = "Authorization must be 'Bearer <token>'";
+        return -1;
+    }
+    const char *token = authorization + 7;
+    while (*token == ' ') {
+        token++;
+    }
+    if (secret == NULL || secret[0] == '\0') {
+        *why = "no tokens in development mode: give ?user=";
+        return -1;
+    }
+    if (token[0] == '\0' || strlen(token) > AUTH_TOKEN_MAX) {
+        *why = "malformed or over-long token";
+        return -1;
+    }
+    return auth_jwt(token, secret, now, out, why);
 }
 
 int auth_room_allowed(const auth_t *a, const char *room)

@@ -30,6 +30,14 @@ typedef struct auth_s {
 int auth_check(const char *query, const char *secret, int64_t now, auth_t *out,
                const char **why);
 
+/*
+ * As auth_check(), but an Authorization header ("Bearer <token>"), when
+ * the request has one (authorization not NULL or ""), gives the token
+ * instead of the query.
+ */
+int auth_check_request(const char *query, const char *authorization, const char *secret,
+                       int64_t now, auth_t *out, const char **why);
+
 void auth_free(auth_t *a);
 
 /* 1 when the identity may join room: no claim, an exact name, or a

@@ -70,10 +70,20 @@ void conn_free_http_cache(net_t *n)
     n->http_cached = 0;
 }
 
+static void conn_on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
+static void conn_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+
 static void conn_on_close(uv_handle_t *h)
 {
     conn_t *c = (conn_t *)h;
     net_t *n = c->net;
+    if (c->http != NULL && c->http->exchange != NULL) {
+        const conn_exchange_t *x = c->http->exchange;
+        c->http->exchange = NULL;
+        if (x->gone != NULL) {
+            x->gone(c->http->exchange_ud, c);
+        }
+    }
     if (c->prev != NULL) {
         c->prev->next = c->next;
     } else {
@@ -235,6 +245,9 @@ static void conn_on_write(uv_write_t *req, int status)
         return;
     }
     outq_consume(c->out, status == 0 ? written : 0);
+    if (status == 0) {
+        c->last_io_ms = (uint32_t)uv_now(c->net->loop);
+    }
     if (status < 0) {
         log_debug("event=write_failed err=%s", uv_strerror(status));
         conn_abort(c);
@@ -312,6 +325,7 @@ void conn_flush(conn_t *c)
             }
             if (w > 0) {
                 outq_consume(c->out, (size_t)w);
+                c->last_io_ms = (uint32_t)uv_now(c->net->loop);
             }
             if (w < 0 || (size_t)w < want || outq_len(c->out) == 0) {
                 break;
@@ -344,6 +358,105 @@ void conn_flush(conn_t *c)
     }
     if (c->shut_after_write && !c->lingering && conn_drained(c)) {
         conn_finish(c);
+        return;
+    }
+    if (c->state == CONN_HTTP && c->http != NULL && c->http->exchange != NULL) {
+        const conn_exchange_t *x = c->http->exchange;
+        if (x->writable != NULL && outq_bytes(c->out) < CONN_STREAM_LOW) {
+            x->writable(c->http->exchange_ud, c);
+        }
+    }
+}
+
+const http_req_t *conn_request(const conn_t *c)
+{
+    return c->state == CONN_HTTP ? c->http : NULL;
+}
+
+void conn_exchange_begin(conn_t *c, const conn_exchange_t *x, void *ud)
+{
+    if (c->state != CONN_HTTP || c->http == NULL) {
+        return;
+    }
+    c->http->exchange = x;
+    c->http->exchange_ud = ud;
+    c->last_io_ms = c->last_seen_ms = (uint32_t)uv_now(c->net->loop);
+}
+
+void conn_exchange_end(conn_t *c)
+{
+    if (c->http != NULL) {
+        c->http->exchange = NULL;
+        c->http->on_body = NULL;
+    }
+}
+
+static int conn_on_body(void *ud, const char *data, size_t len)
+{
+    conn_t *c = ud;
+    const conn_exchange_t *x = c->http->exchange;
+    if (x == NULL || x->body == NULL) {
+        return -1;
+    }
+    return x->body(c->http->exchange_ud, c, data, len);
+}
+
+int conn_body_read(conn_t *c)
+{
+    if (c->state != CONN_HTTP || c->http == NULL || !c->http->has_body || c->http->exchange == NULL) {
+        return -1;
+    }
+    c->http->on_body = conn_on_body;
+    c->http->body_ud = c;
+    if (http_req_expects_continue(c->http)) {
+        static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+        return conn_send_raw(c, cont, sizeof(cont) - 1);
+    }
+    return 0;
+}
+
+void conn_body_pause(conn_t *c, int paused)
+{
+    if (c->state != CONN_HTTP || c->http == NULL || c->http->body_paused == paused) {
+        return;
+    }
+    c->http->body_paused = paused;
+    if (paused) {
+        uv_read_stop((uv_stream_t *)&c->tcp);
+        return;
+    }
+    /* The stall clock starts again: the wait was ours, not the peer's. */
+    c->last_seen_ms = (uint32_t)uv_now(c->net->loop);
+    if (uv_read_start((uv_stream_t *)&c->tcp, conn_on_alloc, conn_on_read) != 0) {
+        conn_abort(c);
+    }
+}
+
+/* Body bytes of an exchange's request. A malformed body is answered 400
+ * here, after the owner heard it is gone. */
+static void conn_feed_body(conn_t *c, const uint8_t *data, size_t len)
+{
+    http_req_t *req = c->http;
+    if (req->on_body == NULL) {
+        return;         /* not asked for, or no longer wanted: dropped */
+    }
+    http_status_t st = http_req_body(req, (const char *)data, len);
+    if (c->state != CONN_HTTP || c->http == NULL || req->exchange == NULL) {
+        return;         /* the owner answered or the conn went meanwhile */
+    }
+    const conn_exchange_t *x = req->exchange;
+    if (st == HTTP_DONE) {
+        req->on_body = NULL;
+        if (x->body_end != NULL) {
+            x->body_end(req->exchange_ud, c);
+        }
+    } else if (st == HTTP_BAD) {
+        req->exchange = NULL;
+        req->on_body = NULL;
+        if (x->gone != NULL) {
+            x->gone(req->exchange_ud, c);
+        }
+        conn_http_reply(c, 400, "text/plain", NULL, "malformed request body\n", 23);
     }
 }
 
@@ -382,7 +495,8 @@ static void conn_upgrade(conn_t *c, const char *query, const uint8_t *rest, size
         return;
     }
     auth_t auth;
-    if (auth_check(query, n->cfg->jwt_secret, (int64_t)time(NULL), &auth, &why) != 0) {
+    if (auth_check_request(query, req->authorization, n->cfg->jwt_secret, (int64_t)time(NULL), &auth,
+                           &why) != 0) {
         metrics_add(&n->metrics->upgrades_refused, 1);
         log_debug("event=auth_refused reason=\"%s\"", why);
         conn_http_reply(c, 401, "text/plain", NULL, why, strlen(why));
@@ -435,11 +549,20 @@ static void conn_on_request(conn_t *c, const uint8_t *rest, size_t rest_len)
         conn_upgrade(c, query, rest, rest_len);
         return;
     }
+    if (n->hooks->http != NULL && n->hooks->http(n->hooks_ud, c, path, query)) {
+        /* Body bytes that came with the headers go to an exchange that
+         * asked for them; fed even when none came, so that an empty body
+         * completes now. */
+        if (c->state == CONN_HTTP && c->http != NULL && c->http->on_body != NULL) {
+            conn_feed_body(c, rest, rest_len);
+        }
+        return;
+    }
     if (!get) {
         conn_http_reply(c, 405, "text/plain", "Allow: GET\r\n", "method not allowed\n", 19);
         return;
     }
-    if ((n->hooks->http != NULL && n->hooks->http(n->hooks_ud, c, path)) || web_serve(c, path)) {
+    if (web_serve(c, path)) {
         return;
     }
     conn_http_reply(c, 404, "text/plain", NULL, "not found\n", 10);
@@ -465,6 +588,10 @@ static void conn_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 
     switch (c->state) {
     case CONN_HTTP: {
+        if (c->http->complete) {
+            conn_feed_body(c, data, len);
+            return;
+        }
         size_t used = 0;
         http_status_t st = http_req_feed(c->http, (const char *)data, len, &used);
         if (st == HTTP_DONE) {
@@ -559,6 +686,17 @@ void conn_tick(conn_t *c, uint64_t now_ms)
     uint32_t hb = (uint32_t)cfg->heartbeat * 1000u;
     switch (c->state) {
     case CONN_HTTP:
+        if (c->http != NULL && c->http->exchange != NULL) {
+            uint32_t limit = (uint32_t)cfg->handshake_timeout * 1000u;
+            if (c->http->on_body != NULL && !c->http->body_paused && now - c->last_seen_ms > limit) {
+                log_info("event=http_body_stalled");
+                conn_abort(c);
+            } else if (outq_len(c->out) > 0 && now - c->last_io_ms > limit) {
+                log_info("event=http_reader_stalled");
+                conn_abort(c);
+            }
+            return;
+        }
         if (now - c->created_ms > (uint32_t)cfg->handshake_timeout * 1000u) {
             log_debug("event=handshake_timeout");
             conn_abort(c);

@@ -94,6 +94,46 @@ void conn_mark_dirty(conn_t *c);
 /* Writes whatever is queued; net_flush() calls it before each poll. */
 void conn_flush(conn_t *c);
 
+/*
+ * An HTTP exchange that outlives the request callback: an upload whose
+ * body streams to storage, a download that streams from it. The server's
+ * http hook begins it on the conn it was given; from then on net calls
+ * these (each may be NULL) until conn_exchange_end():
+ *  - body: decoded body bytes (after conn_body_read); returns 0, or -1
+ *    when it has answered and wants no more;
+ *  - body_end: the body is complete;
+ *  - writable: fewer than CONN_STREAM_LOW bytes wait to be written;
+ *  - gone: the conn ended first (the peer left, a stall timed out, the
+ *    body was malformed and net answered 400); called once.
+ * A body that stops arriving for --handshake-timeout seconds, unless
+ * paused by the reader, and output the peer stops taking for as long, end
+ * the conn. The owner holds a conn_ref() while it waits on anything.
+ */
+#define CONN_STREAM_LOW (256 * 1024)
+
+typedef struct conn_exchange_s {
+    int (*body)(void *ud, conn_t *c, const char *data, size_t len);
+    void (*body_end)(void *ud, conn_t *c);
+    void (*writable)(void *ud, conn_t *c);
+    void (*gone)(void *ud, conn_t *c);
+} conn_exchange_t;
+
+/* The request being answered, or NULL once upgraded or closed. */
+const http_req_t *conn_request(const conn_t *c);
+
+void conn_exchange_begin(conn_t *c, const conn_exchange_t *x, void *ud);
+
+/* No more callbacks; the owner answers (or has answered) by itself. */
+void conn_exchange_end(conn_t *c);
+
+/* Starts delivering the request's body (with "100 Continue" first when
+ * the client waits for it). Returns 0 or -1 (no body: not a POST). */
+int conn_body_read(conn_t *c);
+
+/* Stops reading the body while the reader's storage catches up, or
+ * resumes. */
+void conn_body_pause(conn_t *c, int paused);
+
 /* Sends an HTTP response, then closes. */
 void conn_http_reply(conn_t *c, int status, const char *content_type,
                      const char *extra_headers, const char *body, size_t len);

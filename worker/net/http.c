@@ -43,23 +43,30 @@ static int http_on_header_field_complete(llhttp_t *p)
     }
     static const struct {
         const char *name;
-        size_t off, len_off;
+        size_t off, len_off, cap;
     } keep[] = {
-        { "upgrade", offsetof(http_req_t, upgrade), offsetof(http_req_t, upgrade_len) },
-        { "connection", offsetof(http_req_t, connection), offsetof(http_req_t, connection_len) },
-        { "sec-websocket-key", offsetof(http_req_t, ws_key), offsetof(http_req_t, ws_key_len) },
-        { "sec-websocket-version", offsetof(http_req_t, ws_version), offsetof(http_req_t, ws_version_len) },
+#define HTTP_KEEP(name, f) { name, offsetof(http_req_t, f), offsetof(http_req_t, f##_len), sizeof(((http_req_t *)0)->f) - 1 }
+        HTTP_KEEP("upgrade", upgrade),
+        HTTP_KEEP("connection", connection),
+        HTTP_KEEP("sec-websocket-key", ws_key),
+        HTTP_KEEP("sec-websocket-version", ws_version),
+        HTTP_KEEP("content-type", content_type),
+        HTTP_KEEP("range", range),
+        HTTP_KEEP("expect", expect),
+        HTTP_KEEP("authorization", authorization),
+#undef HTTP_KEEP
     };
     for (size_t i = 0; i < sizeof(keep) / sizeof(keep[0]); i++) {
         if (strcmp(req->field, keep[i].name) == 0) {
             req->value = (char *)req + keep[i].off;
             req->value_len = (size_t *)((char *)req + keep[i].len_off);
+            req->value_cap = keep[i].cap;
             if (i == 2 && req->key_seen++) {
                 req->dup_key = 1;
             }
             if (*req->value_len > 0) {
                 /* Repeated headers combine as a list (RFC 9110 5.3). */
-                if (*req->value_len + 1 < HTTP_MAX_VALUE) {
+                if (*req->value_len + 1 < req->value_cap) {
                     req->value[(*req->value_len)++] = ',';
                     req->value[*req->value_len] = '\0';
                 }
@@ -76,7 +83,7 @@ static int http_on_header_value(llhttp_t *p, const char *at, size_t len)
     if (req->value == NULL) {
         return 0;
     }
-    if (*req->value_len + len > HTTP_MAX_VALUE) {
+    if (*req->value_len + len > req->value_cap) {
         return -1;
     }
     memcpy(req->value + *req->value_len, at, len);
@@ -106,9 +113,39 @@ static int http_on_headers_complete(llhttp_t *p)
     http_req_t *req = p->data;
     req->complete = 1;
     req->method = llhttp_get_method(p);
-    /* Stop right after the headers: bodies are not read, and whatever
-     * follows an upgrade belongs to the WebSocket. */
+    if (req->method != HTTP_GET && req->method != HTTP_HEAD) {
+        /* A body is read only once its reader has judged the headers
+         * (http_req_body): stop before its first byte. */
+        req->has_body = 1;
+        req->content_length = -1;
+        if ((p->flags & F_CONTENT_LENGTH) != 0 && (p->flags & F_CHUNKED) == 0) {
+            req->content_length = p->content_length > INT64_MAX ? INT64_MAX : (int64_t)p->content_length;
+        }
+        return HPE_PAUSED;
+    }
+    /* Stop right after the headers: bodies of GET are not read, and
+     * whatever follows an upgrade belongs to the WebSocket. */
     return 2;
+}
+
+static int http_on_body(llhttp_t *p, const char *at, size_t len)
+{
+    http_req_t *req = p->data;
+    if (req->on_body == NULL) {
+        return -1;
+    }
+    return req->on_body(req->body_ud, at, len) == 0 ? 0 : -1;
+}
+
+static int http_on_message_complete(llhttp_t *p)
+{
+    http_req_t *req = p->data;
+    if (!req->has_body) {
+        return 0;
+    }
+    req->body_done = 1;
+    /* One request per connection: what follows the body is not parsed. */
+    return HPE_PAUSED;
 }
 
 static const llhttp_settings_t http_settings = {
@@ -118,6 +155,8 @@ static const llhttp_settings_t http_settings = {
     .on_header_value = http_on_header_value,
     .on_header_value_complete = http_on_header_value_complete,
     .on_headers_complete = http_on_headers_complete,
+    .on_body = http_on_body,
+    .on_message_complete = http_on_message_complete,
 };
 
 void http_req_init(http_req_t *req)
@@ -132,7 +171,7 @@ http_status_t http_req_feed(http_req_t *req, const char *data, size_t len, size_
     size_t room = HTTP_MAX_HEADER_BYTES - req->header_bytes;
     size_t n = len < room ? len : room;
     llhttp_errno_t err = llhttp_execute(&req->parser, data, n);
-    if (err == HPE_PAUSED_UPGRADE && req->complete) {
+    if ((err == HPE_PAUSED_UPGRADE || err == HPE_PAUSED) && req->complete) {
         *consumed = (size_t)(llhttp_get_error_pos(&req->parser) - data);
         return HTTP_DONE;
     }
@@ -144,6 +183,31 @@ http_status_t http_req_feed(http_req_t *req, const char *data, size_t len, size_
         return HTTP_TOO_BIG;
     }
     return HTTP_AGAIN;
+}
+
+http_status_t http_req_body(http_req_t *req, const char *data, size_t len)
+{
+    if (!req->has_body || req->body_done) {
+        return req->body_done ? HTTP_DONE : HTTP_BAD;
+    }
+    if (llhttp_get_errno(&req->parser) == HPE_PAUSED) {
+        llhttp_resume(&req->parser);
+    }
+    llhttp_errno_t err = llhttp_execute(&req->parser, data, len);
+    if (req->body_done) {
+        return HTTP_DONE;
+    }
+    return err == HPE_OK ? HTTP_AGAIN : HTTP_BAD;
+}
+
+int64_t http_req_content_length(const http_req_t *req)
+{
+    return req->has_body ? req->content_length : -1;
+}
+
+int http_req_expects_continue(const http_req_t *req)
+{
+    return strcasecmp(req->expect, "100-continue") == 0;
 }
 
 void http_req_split(http_req_t *req, const char **path, const char **query)
@@ -286,13 +350,21 @@ static const char *http_reason(int status)
 {
     switch (status) {
     case 101: return "Switching Protocols";
+    case 100: return "Continue";
     case 200: return "OK";
+    case 201: return "Created";
+    case 206: return "Partial Content";
     case 304: return "Not Modified";
     case 400: return "Bad Request";
     case 401: return "Unauthorized";
     case 403: return "Forbidden";
     case 404: return "Not Found";
     case 405: return "Method Not Allowed";
+    case 408: return "Request Timeout";
+    case 411: return "Length Required";
+    case 413: return "Content Too Large";
+    case 415: return "Unsupported Media Type";
+    case 416: return "Range Not Satisfiable";
     case 429: return "Too Many Requests";
     case 431: return "Request Header Fields Too Large";
     case 500: return "Internal Server Error";

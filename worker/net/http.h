@@ -8,12 +8,20 @@
 #define CHATD_HTTP_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include <llhttp.h>
 
 #define HTTP_MAX_HEADER_BYTES 8192
 #define HTTP_MAX_URL 4096
 #define HTTP_MAX_VALUE 256
+#define HTTP_MAX_AUTH 4200      /* "Bearer " and a token of AUTH_TOKEN_MAX */
+
+typedef struct http_req_s http_req_t;
+
+/* Where a request's body goes once the reader of it asked for it
+ * (http_req_body); data returns 0, or -1 to stop the parse. */
+typedef int http_body_cb_t(void *ud, const char *data, size_t len);
 
 typedef enum {
     HTTP_AGAIN = 0,     /* headers not complete yet */
@@ -22,7 +30,7 @@ typedef enum {
     HTTP_TOO_BIG = -2   /* headers too large: answer 431 */
 } http_status_t;
 
-typedef struct http_req_s {
+struct http_req_s {
     llhttp_t parser;
     size_t header_bytes;
     int method;                 /* llhttp_method_t */
@@ -45,7 +53,24 @@ typedef struct http_req_s {
     size_t ws_version_len;
     int dup_key;                /* Sec-WebSocket-Key given twice */
     int key_seen;
-} http_req_t;
+    char content_type[HTTP_MAX_VALUE + 1];
+    size_t content_type_len;
+    char range[HTTP_MAX_VALUE + 1];
+    size_t range_len;
+    char expect[HTTP_MAX_VALUE + 1];
+    size_t expect_len;
+    char authorization[HTTP_MAX_AUTH + 1];
+    size_t authorization_len;
+    int has_body;               /* a request that may carry a body (not GET/HEAD) */
+    int64_t content_length;     /* declared, or -1 (none, or chunked) */
+    int body_done;              /* the whole body went through on_body */
+    http_body_cb_t *on_body;
+    void *body_ud;
+    /* The exchange that took the request over (conn.c), while it lasts. */
+    const void *exchange;
+    void *exchange_ud;
+    int body_paused;
+};
 
 /* Initializes req for a new request. req is caller-owned memory. */
 void http_req_init(http_req_t *req);
@@ -56,6 +81,20 @@ void http_req_init(http_req_t *req);
  * HTTP_BAD or HTTP_TOO_BIG.
  */
 http_status_t http_req_feed(http_req_t *req, const char *data, size_t len, size_t *consumed);
+
+/*
+ * Feeds len bytes of the body of a request that has one (has_body; the
+ * headers are done): decoded body bytes (chunked or not) go to on_body.
+ * Returns HTTP_AGAIN when more is expected, HTTP_DONE when the body is
+ * complete (bytes after it are not parsed) or HTTP_BAD.
+ */
+http_status_t http_req_body(http_req_t *req, const char *data, size_t len);
+
+/* The declared Content-Length, or -1 when there is none (chunked). */
+int64_t http_req_content_length(const http_req_t *req);
+
+/* Whether the client waits for "100 Continue" before sending the body. */
+int http_req_expects_continue(const http_req_t *req);
 
 /* The path of the URL (without query) and the query (without '?'); both
  * point into req->url after http_req_split(). */

@@ -46,10 +46,11 @@ typedef struct net_handlers_s {
 } net_handlers_t;
 
 typedef struct net_hooks_s {
-    /* A request for a path that is neither /ws nor a file of the browser
-     * client (method already checked: GET or HEAD). Returns 1 when it
-     * answered (conn_http_reply), 0 to let net answer 404. May be NULL. */
-    int (*http)(void *ud, conn_t *c, const char *path);
+    /* A request for a path other than /ws, any method, before the
+     * browser client's files. Returns 1 when it answered (conn_http_reply)
+     * or took the request over (conn_exchange_begin), 0 to let net serve
+     * the client's files or answer 404 or 405. May be NULL. */
+    int (*http)(void *ud, conn_t *c, const char *path, const char *query);
     /* A conn's memory went back to the pool (the worker may be drained). */
     void (*freed)(void *ud);
 } net_hooks_t;
