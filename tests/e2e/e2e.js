@@ -1051,7 +1051,7 @@ async function main() {
     assert.equal(link.href, 'https://example.com/releases/2.3-notes.pdf');
     assert.match(link.rel, /noopener/);
     assert.equal(link.target, '_blank');
-    assert.match(link.text, /file/);
+    assert.match(link.text, /document/);
 
     await joinRoom(alice, 'random');
     await joinRoom(bob, 'random');

@@ -12,6 +12,7 @@ import { ui, showBanner, scrollToBottom } from './views.js';
 import { queueChat, queueEvent } from './outbox.js';
 import { lastOwn } from './messages.js';
 import { hasFiles, sendWithFiles } from './files.js';
+import { isFile } from './attachments.js';
 
 const TYPING_REPEAT_MS = 3000;    // resend active:true at most this often
 const TYPING_IDLE_MS = 3500;      // send active:false after this pause
@@ -117,6 +118,12 @@ export function isEditing() {
   return editing !== null;
 }
 
+// A link this client once sent as type "file" is a "document" now: a 1.1
+// server takes "file" only for its own /files/<id>.
+function relabel(a) {
+  return a && a.type === 'file' && !isFile(a) ? Object.assign({}, a, { type: 'document' }) : a;
+}
+
 function submitEdit() {
   const room = S.rooms.get(editing.room);
   const entry = room && room.msgs.get(editing.seq);
@@ -134,7 +141,7 @@ function submitEdit() {
     // The attachments go along unchanged, so that the edit keeps them
     // however a server reads an edit without them.
     queueEvent('edit', room, { room: room.name, target: editing.seq, content,
-      attachments: Array.isArray(entry.p.attachments) ? entry.p.attachments : [] });
+      attachments: Array.isArray(entry.p.attachments) ? entry.p.attachments.map(relabel) : [] });
   }
   cancelEdit();
 }

@@ -19,6 +19,7 @@ import { S, activeRoom } from './state.js';
 import { request } from './conn.js';
 import { ui, roomTitle } from './views.js';
 import { loadOlderPage } from './rooms.js';
+import { isFile } from './attachments.js';
 
 const PAGE = 20;                  // results per request
 const JUMP_PAGE = 100;            // messages per history page while jumping
@@ -237,7 +238,7 @@ function hit(m, st) {
   b.append(head, el('span', 'hit-text'));
   b.lastChild.append(highlight(typeof m.content === 'string' ? m.content : '', st.words));
   const names = (Array.isArray(m.attachments) ? m.attachments : [])
-    .filter((a) => a && a.type === 'file' && typeof a.name === 'string').map((a) => a.name);
+    .filter((a) => isFile(a) && typeof a.name === 'string').map((a) => a.name);
   if (names.length) b.append(el('span', 'hit-files', '📎 ' + names.join(', ')));
   if (jump && jump.room === S.active && jump.seq === m.seq) b.append(el('span', 'hit-loading', 'Loading…'));
   li.append(b);
