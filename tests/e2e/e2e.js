@@ -549,17 +549,17 @@ function seedRoom(page, port, room, contents) {
     let next = 0;
     let acked = 0;
     let tokens = 30;
+    let inflight = false;
     const timer = setTimeout(() => { clearInterval(refill); reject(new Error('seed timeout')); }, 40000);
+    // One at a time: the next goes out once this one is acked, so the
+    // seqs follow the list across users.
     const pump = () => {
-      while (next < contents.length && tokens >= 1) {
-        const [u, text] = contents[next];
-        next += 1;
-        tokens -= 1;
-        socks.get(u).send(JSON.stringify({ type: 'chat', id: 'seed-' + next, payload: { room, content: text } }));
-        // One at a time: the next goes out once this one is acked, so the
-        // seqs follow the list across users.
-        return;
-      }
+      if (inflight || next >= contents.length || tokens < 1) return;
+      const [u, text] = contents[next];
+      next += 1;
+      tokens -= 1;
+      inflight = true;
+      socks.get(u).send(JSON.stringify({ type: 'chat', id: 'seed-' + next, payload: { room, content: text } }));
     };
     for (const u of users) {
       const ws = new WebSocket('ws://127.0.0.1:' + port + '/ws?user=' + u);
@@ -571,6 +571,7 @@ function seedRoom(page, port, room, contents) {
         else if (m.type === 'joined' && ++ready === users.length) pump();
         else if (m.type === 'ack') {
           acked += 1;
+          inflight = false;
           if (acked === contents.length) {
             clearTimeout(timer);
             clearInterval(refill);
@@ -652,7 +653,7 @@ async function search(page, q) {
   }, 10000, 'the results of ' + JSON.stringify(q));
 }
 
-async function filesAndSearch(test, openUser, port) {
+async function filesAndSearch(test, openUser, port, pageErrors) {
   const c = {};
   const ROOM = 'studio';
   const hero = makePng(320, 180, (x, y) => [40 + Math.round(x / 2), 90 + Math.round(y / 3), 200 - Math.round(x / 3)]);
@@ -773,6 +774,34 @@ async function filesAndSearch(test, openUser, port) {
     await iris.press('#input', 'Enter');
     await sleep(500);
     assert.equal((await messages(theo)).filter((m) => /shoot-raw/.test(m.text)).length, 0, 'a cancelled file is not sent');
+
+    // The server's refusals are said plainly, on the chip and in the banner
+    // (answered here by the test in the server's place).
+    const refusals = [[401, /not signed in/], [403, /may not share files in #studio/], [413, /too large for the server/]];
+    for (const [status, said] of refusals) {
+      const only = (u) => u.pathname === '/files';
+      await iris.route(only, (r) => r.fulfill({ status, contentType: 'text/plain', body: 'refused\n' }));
+      try {
+        await iris.setInputFiles('#file-input', { name: 'refused-' + status + '.txt', mimeType: 'text/plain', buffer: Buffer.from('x') });
+        const f = await waitFor(async () => {
+          const l = await tray(iris);
+          return l.length === 1 && l[0].state === 'failed' ? l[0] : null;
+        }, 10000, 'the upload refused with ' + status);
+        assert.match(f.note, said, status + ': ' + f.note);
+        assert.match(await iris.$eval('#banner-text', (b) => b.textContent), /Could not upload “refused-\d+\.txt”/);
+      } finally {
+        await iris.unroute(only);
+      }
+      await iris.click('#uploads button.upload-cancel');
+      assert.deepEqual(await tray(iris), []);
+      // Chromium logs the refused request (maybe a little later); that one
+      // is expected.
+      const logged = (e) => e.startsWith('iris console: Failed to load resource') && e.includes(' ' + status + ' ');
+      await waitFor(() => pageErrors.some(logged), 2000, 'the console line').catch(() => {});
+      const i = pageErrors.findIndex(logged);
+      if (i >= 0) pageErrors.splice(i, 1);
+    }
+    await iris.click('#banner-close');
 
     // Over the server's limit: refused before a byte is sent.
     const maxFile = await iris.evaluate((port) => new Promise((resolve, reject) => {
@@ -1216,7 +1245,7 @@ async function main() {
   await conversations(test, openUser, base, pageErrors);
 
   // Protocol 1.1: files and search.
-  await filesAndSearch(test, openUser, port);
+  await filesAndSearch(test, openUser, port, pageErrors);
 
   await test('no script errors or dialogs in either page', async () => {
     assert.deepEqual(dialogs, []);

@@ -225,6 +225,7 @@ function chip(u) {
     const bar = el('progress');
     bar.max = Math.max(1, u.size);
     bar.value = u.loaded;
+    bar.setAttribute('aria-label', 'Uploading ' + u.name);
     li.append(bar);
   }
   const note = u.state === 'failed' ? u.error
