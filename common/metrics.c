@@ -195,6 +195,15 @@ int metrics_render(const metrics_t *m, const char *const *error_names, size_t ne
         rc |= metrics_printf(out, "# TYPE chatd_mongo_up gauge\nchatd_mongo_up %d\n", mongo);
     }
     rc |= metrics_printf(out, "# TYPE chatd_rooms gauge\nchatd_rooms %" PRIu64 "\n", SUM(rooms));
+    rc |= metrics_printf(out, "# TYPE chatd_files_uploaded_total counter\nchatd_files_uploaded_total %" PRIu64 "\n"
+                              "# TYPE chatd_file_upload_bytes_total counter\nchatd_file_upload_bytes_total %" PRIu64 "\n"
+                              "# TYPE chatd_files_downloaded_total counter\nchatd_files_downloaded_total %" PRIu64 "\n"
+                              "# TYPE chatd_file_download_bytes_total counter\n"
+                              "chatd_file_download_bytes_total %" PRIu64 "\n"
+                              "# HELP chatd_file_transfers Uploads and downloads under way.\n"
+                              "# TYPE chatd_file_transfers gauge\nchatd_file_transfers %" PRIu64 "\n",
+                         SUM(files_uploaded), SUM(file_upload_bytes), SUM(files_downloaded),
+                         SUM(file_download_bytes), SUM(file_transfers));
     rc |= metrics_printf(out, "# TYPE chatd_redis_up gauge\nchatd_redis_up %" PRIu64 "\n", SUM(redis_up));
     rc |= metrics_render_nodes(m, out);
     return rc == 0 ? 0 : -1;

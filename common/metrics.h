@@ -45,6 +45,11 @@ typedef struct metrics_slot_s {
     uint64_t latency_sum_us;
     uint64_t redis_up;              /* gauge */
     uint64_t rooms;                 /* gauge */
+    uint64_t files_uploaded;        /* answered 201 */
+    uint64_t file_upload_bytes;
+    uint64_t files_downloaded;      /* answered 200 or 206 */
+    uint64_t file_download_bytes;   /* body bytes queued to readers */
+    uint64_t file_transfers;        /* gauge: uploads and downloads under way */
     metrics_node_t redis_nodes[METRICS_REDIS_NODES];
 } metrics_slot_t;
 

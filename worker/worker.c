@@ -355,7 +355,7 @@ int worker_run(const config_t *cfg, int slot, int listen_fd, int ready_fd,
     metrics_slot_t *ms = &metrics->slot[slot];
     /* A store that cannot start leaves files answered 503, chat unharmed. */
     w->filestore = filestore_new(&w->loop, cfg);
-    files_init(&w->files, cfg, w->filestore);
+    files_init(&w->files, cfg, w->filestore, ms);
     chat_init(&w->chat, &w->loop, cfg, ms, w->master_pid, w->bus, w->archive);
     bus_set_handlers(w->bus, chat_bus_handlers(), &w->chat);
     net_init(&w->net, &w->loop, cfg, ms, chat_net_handlers(), &w->chat, chat_conn_size(),

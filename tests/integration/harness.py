@@ -1920,6 +1920,15 @@ class Congo:
         assert p.returncode == 0, p.stderr
         return int(p.stdout)
 
+    def update(self, collection, filter_ejson, update_ejson):
+        """updateMany with a filter and an update given as extended JSON;
+        returns how many documents it modified."""
+        p = subprocess.run(["node", os.path.join(CONGO_DIR, "update.mjs"), self.uri, collection,
+                            json.dumps(filter_ejson), json.dumps(update_ejson)],
+                           capture_output=True, text=True, timeout=30)
+        assert p.returncode == 0, p.stderr
+        return int(p.stdout)
+
     @staticmethod
     def setup():
         """Installs CongoDB (npm) when missing."""

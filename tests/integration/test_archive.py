@@ -625,3 +625,41 @@ async def test_search_reaches_the_archive():
         assert [m["seq"] for m in res["messages"]] == [new["seq"], old[2]["seq"], old[1]["seq"]], res
     finally:
         await a.close()
+
+
+@atest(120)
+async def test_words_backfilled_for_documents_archived_before_search():
+    """An archive written before search existed has no words: the first
+    worker of a (re)started server fills them in, in the background, and
+    search then finds those messages."""
+    room = R("backfill")
+    a = await ChatClient.open(SRV.port, "bf")
+    try:
+        await a.join(room)
+        old = [await a.chat(room, t) for t in ("forgotten lighthouse", "another lighthouse keeper")]
+        fill = await send_all(a, room, 230, "fill")
+        wait_archived_upto(room, fill[-1]["seq"])
+        await send_all(a, room, 20, "more")
+    finally:
+        await a.close()
+    assert MONGO.update("messages", {"roomId": room}, {"$unset": {"words": ""}}) >= 2
+    a = await ChatClient.open(SRV.port, "bf")
+    try:
+        await a.join(room)
+        f = await a.request("search", {"room": room, "q": "lighthouse"}, timeout=15)
+        assert f["payload"]["messages"] == [], f
+    finally:
+        await a.close()
+    old_workers = SRV.worker_pids()
+    os.kill(SRV.pid, signal.SIGHUP)
+    wait_for(lambda: len(SRV.worker_pids()) == 2 and not set(SRV.worker_pids()) & set(old_workers), 15,
+             what="fresh workers after HUP")
+    wait_for(lambda: MONGO.count("messages", {"roomId": room, "words": {"$exists": False}}) == 0, 30,
+             what="every document of the room has its words")
+    a = await ChatClient.open(SRV.port, "bf")
+    try:
+        await a.join(room)
+        f = await a.request("search", {"room": room, "q": "lighthouse"}, timeout=15)
+        assert [m["seq"] for m in f["payload"]["messages"]] == [old[1]["seq"], old[0]["seq"]], f
+    finally:
+        await a.close()

@@ -128,6 +128,15 @@ def test_round_trip_both_stores():
         assert h["x-content-type-options"] == "nosniff" and h["content-security-policy"] == "sandbox", h
         assert h["content-length"] == str(len(body)) and h["accept-ranges"] == "bytes", h
     assert leftovers() == []
+    # /metrics counts both directions over every worker.
+    m = {}
+    for line in http_request(SRV.port, "/metrics", "GET").body.decode().splitlines():
+        if line.startswith("chatd_file"):
+            k, v = line.split()
+            m[k] = int(float(v))
+    assert m["chatd_files_uploaded_total"] >= 1 and m["chatd_file_upload_bytes_total"] >= len(body), m
+    assert m["chatd_files_downloaded_total"] >= 1 and m["chatd_file_download_bytes_total"] >= len(body), m
+    assert m["chatd_file_transfers"] == 0, m
 
 
 @timeout(60)

@@ -44,10 +44,11 @@ typedef struct files_xfer_s {
     char range[HTTP_MAX_VALUE + 1];
 } files_xfer_t;
 
-void files_init(files_t *fl, const config_t *cfg, filestore_t *store)
+void files_init(files_t *fl, const config_t *cfg, filestore_t *store, metrics_slot_t *metrics)
 {
     fl->cfg = cfg;
     fl->store = store;
+    fl->metrics = metrics;
     fl->transfers = 0;
 }
 
@@ -61,7 +62,7 @@ static files_xfer_t *files_xfer_new(files_t *fl, conn_t *c, auth_t *auth)
     x->c = c;
     x->auth = *auth;
     conn_ref(c);
-    fl->transfers++;
+    metrics_set(&fl->metrics->file_transfers, ++fl->transfers);
     return x;
 }
 
@@ -77,7 +78,7 @@ static void files_xfer_release(files_xfer_t *x)
     auth_free(&x->auth);
     buf_free(&x->pending);
     free(x->done);
-    x->fl->transfers--;
+    metrics_set(&x->fl->metrics->file_transfers, --x->fl->transfers);
     conn_unref(x->c);
     free(x);
 }
@@ -176,6 +177,8 @@ static void files_on_upload_done(void *arg, int status)
         if (json == NULL) {
             files_reply(x, 500, "text/plain", NULL, "out of memory\n");
         } else {
+            metrics_add(&x->fl->metrics->files_uploaded, 1);
+            metrics_add(&x->fl->metrics->file_upload_bytes, (uint64_t)x->received);
             log_info("event=file_stored id=%s size=%" PRId64 " user=\"%s\" room=\"%s\"", d->meta.id,
                      x->received, x->auth.user, d->meta.room);
             char extra[128];
@@ -485,6 +488,7 @@ static void files_on_read(void *arg, ssize_t n, const char *data)
         return;         /* aborted: gone follows */
     }
     x->pos += n;
+    metrics_add(&x->fl->metrics->file_download_bytes, (uint64_t)n);
 }
 
 /* Reads the next piece while fewer than CONN_STREAM_LOW bytes wait, and
@@ -586,6 +590,7 @@ static void files_on_open(void *arg, int status, filestore_file_t *f)
         conn_abort(x->c);
         return;
     }
+    metrics_add(&x->fl->metrics->files_downloaded, 1);
     x->pos = from;
     x->end = x->head_only ? from : from + body;
     files_send_more(x);

@@ -14,16 +14,18 @@
 #define CHATD_FILES_H
 
 #include "../../common/config.h"
+#include "../../common/metrics.h"
 #include "../data/filestore.h"
 #include "../net/conn.h"
 
 typedef struct files_s {
     const config_t *cfg;
     filestore_t *store;         /* NULL: every request is answered 503 */
-    int transfers;              /* uploads and downloads under way */
+    metrics_slot_t *metrics;    /* this worker's slot */
+    uint64_t transfers;         /* uploads and downloads under way */
 } files_t;
 
-void files_init(files_t *fl, const config_t *cfg, filestore_t *store);
+void files_init(files_t *fl, const config_t *cfg, filestore_t *store, metrics_slot_t *metrics);
 
 /* Answers or takes over a request for /files or /files/...; returns 0 for
  * any other path. */

@@ -32,7 +32,10 @@
 #define ARCHIVE_FIRST_SWEEP_PER_TICK 4096
 #define ARCHIVE_HOT_PER_TICK 64
 
-typedef enum { JOB_WRITE, JOB_FIND, JOB_MAXSEQ, JOB_INDEXES, JOB_GET, JOB_SEARCH } job_kind_t;
+typedef enum { JOB_WRITE, JOB_FIND, JOB_MAXSEQ, JOB_INDEXES, JOB_GET, JOB_SEARCH, JOB_WORDS } job_kind_t;
+
+/* Documents the words backfill reads per tick (see archive_do_words). */
+#define ARCHIVE_WORDS_BATCH 500
 
 typedef struct {
     char *id;                   /* stream entry id */
@@ -68,6 +71,10 @@ typedef struct job_s {
     int got_deleted;
     /* JOB_SEARCH: the query's words (owned) */
     words_t q;
+    /* JOB_WORDS: where the batch starts (after) and ends (last) */
+    bson_oid_t after, last;
+    int have_after;
+    int seen, updated;
     void *arg;
     char err[512];
 } job_t;
@@ -83,6 +90,12 @@ struct archive_s {
     int busy;                   /* a read or a write of the queue is under way */
     int group_ready;
     int indexes_ready;
+    int words_done;             /* the words backfill has seen every document */
+    int words_busy;
+    int words_have_after;
+    bson_oid_t words_after;
+    uint64_t words_total;
+    uint64_t words_retry_ms;
     int mongo_up;
     int read_new;               /* next read takes new entries, not own pending */
     uint64_t next_claim_ms;
@@ -814,6 +827,80 @@ static void archive_do_indexes(job_t *j, mongoc_collection_t *col)
     bson_destroy(cmd);
 }
 
+/*
+ * The words backfill: documents archived before search existed have no
+ * "words", and search could never find them. One batch, in _id order from
+ * where the last one ended: each document still without words and not
+ * deleted gets the words of its content, unless an edit changed the
+ * content meanwhile (the update is filtered on the content it read).
+ */
+static void archive_do_words(job_t *j, mongoc_collection_t *col)
+{
+    bson_error_t err;
+    bson_t *filter = BCON_NEW("words", "{", "$exists", BCON_BOOL(false), "}",
+                              "deleted", "{", "$ne", BCON_BOOL(true), "}");
+    if (j->have_after) {
+        bson_t gt;
+        BSON_APPEND_DOCUMENT_BEGIN(filter, "_id", &gt);
+        BSON_APPEND_OID(&gt, "$gt", &j->after);
+        bson_append_document_end(filter, &gt);
+    }
+    bson_t *opts = BCON_NEW("sort", "{", "_id", BCON_INT32(1), "}", "limit", BCON_INT64(ARCHIVE_WORDS_BATCH),
+                            "projection", "{", "roomId", BCON_INT32(1), "content", BCON_INT32(1), "}");
+    mongoc_cursor_t *cur = mongoc_collection_find_with_opts(col, filter, opts, NULL);
+    const bson_t *d;
+    j->ok = 1;
+    while (j->ok && mongoc_cursor_next(cur, &d)) {
+        bson_iter_t it;
+        const char *room = NULL, *content = NULL;
+        const bson_oid_t *id = NULL;
+        if (bson_iter_init(&it, d)) {
+            while (bson_iter_next(&it)) {
+                const char *k = bson_iter_key(&it);
+                if (strcmp(k, "_id") == 0 && BSON_ITER_HOLDS_OID(&it)) {
+                    id = bson_iter_oid(&it);
+                } else if (strcmp(k, "roomId") == 0 && BSON_ITER_HOLDS_UTF8(&it)) {
+                    room = bson_iter_utf8(&it, NULL);
+                } else if (strcmp(k, "content") == 0 && BSON_ITER_HOLDS_UTF8(&it)) {
+                    content = bson_iter_utf8(&it, NULL);
+                }
+            }
+        }
+        if (id == NULL) {
+            continue;
+        }
+        bson_oid_copy(id, &j->last);
+        j->seen++;
+        if (room == NULL || content == NULL || strncmp(room, "e2e:", 4) == 0) {
+            continue;       /* encrypted rooms are never searched */
+        }
+        bson_t *match = BCON_NEW("_id", BCON_OID(id), "content", BCON_UTF8(content),
+                                 "words", "{", "$exists", BCON_BOOL(false), "}");
+        bson_t update = BSON_INITIALIZER, set;
+        BSON_APPEND_DOCUMENT_BEGIN(&update, "$set", &set);
+        int built = archive_append_words(&set, content) == 0;
+        bson_append_document_end(&update, &set);
+        if (!built) {
+            snprintf(j->err, sizeof(j->err), "out of memory");
+            j->ok = 0;
+        } else if (!mongoc_collection_update_one(col, match, &update, NULL, NULL, &err)) {
+            snprintf(j->err, sizeof(j->err), "%s", err.message);
+            j->ok = 0;
+        } else {
+            j->updated++;
+        }
+        bson_destroy(&update);
+        bson_destroy(match);
+    }
+    if (mongoc_cursor_error(cur, &err)) {
+        snprintf(j->err, sizeof(j->err), "%s", err.message);
+        j->ok = 0;
+    }
+    mongoc_cursor_destroy(cur);
+    bson_destroy(opts);
+    bson_destroy(filter);
+}
+
 static void archive_on_work(uv_work_t *req)
 {
     job_t *j = req->data;
@@ -835,6 +922,9 @@ static void archive_on_work(uv_work_t *req)
         break;
     case JOB_SEARCH:
         archive_do_search(j, col);
+        break;
+    case JOB_WORDS:
+        archive_do_words(j, col);
         break;
     }
     mongoc_collection_destroy(col);
@@ -993,6 +1083,25 @@ static void archive_after_work(uv_work_t *req, int status)
             log_info("event=mongo_indexes_ready");
         } else {
             archive_set_up(a, 0, j->err);
+        }
+        break;
+    case JOB_WORDS:
+        a->words_busy = 0;
+        if (!j->ok) {
+            archive_set_up(a, 0, j->err);
+            a->words_retry_ms = uv_now(a->env->loop) + 10000;
+            break;
+        }
+        a->words_total += (uint64_t)j->updated;
+        if (j->seen > 0) {
+            a->words_after = j->last;
+            a->words_have_after = 1;
+        }
+        if (j->seen < ARCHIVE_WORDS_BATCH) {
+            a->words_done = 1;
+            if (a->words_total > 0) {
+                log_info("event=words_backfilled documents=%" PRIu64, a->words_total);
+            }
         }
         break;
     }
@@ -1431,6 +1540,26 @@ static void archive_measure_slot(archive_t *a, unsigned slot)
     }
 }
 
+/* One batch of the words backfill per tick, by the first worker of each
+ * host only: the updates are idempotent, but one reader is enough. */
+static void archive_words_step(archive_t *a, uint64_t now)
+{
+    if (a->words_done || a->words_busy || a->env->slot != 0 || now < a->words_retry_ms) {
+        return;
+    }
+    job_t *j = archive_job(a, JOB_WORDS);
+    if (j == NULL) {
+        return;
+    }
+    j->after = a->words_after;
+    j->have_after = a->words_have_after;
+    if (archive_submit(a, j) != 0) {
+        job_free(j);
+        return;
+    }
+    a->words_busy = 1;
+}
+
 void archive_tick(archive_t *a)
 {
     if (a == NULL || a->closing) {
@@ -1445,6 +1574,7 @@ void archive_tick(archive_t *a)
         }
         return;
     }
+    archive_words_step(a, now);
     if (a->cluster) {
         archive_sweep(a);
         if (now >= a->retry_at_ms) {
