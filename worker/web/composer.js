@@ -1,9 +1,8 @@
 /*
  * The composer: writing a message (text, an optional link, and the files
- * files.js uploaded for it), editing
- * one of ours (protocol 1.1; Up in an empty composer edits the last one),
- * checking both against the server's limits, and telling the room we are
- * typing.
+ * files.js uploaded for it), editing one of ours (protocol 1.1; Up in an
+ * empty composer edits the last one), checking both against the server's
+ * limits, and telling the room we are typing.
  */
 import { safeUrl, guessType, utf8Len } from './util.js';
 import { S, activeRoom } from './state.js';
@@ -44,6 +43,7 @@ export function submit() {
     if (tooLong(content)) return;
     clearComposer();
     sendWithFiles(room, content, attachments);
+    scrollToBottom();
     return;
   }
   if (!content.trim()) {
@@ -68,7 +68,6 @@ function clearComposer() {
   ui.attachRow.hidden = true;
   autosize();
   stopTyping();
-  scrollToBottom();
 }
 
 function sendMessage(room, content, attachments) {
