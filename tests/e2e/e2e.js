@@ -15,7 +15,9 @@
  * The conversation scenarios of protocol 1.1 (edit, delete, react, unread
  * counts and read receipts, direct messages) save their screenshot to
  * E2E_CONVERSATIONS_SCREENSHOT (default <repo>/docs/images/conversations.png;
- * "" for none).
+ * "" for none), and those of files and search (upload by button, drop and
+ * paste, previews, downloads, search with highlights, jumping to an old
+ * message) to E2E_FILES_SCREENSHOT (default <repo>/docs/images/files-search.png).
  */
 'use strict';
 
@@ -26,6 +28,7 @@ const http = require('http');
 const net = require('net');
 const os = require('os');
 const path = require('path');
+const zlib = require('zlib');
 
 const HERE = __dirname;
 const REPO = path.resolve(HERE, '..', '..');
@@ -36,6 +39,8 @@ const SHOT = process.env.E2E_SCREENSHOT !== undefined ? process.env.E2E_SCREENSH
   : path.join(REPO, 'docs', 'screenshot.png');
 const CONVO_SHOT = process.env.E2E_CONVERSATIONS_SCREENSHOT !== undefined
   ? process.env.E2E_CONVERSATIONS_SCREENSHOT : path.join(REPO, 'docs', 'images', 'conversations.png');
+const FILES_SHOT = process.env.E2E_FILES_SCREENSHOT !== undefined
+  ? process.env.E2E_FILES_SCREENSHOT : path.join(REPO, 'docs', 'images', 'files-search.png');
 const TEST_TIMEOUT_MS = 60000;
 
 const { chromium } = require(path.join(HERE, 'node_modules', 'playwright-core'));
@@ -494,6 +499,389 @@ async function conversations(test, openUser, base, pageErrors) {
   });
 }
 
+// ------------------------------------------------ files and search (1.1)
+const CRC_TABLE = Array.from({ length: 256 }, (_, n) => {
+  let c = n;
+  for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+  return c >>> 0;
+});
+
+function crc32(buf) {
+  let c = 0xffffffff;
+  for (const b of buf) c = CRC_TABLE[(c ^ b) & 0xff] ^ (c >>> 8);
+  return (c ^ 0xffffffff) >>> 0;
+}
+
+// A w×h RGB PNG whose pixel (x, y) is rgb(x, y).
+function makePng(w, h, rgb) {
+  const raw = Buffer.alloc((w * 3 + 1) * h);
+  for (let y = 0; y < h; y++) {
+    raw[y * (w * 3 + 1)] = 0;                   // filter: none
+    for (let x = 0; x < w; x++) {
+      const [r, g, b] = rgb(x, y);
+      const o = y * (w * 3 + 1) + 1 + x * 3;
+      raw[o] = r; raw[o + 1] = g; raw[o + 2] = b;
+    }
+  }
+  const chunk = (type, data) => {
+    const len = Buffer.alloc(4);
+    len.writeUInt32BE(data.length);
+    const td = Buffer.concat([Buffer.from(type, 'latin1'), data]);
+    const crc = Buffer.alloc(4);
+    crc.writeUInt32BE(crc32(td));
+    return Buffer.concat([len, td, crc]);
+  };
+  const ihdr = Buffer.alloc(13);
+  ihdr.writeUInt32BE(w, 0);
+  ihdr.writeUInt32BE(h, 4);
+  ihdr[8] = 8; ihdr[9] = 2;                     // 8 bits, truecolour
+  return Buffer.concat([Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]),
+    chunk('IHDR', ihdr), chunk('IDAT', zlib.deflateSync(raw)), chunk('IEND', Buffer.alloc(0))]);
+}
+
+// Sends contents (an array of [user, text]) to room through raw sockets of
+// page's browser, one per user, paced under the rate limit, in order.
+function seedRoom(page, port, room, contents) {
+  return page.evaluate(({ port, room, contents }) => new Promise((resolve, reject) => {
+    const users = Array.from(new Set(contents.map((c) => c[0])));
+    const socks = new Map();
+    let ready = 0;
+    let next = 0;
+    let acked = 0;
+    let tokens = 30;
+    let inflight = false;
+    const timer = setTimeout(() => { clearInterval(refill); reject(new Error('seed timeout')); }, 40000);
+    // One at a time: the next goes out once this one is acked, so the
+    // seqs follow the list across users.
+    const pump = () => {
+      if (inflight || next >= contents.length || tokens < 1) return;
+      const [u, text] = contents[next];
+      next += 1;
+      tokens -= 1;
+      inflight = true;
+      socks.get(u).send(JSON.stringify({ type: 'chat', id: 'seed-' + next, payload: { room, content: text } }));
+    };
+    for (const u of users) {
+      const ws = new WebSocket('ws://127.0.0.1:' + port + '/ws?user=' + u);
+      socks.set(u, ws);
+      ws.onerror = () => reject(new Error('seed socket of ' + u + ' failed'));
+      ws.onmessage = (ev) => {
+        const m = JSON.parse(ev.data);
+        if (m.type === 'welcome') ws.send(JSON.stringify({ type: 'join', id: 'j', payload: { room } }));
+        else if (m.type === 'joined' && ++ready === users.length) pump();
+        else if (m.type === 'ack') {
+          acked += 1;
+          inflight = false;
+          if (acked === contents.length) {
+            clearTimeout(timer);
+            clearInterval(refill);
+            for (const s of socks.values()) s.close();
+            resolve();
+          } else {
+            setTimeout(pump, 0);
+          }
+        } else if (m.type === 'error') reject(new Error('seed: ' + ev.data));
+      };
+    }
+    // Each socket has its own bucket; one shared count keeps well under any.
+    const refill = setInterval(() => { tokens = Math.min(30, tokens + 1); pump(); }, 60);
+  }), { port, room, contents });
+}
+
+// The visible room's attachments as the user sees them.
+function attachmentsOf(page) {
+  return page.evaluate(() => Array.from(
+    document.querySelectorAll('.room-view:not([hidden]) .msgs li.msg')).map((li) => ({
+    seq: Number(li.dataset.seq),
+    text: li.querySelector('.bubble').textContent,
+    images: Array.from(li.querySelectorAll('.atts a.att-img img'), (img) => ({
+      src: img.getAttribute('src'), href: img.closest('a').getAttribute('href'), target: img.closest('a').target,
+      loaded: img.complete && img.naturalWidth > 0, width: img.naturalWidth, alt: img.alt,
+    })),
+    files: Array.from(li.querySelectorAll('.atts a.att.file'), (a) => ({
+      href: a.getAttribute('href'), download: a.getAttribute('download'),
+      name: a.querySelector('.att-name').textContent, size: (a.querySelector('.att-size') || {}).textContent,
+    })),
+  })).filter((m) => m.images.length || m.files.length));
+}
+
+function tray(page) {
+  return page.evaluate(() => Array.from(document.querySelectorAll('#uploads li.upload'), (li) => ({
+    name: li.dataset.name, state: li.dataset.state, note: li.querySelector('.upload-note').textContent,
+  })));
+}
+
+// Puts a file on the page as dropped on the messages, or pasted.
+function dropFile(page, how, name, type, buf) {
+  return page.evaluate(({ how, name, type, bytes }) => {
+    const dt = new DataTransfer();
+    dt.items.add(new File([new Uint8Array(bytes)], name, { type }));
+    if (how === 'paste') {
+      document.getElementById('input').dispatchEvent(new ClipboardEvent('paste',
+        { bubbles: true, cancelable: true, clipboardData: dt }));
+      return;
+    }
+    const log = document.getElementById('log');
+    for (const t of ['dragenter', 'dragover', 'drop']) {
+      log.dispatchEvent(new DragEvent(t, { bubbles: true, cancelable: true, dataTransfer: dt }));
+    }
+  }, { how, name, type, bytes: Array.from(buf) });
+}
+
+function searchState(page) {
+  return page.evaluate(() => ({
+    open: !document.getElementById('search-panel').hidden,
+    state: document.getElementById('search-panel').dataset.state,
+    status: document.getElementById('search-status').textContent,
+    more: !document.getElementById('search-more').hidden,
+    hits: Array.from(document.querySelectorAll('#search-results li.hit'), (li) => ({
+      seq: Number(li.querySelector('button').dataset.seq),
+      sender: li.querySelector('.hit-sender').textContent,
+      time: (li.querySelector('.hit-time') || {}).textContent || '',
+      text: li.querySelector('.hit-text').textContent,
+      marks: Array.from(li.querySelectorAll('.hit-text mark'), (m) => m.textContent),
+    })),
+  }));
+}
+
+async function search(page, q) {
+  await page.fill('#search-q', q);
+  await page.press('#search-q', 'Enter');
+  return waitFor(async () => {
+    const st = await searchState(page);
+    return st.open && st.state !== 'loading' ? st : null;
+  }, 10000, 'the results of ' + JSON.stringify(q));
+}
+
+async function filesAndSearch(test, openUser, port, pageErrors) {
+  const c = {};
+  const ROOM = 'studio';
+  const hero = makePng(320, 180, (x, y) => [40 + Math.round(x / 2), 90 + Math.round(y / 3), 200 - Math.round(x / 3)]);
+  const csv = Buffer.concat([Buffer.from('item,price\ncafé crème,3.20\ncroissant,2.10\n', 'utf8'),
+    Buffer.from([0, 1, 2, 254, 255, 10])]);
+  const pasted = makePng(96, 64, (x, y) => [230, 120 + y, 60 + x]);
+
+  // Older than one history page (50): the first page theo gets holds seqs
+  // 21 to 70, and the café messages run all the way down.
+  const seed = [
+    ['mira', 'Kickoff for the café rebrand: moodboards by Friday'],
+    ['iris', 'The crème brûlée shot from Tuesday is too cold, it needs a warmer grade'],
+    ['mira', 'Noted. The Café Lumière logo files are on the shared drive'],
+  ];
+  for (let i = 4; i <= 70; i++) {
+    if (i % 3 === 0) seed.push(['mira', 'Menu card v' + i + ': café prices checked against the till']);
+    else if (i % 3 === 1) seed.push(['iris', 'Review round ' + i + ': spacing on the order screen']);
+    else seed.push(['mira', 'Standup ' + i + ': nothing blocking']);
+  }
+
+  await test('files: an image attached with the button shows inline for the other user, loaded', async () => {
+    c.iris = await openUser('iris', ROOM);
+    await seedRoom(c.iris, port, ROOM, seed);
+    await waitText(c.iris, seed[69][1], 15000);
+    c.theo = await openUser('theo', ROOM);
+    await waitText(c.theo, seed[69][1]);
+    const first = await messages(c.theo);
+    assert.ok(first.length >= 50 && first.length < 70 && !first.some((m) => m.seq <= 3),
+      'one history page without the oldest, got seqs ' + first[0].seq + '..');
+    // welcome.limits.maxFile shows the button.
+    await c.iris.waitForSelector('#attach-file:not([hidden])', { timeout: 5000 });
+    await c.iris.setInputFiles('#file-input', { name: 'hero-shot.png', mimeType: 'image/png', buffer: hero });
+    await waitFor(async () => {
+      const t = await tray(c.iris);
+      return t.length === 1 && t[0].state === 'done' ? t : null;
+    }, 10000, 'the upload in the tray, done');
+    await sendText(c.iris, 'New hero shot for the café menu');
+    await waitText(c.theo, 'New hero shot for the café menu');
+    assert.deepEqual(await tray(c.iris), [], 'the tray is empty once sent');
+    const a = await waitFor(async () => {
+      const l = await attachmentsOf(c.theo);
+      return l.length === 1 && l[0].images.length === 1 && l[0].images[0].loaded ? l[0] : null;
+    }, 10000, "the preview loaded in theo's page");
+    assert.equal(a.text, 'New hero shot for the café menu');
+    assert.equal(a.images[0].width, 320);
+    assert.equal(a.images[0].alt, 'hero-shot.png');
+    assert.equal(a.images[0].target, '_blank');
+    assert.match(a.images[0].src, /^\/files\/[0-9a-f]+\?user=theo$/, 'the file URL carries who asks');
+    assert.equal(a.images[0].href, a.images[0].src, 'a click opens the full size');
+    // The same bytes come back, and only to someone who says who they are.
+    const back = await c.theo.evaluate(async (u) => {
+      const r = await fetch(u);
+      return { status: r.status, type: r.headers.get('content-type'), bytes: Array.from(new Uint8Array(await r.arrayBuffer())) };
+    }, a.images[0].src);
+    assert.equal(back.status, 200);
+    assert.equal(back.type, 'image/png');
+    assert.deepEqual(Buffer.from(back.bytes), hero);
+    const anon = await rawGet(port, a.images[0].src.split('?')[0]);
+    assert.equal(anon.status, 401, 'no identity, no file');
+    // iris sees her own preview too, acked.
+    await waitFor(async () => {
+      const l = await attachmentsOf(c.iris);
+      return l.length === 1 && l[0].images[0].loaded;
+    }, 10000, "the preview in iris's page");
+  });
+
+  await test('files: a dropped file is a download chip with the same bytes; a pasted image; a file over maxFile is refused', async () => {
+    const { iris, theo } = c;
+    await dropFile(iris, 'drop', 'menu-prices.csv', 'text/csv', csv);
+    await waitFor(async () => {
+      const t = await tray(iris);
+      return t.length === 1 && t[0].name === 'menu-prices.csv' && t[0].state === 'done';
+    }, 10000, 'the dropped file uploaded');
+    // No text: the file's name is the message.
+    await iris.press('#input', 'Enter');
+    await waitText(theo, 'menu-prices.csv');
+    const chip = await waitFor(async () => (await attachmentsOf(theo)).find((m) => m.files.length), 10000, 'the chip');
+    assert.deepEqual([chip.files[0].name, chip.files[0].download, chip.files[0].size],
+      ['menu-prices.csv', 'menu-prices.csv', csv.length + ' B']);
+    const [dl] = await Promise.all([
+      theo.waitForEvent('download', { timeout: 10000 }),
+      theo.locator('.room-view:not([hidden]) a.att.file').click(),
+    ]);
+    assert.equal(dl.suggestedFilename(), 'menu-prices.csv');
+    assert.deepEqual(fs.readFileSync(await dl.path()), csv, 'the download is the uploaded bytes');
+
+    await dropFile(iris, 'paste', 'image.png', 'image/png', pasted);
+    const t = await waitFor(async () => {
+      const l = await tray(iris);
+      return l.length === 1 && l[0].state === 'done' ? l : null;
+    }, 10000, 'the pasted image uploaded');
+    assert.match(t[0].name, /^pasted-\d{8}-\d{6}\.png$/);
+    await sendText(iris, 'Colour swatch for the café sign');
+    await waitFor(async () => {
+      const l = await attachmentsOf(theo);
+      const m = l.find((x) => x.text === 'Colour swatch for the café sign');
+      return m && m.images.length === 1 && m.images[0].loaded && m.images[0].width === 96;
+    }, 10000, 'the pasted image shown to theo');
+
+    // A slow upload shows its progress and can be cancelled: nothing is sent.
+    const cdp = await iris.context().newCDPSession(iris);
+    await cdp.send('Network.enable');
+    await cdp.send('Network.emulateNetworkConditions',
+      { offline: false, latency: 0, downloadThroughput: -1, uploadThroughput: 256 * 1024 });
+    try {
+      await iris.setInputFiles('#file-input', { name: 'shoot-raw.tif', mimeType: 'image/tiff', buffer: Buffer.alloc(3 << 20, 7) });
+      await waitFor(() => iris.evaluate(() => {
+        const bar = document.querySelector('#uploads li.upload[data-state="uploading"] progress');
+        return bar && bar.value > 0 && bar.value < bar.max;
+      }), 10000, 'the progress bar moving');
+      await iris.click('#uploads button.upload-cancel');
+      assert.deepEqual(await tray(iris), []);
+    } finally {
+      await cdp.send('Network.emulateNetworkConditions',
+        { offline: false, latency: 0, downloadThroughput: -1, uploadThroughput: -1 });
+      await cdp.detach();
+    }
+    await iris.press('#input', 'Enter');
+    await sleep(500);
+    assert.equal((await messages(theo)).filter((m) => /shoot-raw/.test(m.text)).length, 0, 'a cancelled file is not sent');
+
+    // The server's refusals are said plainly, on the chip and in the banner
+    // (answered here by the test in the server's place).
+    const refusals = [[401, /not signed in/], [403, /may not share files in #studio/], [413, /too large for the server/]];
+    for (const [status, said] of refusals) {
+      const only = (u) => u.pathname === '/files';
+      await iris.route(only, (r) => r.fulfill({ status, contentType: 'text/plain', body: 'refused\n' }));
+      try {
+        await iris.setInputFiles('#file-input', { name: 'refused-' + status + '.txt', mimeType: 'text/plain', buffer: Buffer.from('x') });
+        const f = await waitFor(async () => {
+          const l = await tray(iris);
+          return l.length === 1 && l[0].state === 'failed' ? l[0] : null;
+        }, 10000, 'the upload refused with ' + status);
+        assert.match(f.note, said, status + ': ' + f.note);
+        assert.match(await iris.$eval('#banner-text', (b) => b.textContent), /Could not upload “refused-\d+\.txt”/);
+      } finally {
+        await iris.unroute(only);
+      }
+      await iris.click('#uploads button.upload-cancel');
+      assert.deepEqual(await tray(iris), []);
+      // Chromium logs the refused request (maybe a little later); that one
+      // is expected.
+      const logged = (e) => e.startsWith('iris console: Failed to load resource') && e.includes(' ' + status + ' ');
+      await waitFor(() => pageErrors.some(logged), 2000, 'the console line').catch(() => {});
+      const i = pageErrors.findIndex(logged);
+      if (i >= 0) pageErrors.splice(i, 1);
+    }
+    await iris.click('#banner-close');
+
+    // Over the server's limit: refused before a byte is sent.
+    const maxFile = await iris.evaluate((port) => new Promise((resolve, reject) => {
+      const ws = new WebSocket('ws://127.0.0.1:' + port + '/ws?user=iris');
+      ws.onmessage = (ev) => { ws.close(); resolve(JSON.parse(ev.data).payload.limits.maxFile); };
+      ws.onerror = () => reject(new Error('socket failed'));
+    }), port);
+    assert.ok(maxFile > 0, 'welcome.limits.maxFile');
+    await iris.setInputFiles('#file-input', { name: 'raw-footage.bin', mimeType: 'application/octet-stream',
+      buffer: Buffer.alloc(maxFile + 1) });
+    await iris.waitForSelector('#banner:not([hidden])', { timeout: 5000 });
+    assert.match(await iris.$eval('#banner-text', (b) => b.textContent), /raw-footage\.bin.*at most/);
+    assert.deepEqual(await tray(iris), []);
+    await iris.click('#banner-close');
+  });
+
+  await test('search: case and accents folded, words highlighted, more results, errors inline (screenshot)', async () => {
+    const { theo } = c;
+    const st = await search(theo, 'CAFE');
+    assert.equal(st.hits.length, 20, 'one page of results');
+    assert.ok(st.more, 'more results exist');
+    assert.equal(st.hits[0].text, 'Colour swatch for the café sign', 'newest first');
+    assert.equal(st.hits[0].sender, 'iris');
+    assert.ok(st.hits[0].time, 'with a time');
+    for (const h of st.hits) assert.deepEqual(h.marks.map((m) => m.toLowerCase()), ['café'], h.text);
+    if (SHOT && FILES_SHOT) {
+      await theo.hover('#search-results li.hit:nth-child(2) button');
+      fs.mkdirSync(path.dirname(FILES_SHOT), { recursive: true });
+      await theo.screenshot({ path: FILES_SHOT });
+      assert.ok(fs.statSync(FILES_SHOT).size > 10000);
+    }
+    await theo.click('#search-more');
+    const all = await waitFor(async () => {
+      const s = await searchState(theo);
+      return s.hits.length > 20 && s.state === 'done' ? s : null;
+    }, 10000, 'the older results');
+    const seqs = all.hits.map((h) => h.seq);
+    assert.deepEqual(seqs, seqs.slice().sort((x, y) => y - x), 'newest first, no repeat');
+    assert.equal(new Set(seqs).size, seqs.length);
+    assert.ok(seqs.includes(3) && seqs.includes(1), 'down to the oldest');
+    assert.deepEqual(all.hits.find((h) => h.seq === 3).marks, ['Café']);
+
+    // The last word may start a word; the others must be whole.
+    const pre = await search(theo, 'brulee CRÈM');
+    assert.deepEqual(pre.hits.map((h) => [h.seq, h.marks]), [[2, ['crème', 'brûlée']]]);
+    const none = await search(theo, 'brul crème');
+    assert.deepEqual(none.hits, []);
+    assert.match(none.status, /No messages match/);
+    // The server's refusal is shown in the panel, not as a banner.
+    const long = await search(theo, 'one two three four five six seven eight nine ten eleven');
+    assert.equal(long.state, 'error');
+    assert.match(long.status, /too long.*too_large/);
+    assert.equal(await theo.isVisible('#banner'), false);
+  });
+
+  await test('search: a result older than the loaded page is paged in, scrolled to and flashed', async () => {
+    const { theo } = c;
+    await search(theo, 'cafe lumi');
+    const st = await searchState(theo);
+    assert.deepEqual(st.hits.map((h) => [h.seq, h.marks]), [[3, ['Café', 'Lumière']]]);
+    assert.equal(await theo.$('.room-view:not([hidden]) .msgs li.msg[data-seq="3"]'), null, 'not loaded yet');
+    await theo.click('#search-results button[data-seq="3"]');
+    const where = await waitFor(() => theo.evaluate(() => {
+      const li = document.querySelector('.room-view:not([hidden]) .msgs li.msg[data-seq="3"]');
+      if (!li) return null;
+      const r = li.getBoundingClientRect();
+      const l = document.getElementById('log').getBoundingClientRect();
+      return { inView: r.top >= l.top && r.bottom <= l.bottom, flash: li.classList.contains('flash'),
+        text: li.querySelector('.bubble').textContent };
+    }), 10000, 'message 3 on the page');
+    assert.deepEqual(where, { inView: true, flash: true, text: seed[2][1] });
+    // What is held is still one run of seqs, from 1 to the newest.
+    const seqs = (await messages(theo)).map((m) => m.seq);
+    assert.deepEqual(seqs, Array.from({ length: seqs.length }, (_, i) => i + 1));
+    assert.ok(seqs.length >= 73);
+    await theo.click('#search-close');
+    assert.equal(await theo.isVisible('#search-panel'), false);
+  });
+}
+
 // ------------------------------------------------------------ tests
 const results = [];
 const ctx = {};          // shared between tests, in order
@@ -692,7 +1080,7 @@ async function main() {
     assert.equal(link.href, 'https://example.com/releases/2.3-notes.pdf');
     assert.match(link.rel, /noopener/);
     assert.equal(link.target, '_blank');
-    assert.match(link.text, /file/);
+    assert.match(link.text, /document/);
 
     await joinRoom(alice, 'random');
     await joinRoom(bob, 'random');
@@ -855,6 +1243,9 @@ async function main() {
 
   // Protocol 1.1: edits, deletes, reactions, unread and receipts, DMs.
   await conversations(test, openUser, base, pageErrors);
+
+  // Protocol 1.1: files and search.
+  await filesAndSearch(test, openUser, port, pageErrors);
 
   await test('no script errors or dialogs in either page', async () => {
     assert.deepEqual(dialogs, []);

@@ -1,8 +1,8 @@
 /*
- * The composer: writing a message (text and an optional link), editing
- * one of ours (protocol 1.1; Up in an empty composer edits the last one),
- * checking both against the server's limits, and telling the room we are
- * typing.
+ * The composer: writing a message (text, an optional link, and the files
+ * files.js uploaded for it), editing one of ours (protocol 1.1; Up in an
+ * empty composer edits the last one), checking both against the server's
+ * limits, and telling the room we are typing.
  */
 import { safeUrl, guessType, utf8Len } from './util.js';
 import { S, activeRoom } from './state.js';
@@ -10,6 +10,8 @@ import { send, nextId, takeToken } from './conn.js';
 import { ui, showBanner, scrollToBottom } from './views.js';
 import { queueChat, queueEvent } from './outbox.js';
 import { lastOwn } from './messages.js';
+import { hasFiles, sendWithFiles } from './files.js';
+import { isFile } from './attachments.js';
 
 const TYPING_REPEAT_MS = 3000;    // resend active:true at most this often
 const TYPING_IDLE_MS = 3500;      // send active:false after this pause
@@ -36,6 +38,14 @@ export function submit() {
     }
     attachments.push({ type: guessType(u), url: u.href });
   }
+  if (hasFiles(room)) {
+    // The files go with this text, once uploaded.
+    if (tooLong(content)) return;
+    clearComposer();
+    sendWithFiles(room, content, attachments);
+    scrollToBottom();
+    return;
+  }
   if (!content.trim()) {
     // content is required by the protocol; a bare link says itself.
     if (attachments.length) sendMessage(room, attachments[0].url, attachments);
@@ -52,12 +62,16 @@ function tooLong(content) {
   return true;
 }
 
-function sendMessage(room, content, attachments) {
+function clearComposer() {
   ui.input.value = '';
   ui.attachUrl.value = '';
   ui.attachRow.hidden = true;
   autosize();
   stopTyping();
+}
+
+function sendMessage(room, content, attachments) {
+  clearComposer();
   queueChat(room, content, attachments);
   scrollToBottom();
 }
@@ -103,6 +117,12 @@ export function isEditing() {
   return editing !== null;
 }
 
+// A link this client once sent as type "file" is a "document" now: a 1.1
+// server takes "file" only for its own /files/<id>.
+function relabel(a) {
+  return a && a.type === 'file' && !isFile(a) ? Object.assign({}, a, { type: 'document' }) : a;
+}
+
 function submitEdit() {
   const room = S.rooms.get(editing.room);
   const entry = room && room.msgs.get(editing.seq);
@@ -120,7 +140,7 @@ function submitEdit() {
     // The attachments go along unchanged, so that the edit keeps them
     // however a server reads an edit without them.
     queueEvent('edit', room, { room: room.name, target: editing.seq, content,
-      attachments: Array.isArray(entry.p.attachments) ? entry.p.attachments : [] });
+      attachments: Array.isArray(entry.p.attachments) ? entry.p.attachments.map(relabel) : [] });
   }
   cancelEdit();
 }

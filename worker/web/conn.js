@@ -45,10 +45,16 @@ export function request(type, payload, meta) {
   return id;
 }
 
+// Who we are, as a query parameter: the WebSocket upgrade and the files
+// endpoint take the same identity (an <img> cannot send a header).
+export function identQuery() {
+  if (!S.ident) return '';
+  return S.ident.token ? 'token=' + encodeURIComponent(S.ident.token) : 'user=' + encodeURIComponent(S.ident.user);
+}
+
 function wsUrl() {
   const proto = location.protocol === 'https:' ? 'wss:' : 'ws:';
-  const q = S.ident.token ? 'token=' + encodeURIComponent(S.ident.token) : 'user=' + encodeURIComponent(S.ident.user);
-  return proto + '//' + location.host + '/ws?' + q;
+  return proto + '//' + location.host + '/ws?' + identQuery();
 }
 
 export function connect() {

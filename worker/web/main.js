@@ -11,6 +11,9 @@
  *   composer.js  writing and editing messages
  *   actions.js   the message menu: react, edit, delete
  *   dm.js        direct message rooms and notifications
+ *   files.js     uploading files: attach, drop, paste, progress, the tray
+ *   attachments.js  links, image previews and download chips in messages
+ *   search.js    searching a room, the results panel, jumping to a hit
  *   views.js, msgview.js  rendering; util.js, state.js  shared helpers, state
  *
  * Guarantees the user can see:
@@ -44,6 +47,10 @@ import { onReceipt, scheduleRead } from './unread.js';
 import { submit, onInput, stopTyping, typingDown, toggleAttach, editLast, cancelEdit,
   isEditing } from './composer.js';
 import { onMessageClick, closeMenus } from './actions.js';
+import { addFiles, filesEnabled, renderTray, onTrayClick, onDragEnter, onDragOver, onDragLeave,
+  onDrop, onPaste, guardPage } from './files.js';
+import { runSearch, onResults, searchFailed, searchDown, closeSearch, moreResults, onResultsClick,
+  render as renderSearch } from './search.js';
 
 const PRESENCE_POLL_MS = 30000;
 
@@ -65,6 +72,7 @@ function handle(msg) {
     case 'edit': case 'delete': case 'reaction': onEvent(msg.type, p, 'live'); break;
     case 'receipt': onReceipt(p); break;
     case 'rooms': onRoomsList(p); break;
+    case 'results': onResults(p, req); break;
     case 'notify': onNotify(p); break;
     case 'pong': case 'ok': break;
     case 'error': onError(msg.id, p, req); break;
@@ -81,10 +89,11 @@ function onWelcome(p) {
   S.session = p.session || null;
   if (typeof p.heartbeat === 'number' && p.heartbeat > 0) S.heartbeat = p.heartbeat;
   if (p.limits && typeof p.limits === 'object') {
-    for (const k of ['maxContent', 'maxMessage', 'rate', 'burst']) {
+    for (const k of ['maxContent', 'maxMessage', 'rate', 'burst', 'maxFile']) {
       if (typeof p.limits[k] === 'number' && p.limits[k] > 0) S.limits[k] = p.limits[k];
     }
   }
+  filesEnabled();
   conn.resetTokens();
   // Whether this server speaks 1.1 shows in what it answers next.
   setV11(false);
@@ -137,7 +146,8 @@ function onError(id, p, req) {
       showBanner('Cannot join #' + req.room + ': ' + text, 'error', 10000);
       return;
     }
-    if (req.kind === 'older') olderFailed(req.room);
+    if (req.kind === 'search') { searchFailed(req, code, p.message); return; }
+    if (req.kind === 'older') olderFailed(req);
   }
   showBanner(text, code === 'rate_limited' ? '' : 'error', 8000);
 }
@@ -146,6 +156,7 @@ function onDown(code) {
   roomsDown();
   typingDown();
   outbox.markWaiting();
+  searchDown();
   renderTyping();
   renderOlder();
   if (code === 1008) showBanner('Disconnected for sending too fast. Reconnecting…', 'error', 8000);
@@ -158,6 +169,7 @@ function onDown(code) {
 
 conn.setHooks({ frame: handle, down: onDown, state: setConn });
 S.openRoom = (name) => { if (S.rooms.has(name)) selectRoom(name); };
+S.roomShown = () => { renderTray(); renderSearch(); };
 
 // ------------------------------------------------------- housekeeping
 // Once a second: the connection's own upkeep, overdue acks, and a slow
@@ -291,6 +303,27 @@ ui.input.addEventListener('keydown', (ev) => {
 });
 ui.input.addEventListener('blur', stopTyping);
 ui.attach.addEventListener('click', toggleAttach);
+ui.attachFile.addEventListener('click', () => ui.fileInput.click());
+ui.fileInput.addEventListener('change', () => {
+  addFiles(ui.fileInput.files);
+  ui.fileInput.value = '';
+});
+ui.uploads.addEventListener('click', onTrayClick);
+ui.input.addEventListener('paste', onPaste);
+ui.main.addEventListener('dragenter', onDragEnter);
+ui.main.addEventListener('dragover', onDragOver);
+ui.main.addEventListener('dragleave', onDragLeave);
+ui.main.addEventListener('drop', onDrop);
+document.addEventListener('dragover', guardPage);
+document.addEventListener('drop', guardPage);
+ui.searchForm.addEventListener('submit', (ev) => { ev.preventDefault(); runSearch(); });
+ui.searchQ.addEventListener('keydown', (ev) => {
+  if (ev.key === 'Escape') { ev.preventDefault(); closeSearch(); ui.input.focus(); }
+});
+ui.searchQ.addEventListener('search', () => { if (!ui.searchQ.value) closeSearch(); });
+ui.searchClose.addEventListener('click', closeSearch);
+ui.searchMore.addEventListener('click', moreResults);
+ui.searchResults.addEventListener('click', onResultsClick);
 ui.attachUrl.addEventListener('keydown', (ev) => {
   if (ev.key === 'Enter') { ev.preventDefault(); submit(); }
 });

@@ -1,34 +1,12 @@
 /*
  * One message on the page: its node (avatar, sender, time, text, "(edited)",
- * attachments, reactions, delivery status, the action menu), and its place
- * in the room's list, by seq, grouped under the message before it and
- * separated by days.
+ * attachments (drawn by attachments.js), reactions, delivery status, the
+ * action menu), and its place in the room's list, by seq, grouped under the
+ * message before it and separated by days.
  */
-import { el, clear, avatar, fmtTime, fmtFull, dayKey, dayLabel, safeUrl } from './util.js';
+import { el, clear, avatar, fmtTime, fmtFull, dayKey, dayLabel } from './util.js';
 import { S } from './state.js';
-
-function renderAttachments(list) {
-  const box = el('div', 'atts');
-  for (const a of list) {
-    if (!a || typeof a !== 'object') continue;
-    const type = typeof a.type === 'string' && a.type ? a.type.slice(0, 40) : 'link';
-    const u = safeUrl(a.url);
-    if (u) {
-      const link = el('a', 'att');
-      link.href = u.href;
-      link.target = '_blank';
-      link.rel = 'noopener noreferrer nofollow';
-      link.title = u.href;
-      link.append(el('span', 'att-type', type), el('span', 'att-url', u.host + (u.pathname.length > 1 ? u.pathname : '')));
-      box.append(link);
-    } else {
-      const span = el('span', 'att unsafe', type + ': (unsupported link)');
-      span.title = 'Only http and https links are opened';
-      box.append(span);
-    }
-  }
-  return box;
-}
+import { renderAttachments } from './attachments.js';
 
 // The reactions offered in the menu (any other emoji is shown all the same).
 export const EMOJI = ['👍', '❤️', '😂', '🎉', '😮', '😢'];

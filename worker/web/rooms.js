@@ -115,6 +115,7 @@ export function selectRoom(name) {
   if (room.stickToBottom || room.scrollTop === undefined) scrollToBottom();
   else ui.log.scrollTop = room.scrollTop;
   if (opening) showDivider(room);
+  S.roomShown(room);
   if (room.joined) requestPresence(room);
   try { history.replaceState(null, '', urlWith({ room: name })); } catch (e) { /* file: */ }
   maybeLoadOlder();
@@ -146,6 +147,7 @@ export function leaveRoom(name) {
     else {
       renderHead();
       renderRooms(); renderPresence(); renderTyping(); renderOlder();
+      S.roomShown(null);
     }
   } else {
     renderRooms();
@@ -224,15 +226,18 @@ export function joinFailed(name, text) {
   }
 }
 
-function requestHistory(room, before, kind) {
-  if (!room.joined) return;
-  const payload = { room: room.name, limit: HISTORY_PAGE };
+// meta may add a `limit` and `done(ok)`, called once the page has been
+// shown (or failed).
+function requestHistory(room, before, kind, meta) {
+  if (!room.joined) return false;
+  const payload = { room: room.name, limit: (meta && meta.limit) || HISTORY_PAGE };
   if (before !== undefined) payload.before = before;
-  request('history', payload, { kind, room: room.name });
+  request('history', payload, Object.assign({ kind, room: room.name }, meta));
   if (kind === 'older') {
     room.loadingOlder = true;
     if (room === activeRoom()) renderOlder();
   }
+  return true;
 }
 
 export function maybeLoadOlder() {
@@ -243,9 +248,19 @@ export function maybeLoadOlder() {
   requestHistory(room, room.oldest, 'older');
 }
 
-export function olderFailed(name) {
-  const room = S.rooms.get(name);
+// One more page of older messages for someone else (search's jump to a
+// message): up to limit (≤ 100) below the oldest held, so what is held
+// stays one run of seqs. Returns false when none can be asked for now.
+export function loadOlderPage(room, limit, done) {
+  if (!room.joined || room.loadingOlder || !room.more || !room.msgs.size) return false;
+  return requestHistory(room, room.oldest, 'older', { limit, done });
+}
+
+// An error answering an older page (req: its request's meta).
+export function olderFailed(req) {
+  const room = S.rooms.get(req.room);
   if (room) { room.loadingOlder = false; renderOlder(); }
+  if (req.done) req.done(false);
 }
 
 export function onHistory(p, req) {
@@ -275,6 +290,7 @@ export function onHistory(p, req) {
     // A short first page may not fill the window: keep paging.
     setTimeout(maybeLoadOlder, 0);
   }
+  if (req && req.done) req.done(true);
 }
 
 // The server's list of our rooms (1.1): unread counts for the rooms we

@@ -25,7 +25,7 @@ export const S = {
   connects: 0,
   heartbeat: 25,
   v11: false,             // the server speaks protocol 1.1 (edits, reactions, receipts)
-  limits: { maxContent: 16384, maxMessage: 65536, rate: 20, burst: 40 },
+  limits: { maxContent: 16384, maxMessage: 65536, rate: 20, burst: 40, maxFile: 0 },   // maxFile 0: no files
   tokens: 40,
   tokensAt: 0,
   rooms: new Map(),       // name -> room (see rooms.js)
@@ -35,6 +35,7 @@ export const S = {
   outbox: [],             // unacked room events we sent, in the order written (outbox.js)
   requests: new Map(),    // request id -> { kind, room, ... }
   openRoom: (name) => {}, // opens a room (set by main.js, for modules below rooms.js)
+  roomShown: (room) => {}, // the open room changed (room or null; set by main.js)
   idPrefix: randomId(),
   idSeq: 0,
 };

@@ -82,7 +82,9 @@ export function guessType(url) {
   if (/\.(png|jpe?g|gif|webp|svg|avif)$/.test(p)) return 'image';
   if (/\.(mp4|webm|mov)$/.test(p)) return 'video';
   if (/\.(mp3|ogg|wav|m4a)$/.test(p)) return 'audio';
-  if (/\.(pdf|zip|gz|docx?|xlsx?|pptx?|txt|csv)$/.test(p)) return 'file';
+  // Not "file": since protocol 1.1 that type names a file on the server
+  // (/files/<id>), and the server refuses it with an http(s) URL.
+  if (/\.(pdf|zip|gz|docx?|xlsx?|pptx?|txt|csv)$/.test(p)) return 'document';
   return 'link';
 }
 

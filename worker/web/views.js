@@ -21,6 +21,10 @@ export const ui = {
   log: $('log'), older: $('older'), views: $('room-views'), jump: $('jump'),
   typing: $('typing'), composer: $('composer'), input: $('input'), send: $('send'),
   attach: $('attach'), attachRow: $('attach-row'), attachUrl: $('attach-url'),
+  main: document.querySelector('main'), attachFile: $('attach-file'), fileInput: $('file-input'),
+  uploads: $('uploads'), searchForm: $('search-form'), searchQ: $('search-q'),
+  searchPanel: $('search-panel'), searchTitle: $('search-title'), searchClose: $('search-close'),
+  searchStatus: $('search-status'), searchResults: $('search-results'), searchMore: $('search-more'),
 };
 
 export function renderMe() {
