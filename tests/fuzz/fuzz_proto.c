@@ -136,7 +136,7 @@ static void check_num(const cJSON *obj, const char *name, double want)
 /* Invariants of a successfully decoded request. */
 static void check_decoded(const proto_req_t *req, const proto_limits_t *lim)
 {
-    CHECK(req->type >= PROTO_JOIN && req->type <= PROTO_SEARCH);
+    CHECK(req->type >= PROTO_JOIN && req->type <= PROTO_SIGNAL);
     CHECK(req->root != NULL);
     if (req->has_id) {
         size_t n = strlen(req->id);
@@ -144,6 +144,30 @@ static void check_decoded(const proto_req_t *req, const proto_limits_t *lim)
     }
     if (req->type == PROTO_PING || req->type == PROTO_ROOMS) {
         return;
+    }
+    if (req->type == PROTO_SETKEY) {
+        CHECK(req->key != NULL && strlen(req->key) >= 1 && strlen(req->key) <= PROTO_KEY_MAX);
+        return;
+    }
+    if (req->type == PROTO_GETKEYS) {
+        int n = cJSON_GetArraySize(req->users);
+        CHECK(n >= 1 && n <= PROTO_GETKEYS_MAX);
+        const cJSON *u;
+        cJSON_ArrayForEach(u, req->users) {
+            CHECK(cJSON_IsString(u) && proto_user_valid(u->valuestring, strlen(u->valuestring)));
+        }
+        return;
+    }
+    if (req->type == PROTO_ROOMKEY || req->type == PROTO_SIGNAL) {
+        CHECK(req->to != NULL && proto_user_valid(req->to, strlen(req->to)));
+    }
+    if (req->type == PROTO_ROOMKEY) {
+        CHECK(strlen(req->key_id) >= 1 && strlen(req->key_id) <= PROTO_KEY_ID_MAX);
+        CHECK(strlen(req->wrapped) >= 1 && strlen(req->wrapped) <= PROTO_WRAPPED_MAX);
+    }
+    if (req->type == PROTO_SIGNAL) {
+        CHECK(strlen(req->call_id) >= 1 && strlen(req->call_id) <= PROTO_CALL_ID_MAX);
+        CHECK(strlen(req->data) <= PROTO_SIGNAL_DATA_MAX && req->kind != NULL);
     }
     CHECK(req->room != NULL && proto_room_valid(req->room));
     char a[PROTO_USER_MAX + 1], b[PROTO_USER_MAX + 1];
@@ -381,11 +405,59 @@ static void exercise_encoders(const proto_req_t *req, proto_err_t rc, const char
             const cJSON *dst = cJSON_GetArrayItem(att, i);
             check_str(dst, "type", member_string(src, "type"));
             check_str(dst, "url", member_string(src, "url"));
-            CHECK(cJSON_GetArraySize(dst) == 2);
+            /* A file's name, size and mime travel too, as given. */
+            int extra = 0;
+            if (strcmp(member_string(src, "type"), "file") == 0) {
+                static const char *const names[] = { "name", "size", "mime" };
+                for (size_t k = 0; k < 3; k++) {
+                    const cJSON *sv = cJSON_GetObjectItemCaseSensitive(src, names[k]);
+                    const cJSON *dv = cJSON_GetObjectItemCaseSensitive(dst, names[k]);
+                    CHECK((sv == NULL) == (dv == NULL));
+                    CHECK(sv == NULL || cJSON_Compare(sv, dv, 1));
+                    extra += sv != NULL;
+                }
+            }
+            CHECK(cJSON_GetArraySize(dst) == 2 + extra);
+        }
+        const cJSON *e2e = cJSON_GetObjectItemCaseSensitive(root, "e2e");
+        CHECK((e2e == NULL) == (req->e2e == NULL));
+        if (e2e != NULL) {
+            check_str(e2e, "keyId", member_string(req->e2e, "keyId"));
+            check_str(e2e, "iv", member_string(req->e2e, "iv"));
+            CHECK(cJSON_GetArraySize(e2e) == 2);
         }
         cJSON_Delete(root);
         free(full);
         free(tail);
+    }
+    if (rc == PROTO_OK && req->type == PROTO_SIGNAL) {
+        json = proto_encode_signal(user, req->room, req->call_id, req->kind, req->data);
+        root = parse_back(json, "signal");
+        check_str(payload_of(root), "data", req->data);
+        check_str(payload_of(root), "callId", req->call_id);
+        cJSON_Delete(root);
+        free(json);
+    }
+    if (rc == PROTO_OK && req->type == PROTO_ROOMKEY) {
+        json = proto_encode_roomkey(req->room, user, req->key_id, req->wrapped);
+        root = parse_back(json, "roomkey");
+        check_str(payload_of(root), "wrapped", req->wrapped);
+        CHECK(member_string(payload_of(root), "to") == NULL);
+        cJSON_Delete(root);
+        free(json);
+    }
+    if (rc == PROTO_OK && req->type == PROTO_GETKEYS) {
+        const char *vals[PROTO_GETKEYS_MAX];
+        int nu = cJSON_GetArraySize(req->users);
+        for (int i = 0; i < nu; i++) {
+            vals[i] = i % 2 ? NULL : user;
+        }
+        json = proto_encode_keys(id, req->users, vals);
+        root = parse_back(json, "keys");
+        const cJSON *keys = cJSON_GetObjectItemCaseSensitive(payload_of(root), "keys");
+        CHECK(cJSON_IsObject(keys) && cJSON_GetArraySize(keys) <= nu);
+        cJSON_Delete(root);
+        free(json);
     }
 }
 

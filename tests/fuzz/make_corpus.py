@@ -39,6 +39,18 @@ def j(obj):
 # ---- client messages (fuzz_proto, and the payloads of fuzz_ws frames) ----
 
 MESSAGES = {
+    "setkey": {"type": "setkey", "id": "k1", "payload": {"key": "BASE64PUBLICKEY=="}},
+    "getkeys": {"type": "getkeys", "id": "k2", "payload": {"users": ["alice", "bob", "alice"]}},
+    "roomkey": {"type": "roomkey", "id": "k3", "payload": {"room": "e2e:team", "to": "bob", "keyId": "k-1",
+                                                             "wrapped": "d3JhcHBlZA=="}},
+    "getroomkeys": {"type": "getroomkeys", "payload": {"room": "e2e:team"}},
+    "signal": {"type": "signal", "id": "s1", "payload": {"to": "bob", "room": "dm:alice:bob", "callId": "c1",
+                                                           "kind": "offer", "data": "v=0\r\no=- 1 2 IN IP4 0.0.0.0"}},
+    "chat-e2e": {"type": "chat", "id": "c-e2e", "payload": {"room": "e2e:team", "content": "Q0lQSEVS",
+                                                             "e2e": {"keyId": "k-1", "iv": "aXY="}}},
+    "chat-file": {"type": "chat", "id": "c-file", "payload": {"room": "general", "content": "a file",
+        "attachments": [{"type": "file", "url": "/files/0123456789abcdef01234567", "name": "a.png",
+                         "size": 12, "mime": "image/png"}]}},
     "join": {"type": "join", "id": "j1", "payload": {"room": "general"}},
     "join-since": {"type": "join", "id": "j2", "payload": {"room": "team:eng", "since": 42}},
     "join-since-null": {"type": "join", "payload": {"room": "a.b-c_d", "since": None}},

@@ -1171,6 +1171,117 @@ TEST(fold_message)
     CHECK(proto_fold_message(m, strlen(m), "[1]", 3) == NULL);
 }
 
+TEST(decode_keys_and_signal)
+{
+    proto_req_t req;
+    const char *why;
+    CHECK_EQ_INT(dec("{\"type\":\"setkey\",\"id\":\"k\",\"payload\":{\"key\":\"pk\"}}", &req, &why), PROTO_OK);
+    CHECK_EQ_INT(req.type, PROTO_SETKEY);
+    CHECK_STR_EQ(req.key, "pk");
+    CHECK(req.room == NULL);
+    proto_req_free(&req);
+    CHECK_EQ_INT(dec("{\"type\":\"getkeys\",\"payload\":{\"users\":[\"a\",\"b\"]}}", &req, &why), PROTO_OK);
+    CHECK_EQ_INT(cJSON_GetArraySize(req.users), 2);
+    proto_req_free(&req);
+    CHECK_EQ_INT(dec("{\"type\":\"roomkey\",\"payload\":{\"room\":\"e2e:r\",\"to\":\"bob\",\"keyId\":\"k1\","
+                     "\"wrapped\":\"w\"}}", &req, &why), PROTO_OK);
+    CHECK_STR_EQ(req.room, "e2e:r");
+    CHECK_STR_EQ(req.to, "bob");
+    CHECK_STR_EQ(req.key_id, "k1");
+    CHECK_STR_EQ(req.wrapped, "w");
+    proto_req_free(&req);
+    CHECK_EQ_INT(dec("{\"type\":\"signal\",\"payload\":{\"room\":\"r\",\"to\":\"bob\",\"callId\":\"c\","
+                     "\"kind\":\"hangup\",\"data\":\"\"}}", &req, &why), PROTO_OK);
+    CHECK_STR_EQ(req.kind, "hangup");
+    CHECK_STR_EQ(req.data, "");
+    proto_req_free(&req);
+    EXPECT("{\"type\":\"getroomkeys\",\"payload\":{\"room\":\"e2e:r\"}}", PROTO_OK);
+
+    char big[2200];
+    snprintf(big, sizeof(big), "{\"type\":\"setkey\",\"payload\":{\"key\":\"%02049d\"}}", 0);
+    EXPECT(big, PROTO_E_TOO_LARGE);
+    EXPECT("{\"type\":\"setkey\",\"payload\":{\"key\":\"\"}}", PROTO_E_BAD_REQUEST);
+    EXPECT("{\"type\":\"setkey\",\"payload\":{}}", PROTO_E_BAD_REQUEST);
+    EXPECT("{\"type\":\"getkeys\",\"payload\":{\"users\":[]}}", PROTO_E_BAD_REQUEST);
+    EXPECT("{\"type\":\"getkeys\",\"payload\":{\"users\":[\"a b\"]}}", PROTO_E_BAD_REQUEST);
+    EXPECT("{\"type\":\"getkeys\",\"payload\":{\"users\":\"a\"}}", PROTO_E_BAD_REQUEST);
+    EXPECT("{\"type\":\"roomkey\",\"payload\":{\"to\":\"bob\",\"keyId\":\"k\",\"wrapped\":\"w\"}}",
+           PROTO_E_BAD_REQUEST);
+    EXPECT("{\"type\":\"roomkey\",\"payload\":{\"room\":\"r\",\"to\":\"bob\",\"keyId\":\"\",\"wrapped\":\"w\"}}",
+           PROTO_E_BAD_REQUEST);
+    EXPECT("{\"type\":\"signal\",\"payload\":{\"room\":\"r\",\"to\":\"bob\",\"callId\":\"c\",\"kind\":\"Offer\","
+           "\"data\":\"\"}}", PROTO_E_BAD_REQUEST);
+    EXPECT("{\"type\":\"signal\",\"payload\":{\"room\":\"r\",\"to\":\"bob\",\"callId\":\"c\",\"kind\":\"ice\"}}",
+           PROTO_E_BAD_REQUEST);
+    EXPECT("{\"type\":\"signal\",\"payload\":{\"room\":\"r\",\"callId\":\"c\",\"kind\":\"ice\",\"data\":\"\"}}",
+           PROTO_E_BAD_REQUEST);
+    /* e2e on chat and edit */
+    CHECK_EQ_INT(dec("{\"type\":\"chat\",\"payload\":{\"room\":\"e2e:r\",\"content\":\"Zm9v\","
+                     "\"e2e\":{\"keyId\":\"k\",\"iv\":\"i\"}}}", &req, &why), PROTO_OK);
+    CHECK(req.e2e != NULL);
+    proto_req_free(&req);
+    EXPECT("{\"type\":\"chat\",\"payload\":{\"room\":\"r\",\"content\":\"x\",\"e2e\":{\"keyId\":\"k\"}}}",
+           PROTO_E_BAD_REQUEST);
+    EXPECT("{\"type\":\"chat\",\"payload\":{\"room\":\"r\",\"content\":\"x\",\"e2e\":\"k\"}}", PROTO_E_BAD_REQUEST);
+    EXPECT("{\"type\":\"edit\",\"payload\":{\"room\":\"r\",\"target\":1,\"content\":\"x\","
+           "\"e2e\":{\"keyId\":\"k\",\"iv\":\"\"}}}", PROTO_E_BAD_REQUEST);
+}
+
+TEST(encode_keys_roomkeys_signal)
+{
+    const cJSON *p;
+    cJSON *users = cJSON_Parse("[\"a\",\"b\",\"a\"]");
+    const char *vals[] = { "ka", NULL, "ka" };
+    cJSON *r = FRAME(proto_encode_keys("g1", users, vals), "keys", "g1", &p);
+    REQUIRE(r != NULL);
+    const cJSON *k = cJSON_GetObjectItemCaseSensitive(p, "keys");
+    CHECK_EQ_INT(cJSON_GetArraySize(k), 2);
+    CHECK_STR_EQ(cJSON_GetObjectItemCaseSensitive(k, "a")->valuestring, "ka");
+    CHECK(cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(k, "b")));
+    cJSON_Delete(r);
+    cJSON_Delete(users);
+
+    const char *entries[] = { "{\"from\":\"a\",\"keyId\":\"k1\",\"wrapped\":\"w\"}", "not json" };
+    r = FRAME(proto_encode_roomkeys("q", "e2e:r", entries, 2), "roomkeys", "q", &p);
+    REQUIRE(r != NULL);
+    CHECK_STR_EQ(pstr(p, "room"), "e2e:r");
+    CHECK_EQ_INT(cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(p, "keys")), 1);
+    cJSON_Delete(r);
+
+    r = FRAME(proto_encode_roomkey("e2e:r", "a\"x", "k1", "w"), "roomkey", NULL, &p);
+    REQUIRE(r != NULL);
+    CHECK_STR_EQ(pstr(p, "from"), "a\"x");
+    cJSON_Delete(r);
+    r = FRAME(proto_encode_signal("a", "r", "c1", "offer", "v=0\r\n"), "signal", NULL, &p);
+    REQUIRE(r != NULL);
+    CHECK_STR_EQ(pstr(p, "data"), "v=0\r\n");
+    CHECK_STR_EQ(pstr(p, "kind"), "offer");
+    cJSON_Delete(r);
+
+    /* welcome's iceServers: as configured, [] by default */
+    r = FRAME(proto_encode_welcome("u", "s", 25, 1, 1, 1, 1, 1, "[{\"urls\":\"stun:x\"}]"), "welcome", NULL, &p);
+    REQUIRE(r != NULL);
+    CHECK_EQ_INT(cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(p, "iceServers")), 1);
+    cJSON_Delete(r);
+    r = FRAME(proto_encode_welcome("u", "s", 25, 1, 1, 1, 1, 1, ""), "welcome", NULL, &p);
+    REQUIRE(r != NULL);
+    CHECK(cJSON_IsArray(cJSON_GetObjectItemCaseSensitive(p, "iceServers")));
+    CHECK_EQ_INT(cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(p, "iceServers")), 0);
+    cJSON_Delete(r);
+}
+
+TEST(fold_message_e2e)
+{
+    const char *m = "{\"room\":\"e2e:r\",\"seq\":3,\"ts\":5,\"sender\":\"a\",\"content\":\"c1\",\"attachments\":[],"
+                    "\"e2e\":{\"keyId\":\"k1\",\"iv\":\"i1\"}}";
+    const char *st = "{\"c\":\"c2\",\"a\":{},\"e\":9,\"k\":{\"keyId\":\"k2\",\"iv\":\"i2\"}}";
+    char *f = proto_fold_message(m, strlen(m), st, strlen(st));
+    REQUIRE(f != NULL);
+    CHECK(strstr(f, "\"content\":\"c2\"") != NULL && strstr(f, "\"keyId\":\"k2\"") != NULL &&
+          strstr(f, "\"iv\":\"i2\"") != NULL && strstr(f, "k1") == NULL);
+    free(f);
+}
+
 TEST(decode_read_rooms)
 {
     proto_req_t req;
