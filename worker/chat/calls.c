@@ -26,16 +26,7 @@ static void calls_on_sent(void *arg, redisReply *r)
 void calls_signal(conn_t *c, const proto_req_t *req)
 {
     const char *id = req->has_id ? req->id : NULL;
-    /* As for a room key: the receiver's name and the dm: rule; a token's
-     * claims of another user cannot be known. */
-    auth_t to = { .rooms = NULL };
-    snprintf(to.user, sizeof(to.user), "%s", req->to);
-    const char *why;
-    if (!room_allowed(&to, req->room, &why)) {
-        session_send_error(c, id, PROTO_E_FORBIDDEN, "the receiver may not use this room");
-        return;
-    }
-    room_call_t *call = room_request_call(c, req);
+    room_call_t *call = room_request_relay(c, req);
     if (call == NULL) {
         return;
     }

@@ -133,6 +133,17 @@ static int files_type_valid(const char *s)
 /* ---------------------------------------------------------------------- */
 /* Upload */
 
+/* Ends an upload with an error answer: nothing of it stays. */
+static void files_upload_fail(files_xfer_t *x, int status, const char *body)
+{
+    if (x->up != NULL) {
+        filestore_upload_abort(x->up);
+        x->up = NULL;
+    }
+    files_reply(x, status, "text/plain", NULL, body);
+    files_xfer_release(x);
+}
+
 static void files_upload_step(files_xfer_t *x);
 
 static void files_on_written(void *arg, int status)
@@ -140,10 +151,7 @@ static void files_on_written(void *arg, int status)
     files_xfer_t *x = arg;
     x->writing = 0;
     if (status != 0) {
-        filestore_upload_abort(x->up);
-        x->up = NULL;
-        files_reply(x, 503, "text/plain", NULL, "file storage unavailable, retry\n");
-        files_xfer_release(x);
+        files_upload_fail(x, 503, "file storage unavailable, retry\n");
         return;
     }
     files_upload_step(x);
@@ -204,10 +212,7 @@ static void files_upload_step(files_xfer_t *x)
         x->pending = (buf_t){ 0 };
         if (filestore_upload_write(x->up, data, len, files_on_written, x) != 0) {
             free(data);
-            filestore_upload_abort(x->up);
-            x->up = NULL;
-            files_reply(x, 503, "text/plain", NULL, "file storage unavailable, retry\n");
-            files_xfer_release(x);
+            files_upload_fail(x, 503, "file storage unavailable, retry\n");
             return;
         }
         x->writing = 1;
@@ -219,20 +224,14 @@ static void files_upload_step(files_xfer_t *x)
     }
     files_done_t *d = malloc(sizeof(*d));
     if (d == NULL) {
-        filestore_upload_abort(x->up);
-        x->up = NULL;
-        files_reply(x, 500, "text/plain", NULL, "out of memory\n");
-        files_xfer_release(x);
+        files_upload_fail(x, 500, "out of memory\n");
         return;
     }
     d->x = x;
     d->meta = *filestore_upload_meta(x->up);
     if (filestore_upload_finish(x->up, files_on_upload_done, d) != 0) {
         free(d);
-        filestore_upload_abort(x->up);
-        x->up = NULL;
-        files_reply(x, 503, "text/plain", NULL, "file storage unavailable, retry\n");
-        files_xfer_release(x);
+        files_upload_fail(x, 503, "file storage unavailable, retry\n");
         return;
     }
     x->finishing = 1;
@@ -245,17 +244,11 @@ static int files_on_body(void *ud, conn_t *c, const char *data, size_t len)
     x->received += (int64_t)len;
     if (x->received > x->fl->cfg->max_file) {
         /* A chunked body, or one longer than it said: refused as it comes. */
-        filestore_upload_abort(x->up);
-        x->up = NULL;
-        files_reply(x, 413, "text/plain", NULL, "file larger than maxFile\n");
-        files_xfer_release(x);
+        files_upload_fail(x, 413, "file larger than maxFile\n");
         return -1;
     }
     if (buf_append(&x->pending, data, len) != 0) {
-        filestore_upload_abort(x->up);
-        x->up = NULL;
-        files_reply(x, 500, "text/plain", NULL, "out of memory\n");
-        files_xfer_release(x);
+        files_upload_fail(x, 500, "out of memory\n");
         return -1;
     }
     if (x->pending.len >= FILES_PENDING_MAX) {
@@ -355,10 +348,7 @@ static void files_upload(files_t *fl, conn_t *c, const http_req_t *req, const ch
     }
     conn_exchange_begin(c, &files_upload_exchange, x);
     if (conn_body_read(c) != 0) {
-        filestore_upload_abort(x->up);
-        x->up = NULL;
-        files_reply(x, 500, "text/plain", NULL, "cannot read the body\n");
-        files_xfer_release(x);
+        files_upload_fail(x, 500, "cannot read the body\n");
     }
 }
 

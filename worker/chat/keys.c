@@ -176,17 +176,7 @@ static void keys_on_room_key(void *arg, redisReply *r)
 void keys_room_key(conn_t *c, const proto_req_t *req)
 {
     const char *id = req->has_id ? req->id : NULL;
-    /* The receiver must be allowed the room as a join would allow it;
-     * a token's claims of another user cannot be known, so what is
-     * checked is the name and the dm: rule. */
-    auth_t to = { .rooms = NULL };
-    snprintf(to.user, sizeof(to.user), "%s", req->to);
-    const char *why;
-    if (!room_allowed(&to, req->room, &why)) {
-        session_send_error(c, id, PROTO_E_FORBIDDEN, "the receiver may not use this room");
-        return;
-    }
-    room_call_t *call = room_request_call(c, req);
+    room_call_t *call = room_request_relay(c, req);
     if (call == NULL) {
         return;
     }

@@ -301,6 +301,21 @@ void room_leave_all(conn_t *c)
  * internal) itself and returns NULL, or returns the call with the
  * request's id, holding c and the room.
  */
+room_call_t *room_request_relay(conn_t *c, const proto_req_t *req)
+{
+    /* A token's claims of another user cannot be known here: what is
+     * checked of the receiver is its name and the dm: rule; its own
+     * claims are checked when it joins. */
+    auth_t to = { .rooms = NULL };
+    snprintf(to.user, sizeof(to.user), "%s", req->to);
+    const char *why;
+    if (!room_allowed(&to, req->room, &why)) {
+        session_send_error(c, req->has_id ? req->id : NULL, PROTO_E_FORBIDDEN, "the receiver may not use this room");
+        return NULL;
+    }
+    return room_request_call(c, req);
+}
+
 room_call_t *room_request_call(conn_t *c, const proto_req_t *req)
 {
     const char *id = req->has_id ? req->id : NULL;

@@ -117,6 +117,11 @@ void room_call_free(room_call_t *call);
  */
 room_call_t *room_request_call(conn_t *c, const proto_req_t *req);
 
+/* The same for a request relayed to another user of the room (roomkey,
+ * signal): the receiver req->to must be allowed the room too, as far as
+ * chatd can know (forbidden otherwise). */
+room_call_t *room_request_relay(conn_t *c, const proto_req_t *req);
+
 /* Bus events, through chat's handler table. */
 void room_on_bus_message(chat_t *ch, const char *channel, size_t clen, const char *msg, size_t len);
 void room_on_bus_subscribed(chat_t *ch, const char *channel, size_t clen, int subscribed);
