@@ -22,6 +22,7 @@
 #include "../common/log.h"
 #include "../common/metrics.h"
 #include "../worker/worker.h"
+#include "sdnotify.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -64,6 +65,7 @@ typedef struct {
     int nretiring;
     int ready_rd, ready_wr;
     int announced;
+    int reloading;              /* told systemd RELOADING=1; READY=1 when the new workers are */
     int port;
     metrics_t *metrics;
     int stopping;               /* 0, 1 graceful, 2 fast */
@@ -337,6 +339,15 @@ static void master_signal_all(master_t *m, int signo)
     }
 }
 
+/* Tells systemd (when it started us with Type=notify); a failure is
+ * logged, never fatal. */
+static void master_notify(const char *state)
+{
+    if (sdnotify_send(state) < 0) {
+        log_warn("event=sd_notify_failed err=\"%s\"", strerror(errno));
+    }
+}
+
 static void master_reload(master_t *m)
 {
     config_t next;
@@ -352,6 +363,15 @@ static void master_reload(master_t *m)
         snprintf(next.bind, sizeof(next.bind), "%s", m->cfg.bind);
     }
     m->cfg = next;
+    /* systemd's ExecReload waits for READY=1 again: sent once every slot's
+     * new worker is ready (master_read_ready). */
+    struct timespec mono;
+    char state[96];
+    clock_gettime(CLOCK_MONOTONIC, &mono);
+    snprintf(state, sizeof(state), "RELOADING=1\nMONOTONIC_USEC=%llu",
+             (unsigned long long)mono.tv_sec * 1000000ULL + (unsigned long long)mono.tv_nsec / 1000ULL);
+    master_notify(state);
+    m->reloading = 1;
     log_set_level((log_level_t)log_level_parse(m->cfg.log_level));
     if (log_open(m->cfg.log_file[0] ? m->cfg.log_file : NULL, (log_level_t)log_level_parse(m->cfg.log_level)) != 0) {
         log_error("event=log_open_failed file=%s", m->cfg.log_file);
@@ -481,7 +501,7 @@ static void master_read_ready(master_t *m)
             m->slots[slot].ready = 1;
         }
     }
-    if (m->announced) {
+    if (m->announced && !m->reloading) {
         return;
     }
     for (int i = 0; i < m->nslots; i++) {
@@ -489,10 +509,21 @@ static void master_read_ready(master_t *m)
             return;
         }
     }
+    char status[160];
+    snprintf(status, sizeof(status), "READY=1\nSTATUS=serving on port %d with %d workers\nMAINPID=%d",
+             m->port, m->nslots, (int)getpid());
+    if (m->announced) {
+        if (m->reloading) {
+            m->reloading = 0;
+            master_notify(status);
+        }
+        return;
+    }
     m->announced = 1;
     fprintf(stderr, "chatd ready port=%d workers=%d\n", m->port, m->nslots);
     fflush(stderr);
     log_info("event=ready port=%d workers=%d", m->port, m->nslots);
+    master_notify(status);
 }
 
 static void master_begin_stop(master_t *m, int how)
@@ -501,6 +532,7 @@ static void master_begin_stop(master_t *m, int how)
         return;
     }
     m->stopping = how;
+    master_notify("STOPPING=1");
     m->stop_started_ms = master_now_ms();
     m->kill_step_ms = 100;
     m->next_kill_step_ms = m->stop_started_ms + m->kill_step_ms;

@@ -1150,3 +1150,54 @@ def test_chatctl_missing_or_stale_pidfile_without_port():
             problems.append(f"chatctl {' '.join(args)} (port {port}): rc {r.returncode}, "
                             f"stderr {r.stderr!r}, want 2 and /{want}/")
     assert not problems, f"{len(problems)} problem(s):\n  " + "\n  ".join(problems)
+
+
+@timeout(60)
+def test_systemd_readiness_notifications():
+    """Under systemd (Type=notify) the master says READY=1 once every worker
+    is ready, RELOADING=1 then READY=1 again around a HUP reload, and
+    STOPPING=1 when told to stop: a datagram socket stands in for systemd."""
+    d = tempfile.mkdtemp(dir=harness.artifacts_dir())
+    path = os.path.join(d, "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(0.2)
+    got = []
+
+    def drain():
+        while True:
+            try:
+                got.append(sock.recv(4096).decode())
+            except socket.timeout:
+                return
+
+    def wait_state(word, timeout=15):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            drain()
+            if any(word in m.split("\n") for m in got):
+                return [m for m in got if word in m.split("\n")][-1]
+        raise AssertionError(f"no {word} within {timeout}s; got {got!r}")
+
+    try:
+        srv = Chatd(REDIS, workers=2, name="notify", env={"NOTIFY_SOCKET": path}).start()
+        try:
+            ready = wait_state("READY=1")
+            assert f"MAINPID={srv.pid}" in ready.split("\n") and "STATUS=serving" in ready, ready
+            got.clear()
+            old = srv.worker_pids()
+            os.kill(srv.pid, signal.SIGHUP)
+            msgs = []
+            wait_state("RELOADING=1")
+            wait_state("READY=1")
+            msgs = list(got)
+            first = next(i for i, m in enumerate(msgs) if "RELOADING=1" in m.split("\n"))
+            assert any("READY=1" in m.split("\n") for m in msgs[first + 1:]), msgs
+            assert "MONOTONIC_USEC=" in msgs[first], msgs
+            wait_for(lambda: not set(srv.worker_pids()) & set(old), 10, what="old workers gone")
+            got.clear()
+        finally:
+            srv.stop()
+        wait_state("STOPPING=1", 5)
+    finally:
+        sock.close()

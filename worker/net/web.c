@@ -518,7 +518,13 @@ static int web_default_dir(char *buf, size_t len)
         return WEB_E_NODIR;
     }
     *slash = '\0';
+    /* The source tree's bin/chatd, else an installed sbin/chatd beside
+     * share/chatd/web (make install, the Debian package). */
     int m = snprintf(buf, len, "%s/../worker/web", exe);
+    if (m >= 0 && (size_t)m < len && access(buf, F_OK) == 0) {
+        return 0;
+    }
+    m = snprintf(buf, len, "%s/../share/chatd/web", exe);
     return m < 0 || (size_t)m >= len ? WEB_E_NODIR : 0;
 }
 

@@ -26,7 +26,8 @@ typedef struct conn_s conn_t;
 
 /*
  * Loads the client's files from dir. A NULL dir means $CHATD_WEB_DIR when
- * set, else "<directory of /proc/self/exe>/../worker/web". Files directly
+ * set, else "<directory of /proc/self/exe>/../worker/web" when it exists
+ * (the source tree), else ".../../share/chatd/web" (installed). Files directly
  * in dir whose names are plain ([A-Za-z0-9._-], no leading dot) with a
  * known extension (html, js, css, svg, png, ico, json) are loaded, each at
  * most 1 MiB; symlinks and subdirectories are skipped. Any earlier load is
