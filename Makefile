@@ -30,7 +30,18 @@ LLHTTP_ASAN := $(LLHTTP_OBJ:%=build/asan/llhttp/%)
 UNIT_SRC := $(wildcard tests/unit/test_*.c)
 UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=build/tests/%)
 
-.PHONY: all asan unit test clean run bench
+# Installation (make install; the Debian package uses PREFIX=/usr
+# SYSCONFDIR=/etc). DESTDIR stages everything under another root.
+PREFIX ?= /usr/local
+SBINDIR ?= $(PREFIX)/sbin
+BINDIR ?= $(PREFIX)/bin
+DATADIR ?= $(PREFIX)/share
+MANDIR ?= $(DATADIR)/man
+SYSCONFDIR ?= $(PREFIX)/etc
+UNITDIR ?= $(PREFIX)/lib/systemd/system
+INSTALL ?= install
+
+.PHONY: all asan unit test clean run bench install
 all: bin/chatd bin/chat-load
 
 # The load generator (scripts/chat-load.c): a client, not part of chatd.
@@ -79,6 +90,23 @@ run: bin/chatd
 
 bench: all
 	bash scripts/bench
+
+# The binary, chatctl, the browser client, man pages, an example config,
+# the systemd unit and the logrotate snippet.
+install: bin/chatd
+	$(INSTALL) -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(BINDIR) $(DESTDIR)$(DATADIR)/chatd/web \
+		$(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(SYSCONFDIR)/chatd $(DESTDIR)$(SYSCONFDIR)/logrotate.d \
+		$(DESTDIR)$(UNITDIR)
+	$(INSTALL) -m 755 bin/chatd $(DESTDIR)$(SBINDIR)/chatd
+	$(INSTALL) -m 755 scripts/chatctl $(DESTDIR)$(BINDIR)/chatctl
+	$(INSTALL) -m 644 $(wildcard worker/web/*.html worker/web/*.js worker/web/*.css worker/web/*.svg) \
+		$(DESTDIR)$(DATADIR)/chatd/web
+	$(INSTALL) -m 644 scripts/man/chatd.8 scripts/man/chatctl.8 $(DESTDIR)$(MANDIR)/man8
+	$(INSTALL) -m 644 scripts/chatd.conf $(DESTDIR)$(SYSCONFDIR)/chatd/chatd.conf
+	$(INSTALL) -m 644 scripts/chatd.logrotate $(DESTDIR)$(SYSCONFDIR)/logrotate.d/chatd
+	sed -e 's|@SBINDIR@|$(SBINDIR)|g' -e 's|@SYSCONFDIR@|$(SYSCONFDIR)|g' scripts/chatd.service \
+		> $(DESTDIR)$(UNITDIR)/chatd.service
+	chmod 644 $(DESTDIR)$(UNITDIR)/chatd.service
 
 clean:
 	rm -rf build bin
