@@ -99,7 +99,7 @@ install: bin/chatd
 		$(DESTDIR)$(UNITDIR)
 	$(INSTALL) -m 755 bin/chatd $(DESTDIR)$(SBINDIR)/chatd
 	$(INSTALL) -m 755 scripts/chatctl $(DESTDIR)$(BINDIR)/chatctl
-	$(INSTALL) -m 644 $(wildcard worker/web/*.html worker/web/*.js worker/web/*.css worker/web/*.svg) \
+	$(INSTALL) -m 644 $(wildcard $(addprefix worker/web/*.,html js css svg png ico json)) \
 		$(DESTDIR)$(DATADIR)/chatd/web
 	$(INSTALL) -m 644 scripts/man/chatd.8 scripts/man/chatctl.8 $(DESTDIR)$(MANDIR)/man8
 	$(INSTALL) -m 644 scripts/chatd.conf $(DESTDIR)$(SYSCONFDIR)/chatd/chatd.conf
