@@ -230,7 +230,9 @@ void config_usage(const char *prog)
         const opt_t *o = &config_opts[i];
         printf("  --%-20s %s\n", o->name, o->help);
     }
-    printf("  --%-20s %s\n  --%-20s %s\n", "help", "print this text", "version", "print the version");
+    printf("  --%-20s %s\n  --%-20s %s\n  --%-20s %s\n", "check-config",
+           "check the configuration (file, environment, options) and exit", "help", "print this text",
+           "version", "print the version");
 }
 
 /*
@@ -268,7 +270,9 @@ int config_load(config_t *cfg, int argc, char **argv, int *exit_now,
                 char *err, size_t errlen)
 {
     *exit_now = 0;
+    int check_only = 0;
     for (int i = 1; i < argc; i++) {
+        check_only |= strcmp(argv[i], "--check-config") == 0;
         if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
             config_usage(argv[0]);
             *exit_now = 1;
@@ -287,6 +291,9 @@ int config_load(config_t *cfg, int argc, char **argv, int *exit_now,
      * weakest source: find its name first, apply the rest on top. */
     const char *file = getenv("CHATD_CONFIG");
     for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--check-config") == 0) {
+            continue;
+        }
         const char *value = NULL;
         const opt_t *o = config_arg(argc, argv, &i, &value, err, errlen);
         if (o == NULL) {
@@ -312,6 +319,9 @@ int config_load(config_t *cfg, int argc, char **argv, int *exit_now,
     }
 
     for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--check-config") == 0) {
+            continue;
+        }
         const char *value = NULL;
         const opt_t *o = config_arg(argc, argv, &i, &value, err, errlen);
         char origin[80];
@@ -333,6 +343,15 @@ int config_load(config_t *cfg, int argc, char **argv, int *exit_now,
     if (cfg->ice_servers[0] != '\0' && !config_ice_servers_valid(cfg->ice_servers)) {
         snprintf(err, errlen, "ice-servers must be a JSON array of objects with \"urls\"");
         return -1;
+    }
+    if (check_only) {
+        /* As nginx -t: the whole configuration was read and is valid. */
+        if (file != NULL && file[0] != '\0') {
+            printf("chatd: configuration ok (%s)\n", file);
+        } else {
+            printf("chatd: configuration ok\n");
+        }
+        *exit_now = 1;
     }
     return 0;
 }

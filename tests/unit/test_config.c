@@ -409,6 +409,30 @@ static int load_captured(config_t *cfg, int argc, char **argv, int *exit_now, ch
     return rc;
 }
 
+TEST(check_config)
+{
+    clear_env();
+    config_t *cfg = malloc(sizeof(*cfg));
+    char *out = malloc(8192);
+    int exit_now = 0;
+    /* Valid: says so and exits, with the options applied. */
+    char *ok[] = { "chatd", "--check-config", "--port", "9", "--ice-servers", "[{\"urls\":\"stun:x\"}]", NULL };
+    CHECK_EQ_INT(load_captured(cfg, ARGC(ok), ok, &exit_now, out, 8192), 0);
+    CHECK_EQ_INT(exit_now, 1);
+    CHECK_STR_EQ(out, "chatd: configuration ok\n");
+    CHECK_EQ_INT(cfg->port, 9);
+    /* Invalid: the same error as a start would give, nothing printed. */
+    char *bad[] = { "chatd", "--port", "x", "--check-config", NULL };
+    exit_now = 0;
+    CHECK_EQ_INT(load_captured(cfg, ARGC(bad), bad, &exit_now, out, 8192), -1);
+    CHECK_EQ_INT(exit_now, 0);
+    CHECK_STR_EQ(out, "");
+    char *ice[] = { "chatd", "--check-config", "--ice-servers", "[{\"url\":\"stun:x\"}]", NULL };
+    CHECK_EQ_INT(load_captured(cfg, ARGC(ice), ice, &exit_now, out, 8192), -1);
+    free(out);
+    free(cfg);
+}
+
 TEST(help_and_version_exit_now)
 {
     clear_env();
