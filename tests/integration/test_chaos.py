@@ -21,7 +21,7 @@ import websockets
 from harness import Chatd, Redis, wait_for, timeout
 import subprocess
 
-from test_archive import CONGO, Congo
+from harness import Congo
 
 TAG = str(int(time.time()) % 100000)
 ROOM = f"chaos-{TAG}"
@@ -160,7 +160,7 @@ async def history_all(port):
 
 @timeout(240)
 def test_chaos_nothing_acked_is_lost_or_doubled():
-    subprocess.run(["bash", os.path.join(CONGO, "setup")], check=True, timeout=300)
+    Congo.setup()
     redis = Redis(name="redis-chaos").start()
     mongo = Congo().start()
     srv = Chatd(redis, workers=3, name="chaos",
