@@ -19,7 +19,6 @@ import time
 import websockets
 
 from harness import Chatd, Redis, wait_for, timeout
-import subprocess
 
 from harness import Congo
 
