@@ -72,7 +72,7 @@ async def send(args):
     t0 = time.monotonic()
     window = 200
     ids = []
-    start = len(c.frames)
+    start = pos = len(c.frames)
     for i, m in enumerate(msgs):
         p = {"room": args.room, "content": m["content"]}
         if m.get("attachments"):
@@ -81,8 +81,9 @@ async def send(args):
         ids.append(rid)
         await c.send("chat", p, id=rid)
         if i >= window:
-            await c.wait(lambda f, r=ids[i - window]: f.get("id") == r and f.get("type") in ("ack", "error"),
-                         30, start, what=f"ack of {ids[i - window]}")
+            # Acks come in order: each wait starts where the last ended.
+            pos, _ = await c.wait(lambda f, r=ids[i - window]: f.get("id") == r and f.get("type") in ("ack", "error"),
+                                  30, pos, what=f"ack of {ids[i - window]}")
     acks = {}
     for f in c.frames[start:]:
         if f.get("type") in ("ack", "error") and "id" in f:
@@ -358,8 +359,9 @@ def markdown(doc):
               f"`archive_new` unless the URI names them) are shorter than CongoDB's scans, so the URI "
               f"given to chatd raises them: `{h['mongo_uri'].split('?')[1]}`. With the defaults, a search "
               f"reaching this archive fails after 10 s (`unavailable`, or only what Redis had, with `more`).",
-              "* The machine is shared: other processes (other work on this VM) may have run during the "
-              "measurement; the per-query CPU figures in the JSON say where the time went.",
+              f"* The machine is shared: other processes (other work on this VM) may have run during the "
+              f"measurement (load average at the start / at the end: {h.get('loadavg', '?')}); the per-query "
+              f"CPU figures in the JSON say where the time went.",
               "* 100 queries per room: p99 is the 99th value, i.e. nearly the maximum."]
     for name, p in ph.items():
         if p["mismatches"]:
