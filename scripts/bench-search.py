@@ -292,8 +292,8 @@ def markdown(doc):
              "tmpfs), CongoDB (one Node.js process, in memory, persistence off), chatd (2 workers) and the "
              "client (Python, `websockets`, tests/integration's chatclient).",
              "* Queries run one at a time over one WebSocket, each timed from writing the request to "
-             "reading its `results` frame (limit 20, so chatd looks for 21 matches to set `more`). One "
-             "warm-up search first, not counted. Each answer (the seqs, newest first, and `more`) is "
+             "reading its `results` frame (limit 20, so chatd looks for 21 matches to set `more`). Three "
+             "warm-up searches first (`warm`, `up`, `zz`), not counted. Each answer (the seqs, newest first, and `more`) is "
              "compared with a brute-force answer computed by the script: every message's words matched "
              "against the query's one by one, as `words_match` does.",
              "* Query kinds, 20 of each, taken in turn: **common**, one of the 15 most frequent words; "
@@ -345,12 +345,18 @@ def markdown(doc):
                   f"**{r['correct']} of {r['queries']} answers equal the brute-force answer.**", "",
                   table(r), ""]
         lines += cpu_line(r)
+    lines += findings(ph)
     lines += ["## Caveats", "",
               "* CongoDB is not MongoDB: no index is used, every archive query scans the million "
               "documents in one JavaScript thread (about 4 µs per document for an exact word and 8–13 µs "
               "for the prefix range, `$elemMatch` with `$gte`/`$lt`, which is what every query whose last "
               "word has 2+ characters sends), then sorts the matches by seq. The figures say what chatd "
               "costs around that, and how often the archive is reached, not what MongoDB would take.",
+              "* CongoDB compares strings as JavaScript does (UTF-16 code units), MongoDB by UTF-8 bytes. "
+              "chatd's prefix range ends at the prefix followed by U+10FFFF, which is right bytewise; on "
+              "CongoDB a word whose character after the prefix lies in U+E000–U+FFFF (fullwidth Latin "
+              "`ｃ`, halfwidth katakana) sorts above that bound and is missed in the archive, while the "
+              "Redis log's matching finds it. No such word is in this data set.",
               "* CongoDB has no text search: `createIndex({content: \"text\"})` is accepted (stored as an "
               "ordinary index spec) but a `$text` query fails with `unknown top level operator: $text` "
               "(mingo has no `$text`). The comparison of the words index with MongoDB's text index could "
@@ -371,6 +377,50 @@ def markdown(doc):
                              f"{x.get('got_more')}, expected {x.get('expect')} more {x.get('expect_more')}"
                              f"{' error ' + json.dumps(x['error']) if 'error' in x else ''}")
     return "\n".join(lines) + "\n"
+
+
+def findings(ph):
+    """What the figures say, from the rows."""
+    out = ["## What the figures say", ""]
+    if "archive" in ph:
+        rows = ph["archive"]["rows"]
+        log = [r for r in rows if not r["archive"]]
+        arc = [r for r in rows if r["archive"]]
+        if log:
+            out.append(f"* {len(log)} of {len(rows)} queries found their 21 matches in the Redis log (the last "
+                       f"1,000 messages): p50 {fmt(pct([r['ms'] for r in log], 50))} ms, max "
+                       f"{fmt(max(r['ms'] for r in log))} ms, whatever the room's size. Every frequent word is "
+                       f"among them.")
+        if arc:
+            cong = [r["cpu_ms"].get("congodb", 0) for r in arc]
+            chat = [r["cpu_ms"].get("chatd", 0) for r in arc]
+            out.append(f"* The {len(arc)} others went on into the archive: p50 {fmt(pct([r['ms'] for r in arc], 50))} "
+                       f"ms, max {fmt(max(r['ms'] for r in arc))} ms. Nearly all of it is CongoDB: its CPU time "
+                       f"per such query has a median of {fmt(statistics.median(cong))} ms (chatd's: "
+                       f"{fmt(statistics.median(chat))} ms). Whatever has fewer than 21 matches among the last "
+                       f"1,000 messages goes there: needles, pairs of words, words of middling frequency (the "
+                       f"accented ones here) and prefixes of uncommon words; a needle costs as much as "
+                       f"anything, since the scan does not depend on what matches.")
+    if "redis" in ph:
+        rows = ph["redis"]["rows"]
+        n = ph["redis"]["meta"]["messages"]
+        full = [r for r in rows if r["matches"] < r.get("limit", 20) + 1 and n <= 10000]
+        if full:
+            c = statistics.median(r["cpu_ms"].get("chatd", 0) for r in full)
+            rd = statistics.median(r["cpu_ms"].get("redis", 0) for r in full)
+            out.append(f"* Without the archive, the {len(full)} queries with fewer than 21 matches read the "
+                       f"whole log ({n:,} messages, {n // 100} Redis calls): p50 "
+                       f"{fmt(pct([r['ms'] for r in full], 50))} ms, of which chatd spends a median "
+                       f"{fmt(c)} ms of CPU (parsing, folding the state in, the words of every message: "
+                       f"{c * 1000 / n:.0f} µs per message) and Redis {fmt(rd)} ms (the read script: "
+                       f"{rd * 1000 / n:.0f} µs per message).")
+            if rd > 0:
+                out.append(f"* `search` spends no token of the connection's rate bucket (`rooms`, up to 500 "
+                           f"reads, does): nothing bounds how often one connection makes chatd and Redis read "
+                           f"{n:,} messages, at about {fmt(rd)} ms of Redis CPU and {fmt(c)} ms of a worker's "
+                           f"each.")
+    out.append("")
+    return out
 
 
 def cpu_line(ph):
