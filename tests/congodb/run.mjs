@@ -3,7 +3,10 @@
 // every second and on stop, then loaded at start, so a stop and start keeps
 // what was written. (CongoDB's "file" storage rewrites a collection's file
 // per operation without serialising them, and loses concurrent writes.)
-// Usage: node run.mjs PORT DIR
+// With CONGODB_PERSIST=0 nothing is saved or loaded: a large data set
+// (scripts/bench-search loads a million documents) would spend its time
+// serialising itself every second.
+// Usage: [CONGODB_PERSIST=0] node run.mjs PORT DIR
 import { CongoServer } from './vendor/congodb/index.js';
 import { HelloHandler } from './vendor/congodb/server/handlers/HelloHandler.js';
 
@@ -25,8 +28,10 @@ if (!dir) {
   console.error('usage: node run.mjs PORT DIR');
   process.exit(2);
 }
+const persist = process.env.CONGODB_PERSIST !== '0';
 const server = new CongoServer({
-  port, host: '127.0.0.1', storage: 'memory', persistPath: `${dir}/congodb.json`, persistIntervalMs: 1000,
+  port, host: '127.0.0.1', storage: 'memory',
+  ...(persist ? { persistPath: `${dir}/congodb.json`, persistIntervalMs: 1000 } : {}),
 });
 await server.start();
 console.log(`congodb ready port=${port}`);
