@@ -53,6 +53,7 @@ const E2E_SHOT = process.env.E2E_E2E_SCREENSHOT !== undefined
 const CALL_SHOT = process.env.E2E_CALL_SCREENSHOT !== undefined
   ? process.env.E2E_CALL_SCREENSHOT : path.join(REPO, 'docs', 'images', 'call.png');
 const TEST_TIMEOUT_MS = 60000;
+const SLOW_TEST_MS = 90000;       // the encrypted-room and call scenarios: more steps, crypto, media
 const ONLY = process.env.E2E_ONLY ? new RegExp(process.env.E2E_ONLY) : null;
 
 const { chromium } = require(path.join(HERE, 'node_modules', 'playwright-core'));
@@ -964,8 +965,8 @@ async function encryptedRooms(test, openUser, redisPort, port) {
     e.pia = await openUser('pia', VAULT);
     e.quin = await openUser('quin', VAULT);
     for (const [page, other, self] of [[e.pia, 'quin', 'pia'], [e.quin, 'pia', 'quin']]) {
-      await page.waitForSelector('#presence li[data-user="' + other + '"] code.fp:not(.none)', { timeout: 15000 });
-      await page.waitForSelector('#presence li[data-user="' + self + '"] code.fp:not(.none)', { timeout: 15000 });
+      await page.waitForSelector('#presence li[data-user="' + other + '"] code.fp:not(.none)', { timeout: 30000 });
+      await page.waitForSelector('#presence li[data-user="' + self + '"] code.fp:not(.none)', { timeout: 30000 });
       assert.equal(await page.$eval('#room-hash', (h) => h.textContent), '🔒');
       assert.equal(await page.isVisible('#search-form'), false, 'no search in an encrypted room');
       assert.equal(await page.isVisible('#e2e-note'), true);
@@ -978,9 +979,9 @@ async function encryptedRooms(test, openUser, redisPort, port) {
       assert.equal(seen, await fingerprintShown(b, bn));
     }
     await sendText(e.pia, secret);
-    await waitText(e.quin, secret, 15000);
+    await waitText(e.quin, secret, 30000);
     await sendText(e.quin, reply);
-    await waitText(e.pia, reply, 15000);
+    await waitText(e.pia, reply, 30000);
     await waitFor(async () => (await messages(e.pia)).every((m) => !m.own || m.status === 'acked'), 10000, 'acks');
     await menu(e.pia, secret, 'edit');
     await e.pia.fill('#input', secretEdited);
@@ -988,7 +989,7 @@ async function encryptedRooms(test, openUser, redisPort, port) {
     await waitFor(async () => {
       const l = await convo(e.quin);
       return byText(l, secretEdited) && byText(l, secretEdited).edited && !byText(l, secret);
-    }, 15000, 'the encrypted edit at quin');
+    }, 30000, 'the encrypted edit at quin');
     const view = await sealedView(e.quin);
     assert.equal(view.length, 2);
     assert.ok(view.every((m) => !m.locked && m.keyId), 'both opened, each with a key id');
@@ -1003,24 +1004,24 @@ async function encryptedRooms(test, openUser, redisPort, port) {
     const aof = files.map((f) => fs.readFileSync(f, 'latin1')).join('');
     assert.ok(aof.includes(VAULT));
     assert.ok(!aof.includes('7431'), 'no plaintext in any write to Redis');
-  });
+  }, SLOW_TEST_MS);
 
   await test('e2e: a member who joins later reads new messages once the key reaches them', async () => {
     e.rex = await openUser('rex', VAULT);
-    await e.rex.waitForSelector('#presence li[data-user="pia"] code.fp:not(.none)', { timeout: 15000 });
+    await e.rex.waitForSelector('#presence li[data-user="pia"] code.fp:not(.none)', { timeout: 30000 });
     // What was said before rex came was never wrapped for him.
     await waitFor(async () => {
       const l = await sealedView(e.rex);
       return l.length === 2 && l.every((m) => m.locked && /Cannot decrypt/.test(m.text));
-    }, 20000, 'the older messages marked undecryptable for rex');
+    }, 30000, 'the older messages marked undecryptable for rex');
     // pia, first by name among those present, hands him a fresh key at once.
     await sendText(e.quin, 'Welcome rex, the new code is 9902');
-    await waitText(e.rex, 'Welcome rex, the new code is 9902', 15000);
+    await waitText(e.rex, 'Welcome rex, the new code is 9902', 30000);
     await sendText(e.rex, 'Thanks, rex here');
-    await waitText(e.pia, 'Thanks, rex here', 15000);
-    await waitText(e.quin, 'Thanks, rex here', 15000);
+    await waitText(e.pia, 'Thanks, rex here', 30000);
+    await waitText(e.quin, 'Thanks, rex here', 30000);
     assert.equal((await sealedView(e.rex)).filter((m) => /7431/.test(m.text)).length, 0);
-  });
+  }, SLOW_TEST_MS);
 
   await test('e2e: after a member leaves the key rotates, and the leaver cannot read what follows (screenshot)', async () => {
     const before = (await sealedView(e.quin)).find((m) => m.text === 'Thanks, rex here').keyId;
@@ -1029,7 +1030,7 @@ async function encryptedRooms(test, openUser, redisPort, port) {
     await e.quin.waitForSelector('#presence li[data-user="rex"]', { state: 'detached', timeout: 10000 });
     const after = 'Rex is gone: the code is now 3310';
     await sendText(e.quin, after);
-    await waitText(e.pia, after, 15000);
+    await waitText(e.pia, after, 30000);
     const sent = (await sealedView(e.pia)).find((m) => m.text === after);
     assert.ok(sent.keyId && sent.keyId !== before, 'a new key after the leave');
     // The server never got a wrap of that key for rex.
@@ -1042,19 +1043,19 @@ async function encryptedRooms(test, openUser, redisPort, port) {
       const l = await sealedView(e.rex);
       const m = l.find((x) => x.seq === sent.seq);
       return m && m.locked && /Cannot decrypt/.test(m.text) ? m : null;
-    }, 20000, 'the message after the rotation marked undecryptable for rex');
+    }, 30000, 'the message after the rotation marked undecryptable for rex');
     assert.equal(locked.keyId, sent.keyId);
     assert.equal(await e.rex.evaluate((t) => document.body.textContent.includes(t), '3310'), false);
     // What comes after his return is his to read again.
     await sendText(e.pia, 'Welcome back, rex');
-    await waitText(e.rex, 'Welcome back, rex', 15000);
+    await waitText(e.rex, 'Welcome back, rex', 30000);
     if (E2E_SHOT) {
       fs.mkdirSync(path.dirname(E2E_SHOT), { recursive: true });
       await e.rex.screenshot({ path: E2E_SHOT });
       assert.ok(fs.statSync(E2E_SHOT).size > 10000);
     }
     for (const page of [e.pia, e.quin, e.rex]) await page.context().close();
-  });
+  }, SLOW_TEST_MS);
 }
 
 // ------------------------------------------------ calls (protocol 1.1)
@@ -1127,9 +1128,9 @@ async function calls(test, base, pageErrors) {
       await sleep(1500);
       assert.equal(await k.dylan.$eval('#call-timer', (t) => t.textContent), t1, 'the timer stopped');
       assert.match(t1, /^00:\d\d$/);
-    });
+    }, SLOW_TEST_MS);
 
-    await test('calls: busy while in a call, and a declined call', async () => {
+    await test('calls: busy while in a call, a declined call, a cancelled one', async () => {
       for (const page of [k.cara, k.dylan]) {
         await page.waitForSelector('#call', { state: 'hidden', timeout: 15000 });
       }
@@ -1142,7 +1143,7 @@ async function calls(test, base, pageErrors) {
       k.erin = await open('erin', 'dm:dylan:erin');
       await k.erin.waitForSelector('#call-audio:not([hidden])', { timeout: 10000 });
       await k.erin.click('#call-audio');
-      await waitState(k.erin, 'ended', 15000);
+      await waitState(k.erin, 'ended', 30000);
       assert.equal(await status(k.erin), 'dylan is busy');
       assert.equal(await state(k.dylan), 'connected', 'the call in progress goes on');
       assert.equal(await state(k.cara), 'connected');
@@ -1158,7 +1159,17 @@ async function calls(test, base, pageErrors) {
       assert.equal(await status(k.erin), 'dylan declined');
       await waitState(k.dylan, 'ended');
       assert.equal(await status(k.dylan), 'declined');
-    });
+      // A caller who gives up stops every device ringing.
+      for (const page of [k.erin, k.dylan, k.dylan2]) await page.waitForSelector('#call', { state: 'hidden', timeout: 15000 });
+      await k.erin.click('#call-audio');
+      for (const page of [k.dylan, k.dylan2]) await waitState(page, 'ringing');
+      await k.erin.click('#call-hangup');
+      for (const page of [k.dylan, k.dylan2]) {
+        await waitState(page, 'ended');
+        assert.equal(await status(page), 'missed call');
+      }
+      assert.equal(await status(k.erin), 'cancelled');
+    }, SLOW_TEST_MS);
   } finally {
     await withTimeout(k.browser.close(), 10000, 'fake-media browser close').catch(() => {});
   }
@@ -1168,11 +1179,11 @@ async function calls(test, base, pageErrors) {
 const results = [];
 const ctx = {};          // shared between tests, in order
 
-async function test(name, fn) {
+async function test(name, fn, ms) {
   if (ONLY && !ONLY.test(name)) return;
   const t0 = Date.now();
   try {
-    await withTimeout(fn(), TEST_TIMEOUT_MS, name);
+    await withTimeout(fn(), ms || TEST_TIMEOUT_MS, name);
     results.push(true);
     console.log('ok   ' + name + ' (' + (Date.now() - t0) + ' ms)');
   } catch (e) {

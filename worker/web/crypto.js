@@ -12,8 +12,8 @@
  *  - A room key is AES-256-GCM. Wrapping it for a member: ECDH between
  *    the sender's private key and the member's public key, HKDF-SHA-256
  *    over the shared secret with an info string naming the room, the key
- *    id, the sender and the receiver, and the room key encrypted with
- *    AES-GCM under the result. The wrap is static-static, so a receiver
+ *    id, the sender, the receiver and a digest of the members the key is
+ *    for, and the room key encrypted with AES-GCM under the result. The wrap is static-static, so a receiver
  *    knows it came from the holder of the sender's published key.
  *  - A message is AES-GCM under the room key with a fresh 96-bit IV; the
  *    additional data names the room and the sender, so a ciphertext cannot
@@ -106,8 +106,17 @@ export function newKeyId() {
   return Date.now().toString(36) + '-' + Array.from(r, (b) => b.toString(16).padStart(2, '0')).join('');
 }
 
-function wrapInfo(room, keyId, from, to) {
-  return enc.encode(['chatd room key v1', room, keyId, from, to].join('\u0000'));
+// Who a key was made for, as a short digest of the sorted names: it goes
+// with each wrap (bound into the wrap's key), so a receiver can tell
+// whether the sender saw the same members it sees.
+export async function membersDigest(names) {
+  const list = Array.from(new Set(names)).sort().join('\n');
+  const h = new Uint8Array(await crypto.subtle.digest('SHA-256', enc.encode(list)));
+  return b64(h.subarray(0, 16));
+}
+
+function wrapInfo(room, keyId, from, to, members) {
+  return enc.encode(['chatd room key v1', room, keyId, from, to, members].join('\u0000'));
 }
 
 // The key that wraps room keys between the holder of myPrivate and the
@@ -121,12 +130,13 @@ async function kek(myPrivate, theirPub, info) {
 }
 
 // roomKey wrapped for the owner of theirPub: a JSON string holding the
-// sender's public key (k), the IV and the wrapped key.
-export async function wrapFor(me, roomKey, theirPub, room, keyId, from, to) {
+// sender's public key (k), the members digest (m), the IV and the wrapped
+// key.
+export async function wrapFor(me, roomKey, theirPub, room, keyId, from, to, members) {
   const iv = crypto.getRandomValues(new Uint8Array(12));
-  const w = await crypto.subtle.wrapKey('raw', roomKey, await kek(me.privateKey, theirPub, wrapInfo(room, keyId, from, to)),
-    { name: 'AES-GCM', iv });
-  return JSON.stringify({ v: 1, k: me.pub, iv: b64(iv), w: b64(w) });
+  const k = await kek(me.privateKey, theirPub, wrapInfo(room, keyId, from, to, members));
+  const w = await crypto.subtle.wrapKey('raw', roomKey, k, { name: 'AES-GCM', iv });
+  return JSON.stringify({ v: 1, k: me.pub, m: members, iv: b64(iv), w: b64(w) });
 }
 
 // The sender's public key a wrap claims (to be checked against the
@@ -140,14 +150,16 @@ export function wrapSender(wrapped) {
   }
 }
 
-// The room key in a wrap made for us; throws when it is not ours, was
-// tampered with, or names another room, key id, sender or receiver.
+// { key, members } of a wrap made for us; throws when it is not ours, was
+// tampered with, or names another room, key id, sender, receiver or
+// members digest.
 export async function unwrap(me, wrapped, room, keyId, from, to) {
   const o = JSON.parse(wrapped);
-  if (!o || o.v !== 1) throw new Error('unknown wrap version');
-  const k = await kek(me.privateKey, o.k, wrapInfo(room, keyId, from, to));
-  return crypto.subtle.unwrapKey('raw', unb64(o.w), k, { name: 'AES-GCM', iv: unb64(o.iv) },
+  if (!o || o.v !== 1 || typeof o.m !== 'string') throw new Error('unknown wrap version');
+  const k = await kek(me.privateKey, o.k, wrapInfo(room, keyId, from, to, o.m));
+  const key = await crypto.subtle.unwrapKey('raw', unb64(o.w), k, { name: 'AES-GCM', iv: unb64(o.iv) },
     { name: 'AES-GCM', length: 256 }, true, ['encrypt', 'decrypt']);
+  return { key, members: o.m };
 }
 
 // ------------------------------------------------------- messages

@@ -16,8 +16,9 @@
  *  - when someone joins, the member present who sorts first by name does
  *    that at once, so the newcomer can read what comes next without
  *    waiting for someone to speak;
- *  - a new key that reaches us live (a `roomkey` frame) is the one to use,
- *    and makes a stale mark older than it moot.
+ *  - a new key that reaches us live (a `roomkey` frame) is the one to use;
+ *    it clears the stale mark when it was made for exactly the members we
+ *    see (each wrap carries a digest of them, bound into the wrap).
  * So a member who left never gets a key made after they left, and a
  * newcomer never gets one made before they came: history from before is
  * shown as undecryptable to them. Concurrent rotations by two members make
@@ -41,6 +42,7 @@ const BAD = '🔒 Cannot decrypt this message: it was altered, or the key is wro
 const PLAIN = '⚠ This message came without encryption and is not shown';
 const KEY_GRACE_MS = 4000;        // a key may trail its first message by this much
 const LEADER_DELAY_MS = 300;
+const PUBLISH_RETRY_MS = 3000;
 
 let me = null;                    // this device's identity (crypto.js), with .user
 let ready = false;                // our public key is in the directory (this connection)
@@ -94,8 +96,9 @@ async function publishNow() {
     for (const room of S.rooms.values()) if (room.e2e) sendJoin(room);
   } catch (e) {
     if (gen !== S.gen) return;
-    publishing = null;      // the next e2e join tries again
-    if (e.code !== 'gone') report('Cannot publish this device\'s encryption key', e);
+    publishing = null;
+    if (e.code !== 'gone') report('Cannot publish this device\'s encryption key (retrying)', e);
+    setTimeout(() => { if (gen === S.gen && !ready) publish(); }, PUBLISH_RETRY_MS);
   }
 }
 
@@ -146,22 +149,25 @@ async function take(roomName, e, live) {
     console.warn('chatd e2e: ignored a key for ' + roomName + ' sent by ' + e.from + ': not made with their published key');
     return false;
   }
-  let key;
+  let got;
   try {
-    key = await C.unwrap(me, e.wrapped, roomName, e.keyId, e.from, S.me);
+    got = await C.unwrap(me, e.wrapped, roomName, e.keyId, e.from, S.me);
   } catch (err) {
     return false;         // made for another of our identities, or altered
   }
   if (s.keys.has(e.keyId)) return false;
-  s.keys.set(e.keyId, key);
-  if (live) {
+  s.keys.set(e.keyId, got.key);
+  const room = S.rooms.get(roomName);
+  if (live && room) {
+    // The newest key is the one to use; it settles a stale mark only when
+    // it was made for exactly the members we see (else the sender had not
+    // seen someone come or go yet, and our next message makes another).
     s.current = e.keyId;
-    s.stale = false;
+    s.stale = got.members !== await C.membersDigest(Array.from(room.members).concat([S.me]));
   }
   const waiting = s.waiting.get(e.keyId);
   if (waiting) {
     s.waiting.delete(e.keyId);
-    const room = S.rooms.get(roomName);
     for (const entry of waiting) if (room) reveal(room, entry);
   }
   return true;
@@ -224,12 +230,13 @@ function rotate(room) {
     const keys = (ans.payload && ans.payload.keys) || {};
     const key = await C.newRoomKey();
     const keyId = C.newKeyId();
+    const members = await C.membersDigest(Array.from(users));
     const sends = [];
     for (const u of users) {
       const pub = u === S.me ? me.pub : keys[u];
       if (typeof pub !== 'string') continue;     // no key published: cannot read this room
       dir.set(u, pub);
-      sends.push(C.wrapFor(me, key, pub, room.name, keyId, S.me, u)
+      sends.push(C.wrapFor(me, key, pub, room.name, keyId, S.me, u, members)
         .then((wrapped) => ask('roomkey', { room: room.name, to: u, keyId, wrapped })));
     }
     await Promise.all(sends);
