@@ -1004,6 +1004,14 @@ async function encryptedRooms(test, openUser, redisPort, port) {
     const aof = files.map((f) => fs.readFileSync(f, 'latin1')).join('');
     assert.ok(aof.includes(VAULT));
     assert.ok(!aof.includes('7431'), 'no plaintext in any write to Redis');
+    // A reload keeps nothing but the identity in IndexedDB: the room keys
+    // come back from the server (getroomkeys), and history, the edit
+    // folded in, opens again.
+    await e.pia.reload({ timeout: 10000 });
+    await online(e.pia);
+    await waitText(e.pia, secretEdited, 30000);
+    await waitText(e.pia, reply, 30000);
+    assert.equal((await sealedView(e.pia)).filter((m) => m.locked).length, 0);
   }, SLOW_TEST_MS);
 
   await test('e2e: a member who joins later reads new messages once the key reaches them', async () => {

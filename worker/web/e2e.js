@@ -96,6 +96,11 @@ async function publishNow() {
     for (const room of S.rooms.values()) if (room.e2e) sendJoin(room);
   } catch (e) {
     if (gen !== S.gen) return;
+    if (e.code === 'bad_request') {
+      // A server of protocol 1.0: no keys, so no encrypted rooms.
+      showBanner('This server does not support encrypted rooms.', 'error', 10000);
+      return;
+    }
     publishing = null;
     if (e.code !== 'gone') report('Cannot publish this device\'s encryption key (retrying)', e);
     setTimeout(() => { if (gen === S.gen && !ready) publish(); }, PUBLISH_RETRY_MS);
