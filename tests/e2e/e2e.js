@@ -1004,9 +1004,8 @@ async function encryptedRooms(test, openUser, redisPort, port) {
     const aof = files.map((f) => fs.readFileSync(f, 'latin1')).join('');
     assert.ok(aof.includes(VAULT));
     assert.ok(!aof.includes('7431'), 'no plaintext in any write to Redis');
-    // A reload keeps nothing but the identity in IndexedDB: the room keys
-    // come back from the server (getroomkeys), and history, the edit
-    // folded in, opens again.
+    // After a reload the room keys come back (kept in IndexedDB, and from
+    // getroomkeys), and history, the edit folded in, opens again.
     await e.pia.reload({ timeout: 10000 });
     await online(e.pia);
     await waitText(e.pia, secretEdited, 30000);

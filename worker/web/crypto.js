@@ -2,8 +2,8 @@
  * The cryptography of end-to-end encrypted rooms, on WebCrypto only: this
  * device's identity key pair, room keys, wrapping a room key for one
  * member, encrypting and decrypting a message, and key fingerprints. It
- * holds no state but the identity in IndexedDB; e2e.js decides who gets
- * which key when.
+ * holds no state but what it keeps in IndexedDB (the identity, and the
+ * room keys this device opened); e2e.js decides who gets which key when.
  *
  *  - Identity: an ECDH P-256 pair per user name on this device. The
  *    private key is made non-extractable and lives in IndexedDB (stored
@@ -22,6 +22,7 @@
 
 const DB_NAME = 'chatd-e2e';
 const DB_STORE = 'identity';
+const DB_KEYS = 'roomkeys';       // room keys this device opened, by user, room, key id
 const ECDH = { name: 'ECDH', namedCurve: 'P-256' };
 const enc = new TextEncoder();
 const dec = new TextDecoder();
@@ -50,19 +51,22 @@ export function available() {
 // ------------------------------------------------------- identity
 function openDb() {
   return new Promise((resolve, reject) => {
-    const rq = indexedDB.open(DB_NAME, 1);
-    rq.onupgradeneeded = () => rq.result.createObjectStore(DB_STORE);
+    const rq = indexedDB.open(DB_NAME, 2);
+    rq.onupgradeneeded = (ev) => {
+      if (ev.oldVersion < 1) rq.result.createObjectStore(DB_STORE);
+      if (ev.oldVersion < 2) rq.result.createObjectStore(DB_KEYS);
+    };
     rq.onsuccess = () => resolve(rq.result);
     rq.onerror = () => reject(rq.error);
   });
 }
 
-async function dbDo(mode, fn) {
+async function dbDo(mode, fn, store) {
   const db = await openDb();
   try {
     return await new Promise((resolve, reject) => {
-      const tx = db.transaction(DB_STORE, mode);
-      const rq = fn(tx.objectStore(DB_STORE));
+      const tx = db.transaction(store || DB_STORE, mode);
+      const rq = fn(tx.objectStore(store || DB_STORE));
       tx.oncomplete = () => resolve(rq.result);
       tx.onerror = () => reject(tx.error);
       tx.onabort = () => reject(tx.error);
@@ -82,6 +86,28 @@ export async function identity(user) {
   const id = { privateKey: pair.privateKey, publicKey: pair.publicKey, pub };
   await dbDo('readwrite', (st) => st.put(id, user));
   return id;
+}
+
+// The room keys kept on this device: each one opened is stored (as a
+// CryptoKey) so that history stays readable when the server no longer
+// keeps its wrap (it keeps the latest 100 per member and room).
+function keyName(user, room, keyId) {
+  return [user, room, keyId].join('\u0000');
+}
+
+export function keepRoomKey(user, room, keyId, key) {
+  return dbDo('readwrite', (st) => st.put(key, keyName(user, room, keyId)), DB_KEYS).catch(() => {});
+}
+
+// [[keyId, key], …] kept for user in room.
+export async function keptRoomKeys(user, room) {
+  const lo = keyName(user, room, '');
+  const range = IDBKeyRange.bound(lo, lo + '\uffff');
+  const [names, keys] = await Promise.all([
+    dbDo('readonly', (st) => st.getAllKeys(range), DB_KEYS),
+    dbDo('readonly', (st) => st.getAll(range), DB_KEYS),
+  ]).catch(() => [[], []]);
+  return names.map((n, i) => [n.slice(lo.length), keys[i]]).filter(([, k]) => k instanceof CryptoKey);
 }
 
 // SHA-256 of a public key (its raw bytes) as 16 groups of 4 hex digits:

@@ -162,6 +162,7 @@ async function take(roomName, e, live) {
   }
   if (s.keys.has(e.keyId)) return false;
   s.keys.set(e.keyId, got.key);
+  C.keepRoomKey(S.me, roomName, e.keyId, got.key);
   const room = S.rooms.get(roomName);
   if (live && room) {
     // The newest key is the one to use; it settles a stale mark only when
@@ -184,13 +185,14 @@ export function onRoomKey(p) {
   take(p.room, p, true).catch((e) => report('A room key could not be read', e));
 }
 
-// Our join of an e2e room was answered: read the keys sent to us while we
-// were away, and look up the members' keys.
+// Our join of an e2e room was answered: the keys this device kept, the
+// keys sent to us (also while we were away), and the members' keys.
 export async function joined(room) {
   const s = state(room.name);
   s.stale = true;         // we may have missed who came and went
   s.loaded = false;
   try {
+    for (const [keyId, key] of await C.keptRoomKeys(S.me, room.name)) if (!s.keys.has(keyId)) s.keys.set(keyId, key);
     const ans = await ask('getroomkeys', { room: room.name });
     const list = ans.payload && Array.isArray(ans.payload.keys) ? ans.payload.keys : [];
     await lookup(list.map((e) => e && e.from).concat(Array.from(room.members)));
@@ -246,6 +248,7 @@ function rotate(room) {
     }
     await Promise.all(sends);
     s.keys.set(keyId, key);
+    C.keepRoomKey(S.me, room.name, keyId, key);
     s.current = keyId;
     return { key, keyId };
   })();
