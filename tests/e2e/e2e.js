@@ -10,7 +10,8 @@
  * Environment: CHATD_BIN (default <repo>/bin/chatd), REDIS_SERVER
  * (/usr/bin/redis-server), CHROMIUM (/usr/bin/chromium), E2E_SCREENSHOT
  * (default <repo>/docs/screenshot.png; "" for none), E2E_KEEP=1 keeps the
- * temp dir with the logs.
+ * temp dir with the logs, E2E_ONLY=<regex> runs only the tests whose name
+ * matches (those that lean on earlier ones then fail).
  *
  * The conversation scenarios of protocol 1.1 (edit, delete, react, unread
  * counts and read receipts, direct messages) save their screenshot to
@@ -18,6 +19,12 @@
  * "" for none), and those of files and search (upload by button, drop and
  * paste, previews, downloads, search with highlights, jumping to an old
  * message) to E2E_FILES_SCREENSHOT (default <repo>/docs/images/files-search.png).
+ * The encrypted rooms (two members, a later joiner, a leaver shut out by
+ * the rotation; Redis holds only ciphertext) save theirs to
+ * E2E_E2E_SCREENSHOT (default <repo>/docs/images/e2e.png), and the calls
+ * (a second Chromium with fake camera and microphone: ringing on every
+ * device, video both ways, hang-up, busy, decline) to E2E_CALL_SCREENSHOT
+ * (default <repo>/docs/images/call.png).
  */
 'use strict';
 
@@ -41,7 +48,13 @@ const CONVO_SHOT = process.env.E2E_CONVERSATIONS_SCREENSHOT !== undefined
   ? process.env.E2E_CONVERSATIONS_SCREENSHOT : path.join(REPO, 'docs', 'images', 'conversations.png');
 const FILES_SHOT = process.env.E2E_FILES_SCREENSHOT !== undefined
   ? process.env.E2E_FILES_SCREENSHOT : path.join(REPO, 'docs', 'images', 'files-search.png');
+const E2E_SHOT = process.env.E2E_E2E_SCREENSHOT !== undefined
+  ? process.env.E2E_E2E_SCREENSHOT : path.join(REPO, 'docs', 'images', 'e2e.png');
+const CALL_SHOT = process.env.E2E_CALL_SCREENSHOT !== undefined
+  ? process.env.E2E_CALL_SCREENSHOT : path.join(REPO, 'docs', 'images', 'call.png');
 const TEST_TIMEOUT_MS = 60000;
+const SLOW_TEST_MS = 90000;       // the encrypted-room and call scenarios: more steps, crypto, media
+const ONLY = process.env.E2E_ONLY ? new RegExp(process.env.E2E_ONLY) : null;
 
 const { chromium } = require(path.join(HERE, 'node_modules', 'playwright-core'));
 
@@ -554,7 +567,8 @@ function seedRoom(page, port, room, contents) {
     // One at a time: the next goes out once this one is acked, so the
     // seqs follow the list across users.
     const pump = () => {
-      if (inflight || next >= contents.length || tokens < 1) return;
+      // The refill timer pumps too: never before every socket has joined.
+      if (ready < users.length || inflight || next >= contents.length || tokens < 1) return;
       const [u, text] = contents[next];
       next += 1;
       tokens -= 1;
@@ -882,14 +896,301 @@ async function filesAndSearch(test, openUser, port, pageErrors) {
   });
 }
 
+// ------------------------------------- encrypted rooms (protocol 1.1)
+const VAULT = 'e2e:vault';
+
+// A redis-cli command against the test's Redis, as text.
+function redisCli(port, args) {
+  return child.execFileSync('redis-cli', ['-p', String(port), '--raw'].concat(args),
+    { encoding: 'utf8', timeout: 10000 });
+}
+
+// Every value Redis holds under room's keys, as one text.
+function roomDump(port, room) {
+  const keys = redisCli(port, ['--scan', '--pattern', 'chatd:{' + room + '}*']).split('\n').filter(Boolean);
+  assert.ok(keys.length > 0, 'Redis holds keys of ' + room);
+  let out = '';
+  for (const k of keys) {
+    const type = redisCli(port, ['TYPE', k]).trim();
+    const read = { stream: ['XRANGE', k, '-', '+'], hash: ['HGETALL', k], zset: ['ZRANGE', k, '0', '-1'],
+      set: ['SMEMBERS', k], list: ['LRANGE', k, '0', '-1'] }[type] || ['GET', k];
+    out += k + ' ' + type + '\n' + redisCli(port, read) + '\n';
+  }
+  return out;
+}
+
+// The visible room's messages with their encryption state.
+function sealedView(page) {
+  return page.evaluate(() => Array.from(
+    document.querySelectorAll('.room-view:not([hidden]) .msgs li.msg')).map((li) => ({
+    seq: Number(li.dataset.seq),
+    sender: li.dataset.sender,
+    text: li.querySelector('.bubble').textContent,
+    locked: li.classList.contains('locked'),
+    keyId: li.dataset.keyId || null,
+  })));
+}
+
+// The fingerprint the page shows for user in the people list.
+function fingerprintShown(page, user) {
+  return page.evaluate((u) => {
+    const fp = document.querySelector('#presence li[data-user="' + u + '"] code.fp');
+    return fp && !fp.classList.contains('none') ? fp.textContent.replace(/\s+/g, ' ').trim() : null;
+  }, user);
+}
+
+// The key ids the server keeps for user in room (getroomkeys over a raw
+// socket of page's browser).
+function roomKeyIds(page, port, user, room) {
+  return page.evaluate(({ port, user, room }) => new Promise((resolve, reject) => {
+    const ws = new WebSocket('ws://127.0.0.1:' + port + '/ws?user=' + user);
+    const t = setTimeout(() => { ws.close(); reject(new Error('getroomkeys timeout')); }, 10000);
+    ws.onmessage = (ev) => {
+      const m = JSON.parse(ev.data);
+      if (m.type === 'welcome') ws.send(JSON.stringify({ type: 'join', id: 'j', payload: { room } }));
+      else if (m.type === 'joined') ws.send(JSON.stringify({ type: 'getroomkeys', id: 'k', payload: { room } }));
+      else if (m.type === 'roomkeys') { clearTimeout(t); ws.close(); resolve(m.payload.keys.map((k) => k.keyId)); }
+      else if (m.type === 'error') { clearTimeout(t); ws.close(); reject(new Error(ev.data)); }
+    };
+  }), { port, user, room });
+}
+
+async function encryptedRooms(test, openUser, redisPort, port) {
+  const e = {};
+  const secret = 'The vault code is 7431-alpha';
+  const secretEdited = 'The vault code is 7431-bravo';
+  const reply = 'Noted, 7431 received';
+
+  await test('e2e: two members read each other, edits too; Redis holds only ciphertext', async () => {
+    e.pia = await openUser('pia', VAULT);
+    e.quin = await openUser('quin', VAULT);
+    for (const [page, other, self] of [[e.pia, 'quin', 'pia'], [e.quin, 'pia', 'quin']]) {
+      await page.waitForSelector('#presence li[data-user="' + other + '"] code.fp:not(.none)', { timeout: 30000 });
+      await page.waitForSelector('#presence li[data-user="' + self + '"] code.fp:not(.none)', { timeout: 30000 });
+      assert.equal(await page.$eval('#room-hash', (h) => h.textContent), '🔒');
+      assert.equal(await page.isVisible('#search-form'), false, 'no search in an encrypted room');
+      assert.equal(await page.isVisible('#e2e-note'), true);
+      await page.waitForSelector('#rooms button[data-room="' + VAULT + '"] .lock', { timeout: 5000 });
+    }
+    // Each side shows the other's fingerprint as the other shows its own.
+    for (const [a, b, bn] of [[e.pia, e.quin, 'quin'], [e.quin, e.pia, 'pia']]) {
+      const seen = await fingerprintShown(a, bn);
+      assert.match(seen, /^([0-9a-f]{4} ){15}[0-9a-f]{4}$/);
+      assert.equal(seen, await fingerprintShown(b, bn));
+    }
+    await sendText(e.pia, secret);
+    await waitText(e.quin, secret, 30000);
+    await sendText(e.quin, reply);
+    await waitText(e.pia, reply, 30000);
+    await waitFor(async () => (await messages(e.pia)).every((m) => !m.own || m.status === 'acked'), 10000, 'acks');
+    await menu(e.pia, secret, 'edit');
+    await e.pia.fill('#input', secretEdited);
+    await e.pia.press('#input', 'Enter');
+    await waitFor(async () => {
+      const l = await convo(e.quin);
+      return byText(l, secretEdited) && byText(l, secretEdited).edited && !byText(l, secret);
+    }, 30000, 'the encrypted edit at quin');
+    const view = await sealedView(e.quin);
+    assert.equal(view.length, 2);
+    assert.ok(view.every((m) => !m.locked && m.keyId), 'both opened, each with a key id');
+    const dump = roomDump(redisPort, VAULT);
+    for (const plain of [secret, secretEdited, reply, '7431']) {
+      assert.ok(!dump.includes(plain), 'Redis holds the plaintext ' + JSON.stringify(plain));
+    }
+    assert.ok(dump.includes(view[0].keyId), 'Redis holds the messages (with their key ids)');
+    // The append-only file holds every write Redis ever took.
+    const aofDir = path.join(tmp, 'redis');
+    const files = child.execFileSync('find', [aofDir, '-type', 'f'], { encoding: 'utf8' }).split('\n').filter(Boolean);
+    const aof = files.map((f) => fs.readFileSync(f, 'latin1')).join('');
+    assert.ok(aof.includes(VAULT));
+    assert.ok(!aof.includes('7431'), 'no plaintext in any write to Redis');
+    // After a reload the room keys come back (kept in IndexedDB, and from
+    // getroomkeys), and history, the edit folded in, opens again.
+    await e.pia.reload({ timeout: 10000 });
+    await online(e.pia);
+    await waitText(e.pia, secretEdited, 30000);
+    await waitText(e.pia, reply, 30000);
+    assert.equal((await sealedView(e.pia)).filter((m) => m.locked).length, 0);
+  }, SLOW_TEST_MS);
+
+  await test('e2e: a member who joins later reads new messages once the key reaches them', async () => {
+    e.rex = await openUser('rex', VAULT);
+    await e.rex.waitForSelector('#presence li[data-user="pia"] code.fp:not(.none)', { timeout: 30000 });
+    // What was said before rex came was never wrapped for him.
+    await waitFor(async () => {
+      const l = await sealedView(e.rex);
+      return l.length === 2 && l.every((m) => m.locked && /Cannot decrypt/.test(m.text));
+    }, 30000, 'the older messages marked undecryptable for rex');
+    // pia, first by name among those present, hands him a fresh key at once.
+    await sendText(e.quin, 'Welcome rex, the new code is 9902');
+    await waitText(e.rex, 'Welcome rex, the new code is 9902', 30000);
+    await sendText(e.rex, 'Thanks, rex here');
+    await waitText(e.pia, 'Thanks, rex here', 30000);
+    await waitText(e.quin, 'Thanks, rex here', 30000);
+    assert.equal((await sealedView(e.rex)).filter((m) => /7431/.test(m.text)).length, 0);
+  }, SLOW_TEST_MS);
+
+  await test('e2e: after a member leaves the key rotates, and the leaver cannot read what follows (screenshot)', async () => {
+    const before = (await sealedView(e.quin)).find((m) => m.text === 'Thanks, rex here').keyId;
+    await e.rex.click('#leave');
+    await e.pia.waitForSelector('#presence li[data-user="rex"]', { state: 'detached', timeout: 10000 });
+    await e.quin.waitForSelector('#presence li[data-user="rex"]', { state: 'detached', timeout: 10000 });
+    const after = 'Rex is gone: the code is now 3310';
+    await sendText(e.quin, after);
+    await waitText(e.pia, after, 30000);
+    const sent = (await sealedView(e.pia)).find((m) => m.text === after);
+    assert.ok(sent.keyId && sent.keyId !== before, 'a new key after the leave');
+    // The server never got a wrap of that key for rex.
+    const rexKeys = await roomKeyIds(e.pia, port, 'rex', VAULT);
+    assert.ok(rexKeys.includes(before), 'rex did get the key of his time');
+    assert.ok(!rexKeys.includes(sent.keyId), 'rex got no wrap of the key made after he left');
+    // Back in the room, rex holds the message but cannot open it.
+    await joinRoom(e.rex, VAULT);
+    const locked = await waitFor(async () => {
+      const l = await sealedView(e.rex);
+      const m = l.find((x) => x.seq === sent.seq);
+      return m && m.locked && /Cannot decrypt/.test(m.text) ? m : null;
+    }, 30000, 'the message after the rotation marked undecryptable for rex');
+    assert.equal(locked.keyId, sent.keyId);
+    assert.equal(await e.rex.evaluate((t) => document.body.textContent.includes(t), '3310'), false);
+    // What comes after his return is his to read again.
+    await sendText(e.pia, 'Welcome back, rex');
+    await waitText(e.rex, 'Welcome back, rex', 30000);
+    if (E2E_SHOT) {
+      fs.mkdirSync(path.dirname(E2E_SHOT), { recursive: true });
+      await e.rex.screenshot({ path: E2E_SHOT });
+      assert.ok(fs.statSync(E2E_SHOT).size > 10000);
+    }
+    for (const page of [e.pia, e.quin, e.rex]) await page.context().close();
+  }, SLOW_TEST_MS);
+}
+
+// ------------------------------------------------ calls (protocol 1.1)
+async function calls(test, base, pageErrors) {
+  const k = {};
+  // Chromium's fake camera and microphone, granted without asking.
+  k.browser = await withTimeout(chromium.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync',
+      '--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream'],
+  }), 30000, 'chromium (fake media) to start');
+  async function open(user, room) {
+    const context = await k.browser.newContext({ viewport: { width: 1280, height: 800 }, deviceScaleFactor: 1 });
+    const page = await context.newPage();
+    page.on('pageerror', (err) => pageErrors.push(user + ': ' + err.message));
+    page.on('console', (m) => { if (m.type() === 'error') pageErrors.push(user + ' console: ' + m.text()); });
+    await page.goto(base + '/?user=' + user + '&room=' + room, { timeout: 10000 });
+    await online(page);
+    return page;
+  }
+  const state = (page) => page.$eval('#call', (c) => (c.hidden ? 'hidden' : c.dataset.state));
+  const waitState = (page, s, ms) => page.waitForSelector('#call[data-state="' + s + '"]:not([hidden])', { timeout: ms || 15000 });
+  const status = (page) => page.$eval('#call-status', (s) => s.textContent);
+  const DM = 'dm:cara:dylan';
+
+  try {
+    await test('calls: every device of the callee rings, one answers, video flows both ways, hang-up ends both', async () => {
+      k.cara = await open('cara', DM);
+      k.dylan = await open('dylan', DM);
+      k.dylan2 = await open('dylan', DM);      // dylan's second device
+      await sendText(k.cara, 'Got a minute? Calling you on video');
+      await waitText(k.dylan, 'Got a minute? Calling you on video');
+      await sendText(k.dylan, 'Sure, go ahead');
+      await waitText(k.cara, 'Sure, go ahead');
+      await k.cara.waitForSelector('#call-video:not([hidden]):not([disabled])', { timeout: 10000 });
+      await k.cara.click('#call-video');
+      await waitState(k.cara, 'calling');
+      await waitState(k.dylan, 'ringing');
+      await waitState(k.dylan2, 'ringing');
+      assert.match(await status(k.dylan), /calling you \(video\)/);
+      await k.dylan.click('#call-accept');
+      // The other device stops ringing once one answered.
+      await waitState(k.dylan2, 'ended');
+      assert.equal(await status(k.dylan2), 'answered on another device');
+      for (const page of [k.cara, k.dylan]) await waitState(page, 'connected', 30000);
+      for (const page of [k.cara, k.dylan]) {
+        await page.waitForFunction(() => Number(document.getElementById('call').dataset.framesDecoded || 0) > 0,
+          null, { timeout: 20000 });
+      }
+      await k.cara.waitForFunction(() => /^00:0[1-9]/.test(document.getElementById('call-timer').textContent),
+        null, { timeout: 10000 });
+      // Mute and camera toggle the local tracks.
+      await k.cara.click('#call-mute');
+      assert.equal(await k.cara.$eval('#call-mute', (b) => b.getAttribute('aria-pressed')), 'true');
+      await k.cara.click('#call-camera');
+      assert.equal(await k.cara.$eval('#call-camera', (b) => b.getAttribute('aria-pressed')), 'true');
+      await k.cara.click('#call-camera');
+      await k.cara.click('#call-mute');
+      if (CALL_SHOT) {
+        fs.mkdirSync(path.dirname(CALL_SHOT), { recursive: true });
+        await k.cara.screenshot({ path: CALL_SHOT });
+        assert.ok(fs.statSync(CALL_SHOT).size > 10000);
+      }
+      await k.cara.click('#call-hangup');
+      for (const page of [k.cara, k.dylan]) await waitState(page, 'ended', 10000);
+      assert.equal(await status(k.dylan), 'call ended');
+      const t1 = await k.dylan.$eval('#call-timer', (t) => t.textContent);
+      await sleep(1500);
+      assert.equal(await k.dylan.$eval('#call-timer', (t) => t.textContent), t1, 'the timer stopped');
+      assert.match(t1, /^00:\d\d$/);
+    }, SLOW_TEST_MS);
+
+    await test('calls: busy while in a call, a declined call, a cancelled one', async () => {
+      for (const page of [k.cara, k.dylan]) {
+        await page.waitForSelector('#call', { state: 'hidden', timeout: 15000 });
+      }
+      await k.cara.click('#call-audio');
+      await waitState(k.dylan, 'ringing');
+      await k.dylan.click('#call-accept');
+      for (const page of [k.cara, k.dylan]) await waitState(page, 'connected', 30000);
+      await waitState(k.dylan2, 'ended');
+      // erin calls dylan, who is in a call: busy (dylan never opened their DM).
+      k.erin = await open('erin', 'dm:dylan:erin');
+      await k.erin.waitForSelector('#call-audio:not([hidden])', { timeout: 10000 });
+      await k.erin.click('#call-audio');
+      await waitState(k.erin, 'ended', 30000);
+      assert.equal(await status(k.erin), 'dylan is busy');
+      assert.equal(await state(k.dylan), 'connected', 'the call in progress goes on');
+      assert.equal(await state(k.cara), 'connected');
+      await k.dylan.click('#call-hangup');
+      for (const page of [k.cara, k.dylan]) await waitState(page, 'ended', 10000);
+      // Now dylan is free, and declines.
+      for (const page of [k.erin, k.dylan, k.dylan2]) await page.waitForSelector('#call', { state: 'hidden', timeout: 15000 });
+      await k.erin.click('#call-audio');
+      await waitState(k.dylan, 'ringing');
+      await waitState(k.dylan2, 'ringing');
+      await k.dylan2.click('#call-reject');
+      await waitState(k.erin, 'ended');
+      assert.equal(await status(k.erin), 'dylan declined');
+      await waitState(k.dylan, 'ended');
+      assert.equal(await status(k.dylan), 'declined');
+      // A caller who gives up stops every device ringing.
+      for (const page of [k.erin, k.dylan, k.dylan2]) await page.waitForSelector('#call', { state: 'hidden', timeout: 15000 });
+      await k.erin.click('#call-audio');
+      for (const page of [k.dylan, k.dylan2]) await waitState(page, 'ringing');
+      await k.erin.click('#call-hangup');
+      for (const page of [k.dylan, k.dylan2]) {
+        await waitState(page, 'ended');
+        assert.equal(await status(page), 'missed call');
+      }
+      assert.equal(await status(k.erin), 'cancelled');
+    }, SLOW_TEST_MS);
+  } finally {
+    await withTimeout(k.browser.close(), 10000, 'fake-media browser close').catch(() => {});
+  }
+}
+
 // ------------------------------------------------------------ tests
 const results = [];
 const ctx = {};          // shared between tests, in order
 
-async function test(name, fn) {
+async function test(name, fn, ms) {
+  if (ONLY && !ONLY.test(name)) return;
   const t0 = Date.now();
   try {
-    await withTimeout(fn(), TEST_TIMEOUT_MS, name);
+    await withTimeout(fn(), ms || TEST_TIMEOUT_MS, name);
     results.push(true);
     console.log('ok   ' + name + ' (' + (Date.now() - t0) + ' ms)');
   } catch (e) {
@@ -953,7 +1254,7 @@ async function main() {
       const specs = Array.from(r.body.matchAll(/\bfrom\s*['"]([^'"]+)['"]|\bimport\s*\(?\s*['"]([^'"]+)['"]/g),
         (m) => m[1] || m[2]);
       for (const spec of specs) {
-        const m = /^\.\/([a-z]+\.js)(\?v=[0-9a-f]{8})$/.exec(spec);
+        const m = /^\.\/([a-z0-9]+\.js)(\?v=[0-9a-f]{8})$/.exec(spec);
         assert.ok(m, name + ' imports ' + spec + ' without a version stamp');
         if (seen.has(m[1])) {
           assert.equal(seen.get(m[1]), m[2], 'two URLs for ' + m[1]);
@@ -1246,6 +1547,10 @@ async function main() {
 
   // Protocol 1.1: files and search.
   await filesAndSearch(test, openUser, port, pageErrors);
+
+  // Protocol 1.1: end-to-end encrypted rooms, and calls.
+  await encryptedRooms(test, openUser, redis.port, port);
+  await calls(test, base, pageErrors);
 
   await test('no script errors or dialogs in either page', async () => {
     assert.deepEqual(dialogs, []);

@@ -12,6 +12,7 @@ import { queueChat, queueEvent } from './outbox.js';
 import { lastOwn } from './messages.js';
 import { hasFiles, sendWithFiles } from './files.js';
 import { isFile } from './attachments.js';
+import { maxPlain } from './crypto.js';
 
 const TYPING_REPEAT_MS = 3000;    // resend active:true at most this often
 const TYPING_IDLE_MS = 3500;      // send active:false after this pause
@@ -29,7 +30,8 @@ export function submit() {
   }
   const content = ui.input.value.replace(/\s+$/, '');
   const attachments = [];
-  const rawUrl = ui.attachUrl.value.trim();
+  // A link would go in clear: none in an encrypted room.
+  const rawUrl = room.e2e ? '' : ui.attachUrl.value.trim();
   if (rawUrl) {
     const u = safeUrl(rawUrl);
     if (!u) {
@@ -40,7 +42,7 @@ export function submit() {
   }
   if (hasFiles(room)) {
     // The files go with this text, once uploaded.
-    if (tooLong(content)) return;
+    if (tooLong(content, room)) return;
     clearComposer();
     sendWithFiles(room, content, attachments);
     scrollToBottom();
@@ -51,14 +53,16 @@ export function submit() {
     if (attachments.length) sendMessage(room, attachments[0].url, attachments);
     return;
   }
-  if (tooLong(content)) return;
+  if (tooLong(content, room)) return;
   sendMessage(room, content, attachments);
 }
 
-function tooLong(content) {
+// In an encrypted room the limit is on the ciphertext (base64, and a tag).
+function tooLong(content, room) {
   const bytes = utf8Len(content);
-  if (bytes <= S.limits.maxContent) return false;
-  showBanner('Message too long: ' + bytes + ' bytes, the limit is ' + S.limits.maxContent + '.', 'error', 6000);
+  const max = room && room.e2e ? maxPlain(S.limits.maxContent) : S.limits.maxContent;
+  if (bytes <= max) return false;
+  showBanner('Message too long: ' + bytes + ' bytes, the limit is ' + max + '.', 'error', 6000);
   return true;
 }
 
@@ -81,7 +85,7 @@ function sendMessage(room, content, attachments) {
 // written waits and comes back afterwards.
 export function startEdit(room, seq) {
   const entry = room.msgs.get(seq);
-  if (!S.v11 || !entry || entry.p.deleted || entry.p.sender !== S.me) return;
+  if (!S.v11 || !entry || entry.p.deleted || entry.p.lock || entry.p.sender !== S.me) return;
   cancelEdit();
   stopTyping();
   editing = { room: room.name, seq, node: entry.node, draft: ui.input.value };
@@ -135,7 +139,7 @@ function submitEdit() {
     showBanner('A message cannot be empty: delete it instead.', 'error', 5000);
     return;
   }
-  if (tooLong(content)) return;
+  if (tooLong(content, room)) return;
   if (content !== entry.p.content) {
     // The attachments go along unchanged, so that the edit keeps them
     // however a server reads an edit without them.

@@ -45,6 +45,27 @@ export function request(type, payload, meta) {
   return id;
 }
 
+// A request answered through a promise: resolved with the answer frame,
+// rejected with an Error whose code is the error frame's code, 'timeout',
+// or 'gone' (the link dropped first).
+export function ask(type, payload, ms) {
+  return new Promise((resolve, reject) => {
+    if (!S.ws || S.conn !== 'online') {
+      reject(Object.assign(new Error('offline'), { code: 'gone' }));
+      return;
+    }
+    let id = null;
+    const t = setTimeout(() => {
+      S.requests.delete(id);
+      reject(Object.assign(new Error('no answer to ' + type), { code: 'timeout' }));
+    }, ms || 15000);
+    id = request(type, payload, {
+      resolve: (msg) => { clearTimeout(t); resolve(msg); },
+      reject: (e) => { clearTimeout(t); reject(e); },
+    });
+  });
+}
+
 // Who we are, as a query parameter: the WebSocket upgrade and the files
 // endpoint take the same identity (an <img> cannot send a header).
 export function identQuery() {
@@ -102,7 +123,9 @@ export function disconnected(code, reason) {
     ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
     try { ws.close(); } catch (e) { /* already closed */ }
   }
+  const waiting = Array.from(S.requests.values());
   S.requests.clear();
+  for (const r of waiting) if (r.reject) r.reject(Object.assign(new Error('connection lost'), { code: 'gone' }));
   if (!S.welcomed) S.failedNoWelcome += 1;
   if (S.openedAt && Date.now() - S.openedAt > 5000) S.attempt = 0;
   S.openedAt = 0;

@@ -63,6 +63,10 @@ export function addFiles(list) {
   const room = activeRoom();
   const files = Array.from(list || []);
   if (!room || !files.length) return;
+  if (room.e2e) {
+    showBanner('Files are not encrypted, so they cannot be shared in an encrypted room.', 'error', 6000);
+    return;
+  }
   if (!(S.limits.maxFile > 0)) {
     showBanner('This server does not take files.', 'error', 6000);
     return;

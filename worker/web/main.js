@@ -14,6 +14,10 @@
  *   files.js     uploading files: attach, drop, paste, progress, the tray
  *   attachments.js  links, image previews and download chips in messages
  *   search.js    searching a room, the results panel, jumping to a hit
+ *   crypto.js    WebCrypto: identity keys, room keys, wrapping, sealing
+ *   e2e.js       encrypted rooms: key publishing and rotation, sealing
+ *                what we send, opening what we get, lock and fingerprints
+ *   calls.js     1:1 audio/video calls: WebRTC, ringing, the call panel
  *   views.js, msgview.js  rendering; util.js, state.js  shared helpers, state
  *
  * Guarantees the user can see:
@@ -51,6 +55,8 @@ import { addFiles, filesEnabled, renderTray, onTrayClick, onDragEnter, onDragOve
   onDrop, onPaste, guardPage } from './files.js';
 import { runSearch, onResults, searchFailed, searchDown, closeSearch, moreResults, onResultsClick,
   render as renderSearch } from './search.js';
+import { connected as keysUp, onRoomKey, roomShown as e2eShown } from './e2e.js';
+import { onSignal, roomShown as callsShown, callActions } from './calls.js';
 
 const PRESENCE_POLL_MS = 30000;
 
@@ -59,6 +65,16 @@ function handle(msg) {
   const p = msg.payload && typeof msg.payload === 'object' ? msg.payload : {};
   const req = msg.id ? S.requests.get(msg.id) : undefined;
   if (req && msg.type !== 'error') S.requests.delete(msg.id);
+  if (req && req.resolve) {
+    // An answer someone awaits (conn.ask); a frame that also means
+    // something here (presence) still goes on below.
+    if (msg.type === 'error') {
+      S.requests.delete(msg.id);
+      req.reject(Object.assign(new Error(p.message || p.code || 'error'), { code: p.code || 'internal' }));
+      return;
+    }
+    req.resolve(msg);
+  }
   switch (msg.type) {
     case 'welcome': onWelcome(p); break;
     case 'joined': onJoined(p); break;
@@ -74,6 +90,9 @@ function handle(msg) {
     case 'rooms': onRoomsList(p); break;
     case 'results': onResults(p, req); break;
     case 'notify': onNotify(p); break;
+    case 'roomkey': onRoomKey(p); break;
+    case 'signal': onSignal(p); break;
+    case 'keys': case 'roomkeys': break;    // answers, taken by conn.ask
     case 'pong': case 'ok': break;
     case 'error': onError(msg.id, p, req); break;
     default: break;     // a frame type of a later protocol
@@ -93,6 +112,7 @@ function onWelcome(p) {
       if (typeof p.limits[k] === 'number' && p.limits[k] > 0) S.limits[k] = p.limits[k];
     }
   }
+  S.iceServers = Array.isArray(p.iceServers) ? p.iceServers.filter((s) => s && typeof s === 'object') : [];
   filesEnabled();
   conn.resetTokens();
   // Whether this server speaks 1.1 shows in what it answers next.
@@ -103,6 +123,7 @@ function onWelcome(p) {
   S.connects += 1;
   ui.conn.dataset.connects = String(S.connects);
   setConn('online');
+  keysUp();
   if (!ui.banner.classList.contains('keep')) hideBanner();
   if (first) {
     const saved = loadRooms();
@@ -169,7 +190,7 @@ function onDown(code) {
 
 conn.setHooks({ frame: handle, down: onDown, state: setConn });
 S.openRoom = (name) => { if (S.rooms.has(name)) selectRoom(name); };
-S.roomShown = () => { renderTray(); renderSearch(); };
+S.roomShown = (room) => { renderTray(); renderSearch(); e2eShown(room); callsShown(room); };
 
 // ------------------------------------------------------- housekeeping
 // Once a second: the connection's own upkeep, overdue acks, and a slow
@@ -347,5 +368,13 @@ document.addEventListener('visibilitychange', () => {
 });
 window.addEventListener('focus', scheduleRead);
 window.addEventListener('online', conn.connectNow);
+ui.callAudio.addEventListener('click', callActions.audio);
+ui.callVideo.addEventListener('click', callActions.video);
+ui.callAccept.addEventListener('click', callActions.accept);
+ui.callReject.addEventListener('click', callActions.reject);
+ui.callHangup.addEventListener('click', callActions.hangup);
+ui.callMute.addEventListener('click', callActions.mute);
+ui.callCamera.addEventListener('click', callActions.camera);
+window.addEventListener('pagehide', callActions.pagehide);
 
 init();

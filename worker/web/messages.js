@@ -17,6 +17,7 @@ import { renderMessage, updateMessage, setStatus, setTime, placeBySeq } from './
 import { removeTyper } from './presence.js';
 import { countLive, uncount, scheduleRead, seeing } from './unread.js';
 import { notify } from './dm.js';
+import { sealIn, reveal } from './e2e.js';
 
 const ORPHANS_MAX = 500;          // events kept per room for messages not held
 
@@ -40,7 +41,8 @@ function hold(room, p, node) {
     entry.reactions.clear();
   }
   room.msgs.set(p.seq, entry);
-  if (p.deleted || p.edited || entry.reactions.size) updateMessage(node, entry);
+  if (p.deleted || p.edited || entry.reactions.size || p.lock) updateMessage(node, entry);
+  if (room.e2e) reveal(room, entry);
   const waiting = room.orphans.filter((e) => e.p.target === p.seq);
   if (waiting.length) {
     room.orphans = room.orphans.filter((e) => e.p.target !== p.seq);
@@ -67,6 +69,7 @@ export function addChat(p, source) {
     return false;
   }
   if (typeof p.content !== 'string') p.content = '';
+  if (room.e2e) sealIn(p);
   let node = null;
   if (own && p.cid) {
     const m = S.outbox.find((x) => x.id === p.cid && x.room === p.room);
@@ -75,6 +78,8 @@ export function addChat(p, source) {
       m.seq = p.seq;
       setTime(node, p.ts);
       setStatus(node, 'pending', 'sent, awaiting ack…');
+      // Our own ciphertext: we know its text.
+      if (p.sealed && m.wire && m.wire.content === p.sealed.content) sealIn(p, { local: true, content: m.content });
     }
   }
   if (!node) {
@@ -118,6 +123,7 @@ export function placeAcked(room, p, node) {
 // Applies one event to a held message; safe to repeat.
 function apply(entry, type, p) {
   const m = entry.p;
+  const room = S.rooms.get(m.room);
   if (m.deleted) return;
   if (type === 'edit') {
     if (typeof p.content !== 'string') return;
@@ -126,8 +132,11 @@ function apply(entry, type, p) {
     m.content = p.content;
     if (Array.isArray(p.attachments)) m.attachments = p.attachments;
     m.edited = typeof p.ts === 'number' ? p.ts : Date.now();
+    if (room && room.e2e) sealIn(m, p);
   } else if (type === 'delete') {
     m.deleted = true;
+    m.sealed = null;
+    m.lock = null;
     m.content = '';
     m.attachments = [];
     entry.reactions.clear();
@@ -150,6 +159,7 @@ function apply(entry, type, p) {
     return;
   }
   updateMessage(entry.node, entry);
+  if (type === 'edit' && room && room.e2e) reveal(room, entry);
 }
 
 // An edit, delete or reaction frame (source 'live': broadcast or replay;

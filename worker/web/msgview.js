@@ -62,7 +62,9 @@ export function updateMessage(node, entry) {
   const p = entry.p;
   const bubble = node.querySelector('.bubble');
   node.classList.toggle('deleted', !!p.deleted);
-  bubble.textContent = p.deleted ? 'message deleted' : p.content;
+  // An encrypted message not opened (yet): its marker instead (e2e.js).
+  node.classList.toggle('locked', !p.deleted && !!p.lock);
+  bubble.textContent = p.deleted ? 'message deleted' : p.lock || p.content;
   for (const old of node.querySelectorAll('.bubble-wrap > .edited, .bubble-wrap > .atts, .bubble-wrap > .reactions')) old.remove();
   if (p.deleted) {
     const bar = node.querySelector('.actions');
@@ -98,7 +100,8 @@ export function renderMessage(p, own) {
     t.title = fmtFull(p.ts);
   }
   meta.append(t);
-  const bubble = el('div', 'bubble', p.content);
+  const bubble = el('div', 'bubble', p.lock || p.content);
+  if (p.lock) li.classList.add('locked');
   wrap.append(meta, bubble);
   if (Array.isArray(p.attachments) && p.attachments.length) wrap.append(renderAttachments(p.attachments));
   wrap.append(renderActions(own));

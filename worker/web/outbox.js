@@ -15,6 +15,7 @@ import { send, nextId, takeToken, msUntilToken } from './conn.js';
 import { ui, showBanner } from './views.js';
 import { renderPending, setStatus } from './msgview.js';
 import { placeAcked, onEvent } from './messages.js';
+import { sealOut } from './e2e.js';
 
 const ACK_TIMEOUT_MS = 15000;     // resend (same id) if no answer by then
 const EVENTS = { edit: 'edit', delete: 'delete', react: 'reaction' };   // request -> broadcast
@@ -107,9 +108,21 @@ export function flush() {
     if (!room || !room.joined) { blocked.add(m.room); continue; }
     if (m.sentGen === S.gen && now - m.sentAt < ACK_TIMEOUT_MS) continue;
     if (m.retryAt > now) { blocked.add(m.room); scheduleFlush(m.retryAt - now); continue; }
+    if (room.e2e && (m.type === 'chat' || m.type === 'edit') && !m.wire) {
+      // Sealed first (and a fresh room key made when needed); sent after.
+      blocked.add(m.room);
+      if (!m.sealing) {
+        sealOut(m, room).then(() => flush(), (e) => {
+          if (m.node) setStatus(m.node, 'pending', 'encrypting failed (' + (e.code || e.message) + '), retrying…');
+          m.retryAt = Date.now() + 3000;
+          scheduleFlush(3000);
+        });
+      }
+      continue;
+    }
     if (!takeToken()) { scheduleFlush(msUntilToken()); return; }
-    let payload = m.payload;
-    if (m.type === 'chat') {
+    let payload = m.wire || m.payload;
+    if (m.type === 'chat' && !m.wire) {
       payload = { room: m.room, content: m.content };
       if (m.attachments.length) payload.attachments = m.attachments;
     }
@@ -136,7 +149,8 @@ export function onAck(id, p) {
   m.state = 'acked';
   if (m.type !== 'chat') {
     busy(m, false);
-    onEvent(EVENTS[m.type], Object.assign({}, m.payload, { seq: p.seq, ts: p.ts, sender: S.me }), 'ack');
+    // local: the plain text we wrote, not what went on the wire.
+    onEvent(EVENTS[m.type], Object.assign({}, m.payload, { seq: p.seq, ts: p.ts, sender: S.me, local: true }), 'ack');
     return;
   }
   const room = S.rooms.get(m.room);
@@ -155,7 +169,8 @@ export function onAck(id, p) {
     return;
   }
   if (!held) {
-    placeAcked(room, { room: m.room, seq: p.seq, sender: S.me, content: m.content, attachments: m.attachments, ts: p.ts, cid: m.id }, node);
+    placeAcked(room, { room: m.room, seq: p.seq, sender: S.me, content: m.content, attachments: m.attachments, ts: p.ts, cid: m.id,
+      keyId: m.wire && m.wire.e2e ? m.wire.e2e.keyId : undefined }, node);
   }
 }
 
@@ -206,7 +221,11 @@ function fail(m, text) {
 
 // The link went down: what is pending waits for the next one.
 export function markWaiting() {
-  for (const m of S.outbox) if (m.state === 'pending' && m.node) setStatus(m.node, 'pending', 'waiting for connection…');
+  for (const m of S.outbox) {
+    // Sealed again when it goes: the room's key may change meanwhile.
+    m.wire = null;
+    if (m.state === 'pending' && m.node) setStatus(m.node, 'pending', 'waiting for connection…');
+  }
 }
 
 // A room was left: what we had not sent there is dropped.

@@ -1,10 +1,13 @@
 /*
  * Who is in a room and who is typing there: presence answers, member
  * events, typing frames (the other users'; ours are sent by composer.js).
+ * Encrypted rooms (e2e.js) and the call buttons (calls.js) hear of changes.
  */
 import { S, activeRoom } from './state.js';
 import { request } from './conn.js';
 import { renderPresence, renderTyping } from './views.js';
+import { membersChanged } from './e2e.js';
+import { renderCallButtons } from './calls.js';
 
 const TYPING_EXPIRE_MS = 6500;    // forget a typer who went silent
 
@@ -18,6 +21,8 @@ export function onPresence(p) {
   if (!room || !Array.isArray(p.users)) return;
   room.members = new Set(p.users.filter((u) => typeof u === 'string'));
   if (room === activeRoom()) renderPresence();
+  membersChanged(room, null, null);
+  if (room === activeRoom()) renderCallButtons();
 }
 
 export function onMember(p) {
@@ -29,6 +34,8 @@ export function onMember(p) {
     removeTyper(room, p.user);
   }
   if (room === activeRoom()) renderPresence();
+  membersChanged(room, p.user, p.event);
+  if (room === activeRoom()) renderCallButtons();
 }
 
 export function onTyping(p) {

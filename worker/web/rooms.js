@@ -14,6 +14,7 @@ import { addChat } from './messages.js';
 import { requestPresence, clearTypers } from './presence.js';
 import { flush, dropRoom } from './outbox.js';
 import { stopTyping, cancelEdit } from './composer.js';
+import { isE2E, canJoin, joined as e2eJoined } from './e2e.js';
 import { serverCount, countNotify, scheduleRead, sendReadSoon, openDivider, closeDivider, showDivider } from './unread.js';
 
 const HISTORY_PAGE = 50;
@@ -28,6 +29,7 @@ function newRoom(name) {
   return {
     name,
     dm: dmPeer(name, S.me),  // the other user of a direct conversation
+    e2e: isE2E(name),      // end-to-end encrypted (e2e.js)
     passive: false,        // known (a DM someone sent), not opened here: not joined
     joined: false,         // joined on the current connection
     joinedOnce: false,     // joined on some connection: rejoin with since
@@ -157,7 +159,7 @@ export function leaveRoom(name) {
 export function sendJoin(room) {
   // One join per room per connection: a second one would be answered
   // with recovered:false and look like a gap. Known rooms wait to be opened.
-  if (room.joinGen === S.gen || room.passive) return;
+  if (room.joinGen === S.gen || room.passive || !canJoin(room)) return;
   room.joinGen = S.gen;
   const payload = { room: room.name };
   if (room.joinedOnce) payload.since = room.lastSeq;
@@ -208,6 +210,7 @@ export function onJoined(p) {
     else room.more = false;
   }
   requestPresence(room);
+  if (room.e2e) e2eJoined(room);
   renderRooms();
   if (room === activeRoom()) {
     renderOlder();

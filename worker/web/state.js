@@ -36,6 +36,8 @@ export const S = {
   requests: new Map(),    // request id -> { kind, room, ... }
   openRoom: (name) => {}, // opens a room (set by main.js, for modules below rooms.js)
   roomShown: (room) => {}, // the open room changed (room or null; set by main.js)
+  fingerprints: new Map(), // public key (base64) -> its fingerprint (e2e.js)
+  iceServers: [],         // STUN/TURN servers for calls, from welcome (1.1)
   idPrefix: randomId(),
   idSeq: 0,
 };

@@ -7,6 +7,7 @@
 import { $, el, clear, avatar, hue } from './util.js';
 import { S, activeRoom } from './state.js';
 import { dmName, canAskNotify } from './dm.js';
+import { fingerprintNode } from './e2e.js';
 
 export const ui = {
   login: $('login'), loginForm: $('login-form'), loginUser: $('login-user'),
@@ -25,6 +26,11 @@ export const ui = {
   uploads: $('uploads'), searchForm: $('search-form'), searchQ: $('search-q'),
   searchPanel: $('search-panel'), searchTitle: $('search-title'), searchClose: $('search-close'),
   searchStatus: $('search-status'), searchResults: $('search-results'), searchMore: $('search-more'),
+  e2eNote: $('e2e-note'), callAudio: $('call-audio'), callVideo: $('call-video'), call: $('call'),
+  callTitle: $('call-title'), callStatus: $('call-status'), callTimer: $('call-timer'),
+  callRemote: $('call-remote'), callLocal: $('call-local'), callAccept: $('call-accept'),
+  callReject: $('call-reject'), callMute: $('call-mute'), callCamera: $('call-camera'),
+  callHangup: $('call-hangup'), callStats: $('call-stats'),
 };
 
 export function renderMe() {
@@ -42,7 +48,9 @@ export function roomTitle(room) {
 // The open room's header and composer placeholder.
 export function renderHead() {
   const room = activeRoom();
-  ui.roomHash.textContent = room && room.dm ? '@' : '#';
+  ui.roomHash.textContent = room && room.dm ? '@' : room && room.e2e ? '🔒' : '#';
+  ui.roomHash.title = room && room.e2e ? 'End-to-end encrypted' : '';
+  ui.roomHash.classList.toggle('lock', !!(room && room.e2e));
   ui.roomName.textContent = room ? (room.dm || room.name) : '';
   ui.roomName.dataset.room = room ? room.name : '';
   ui.input.placeholder = room ? 'Message ' + roomTitle(room) : 'Message';
@@ -57,9 +65,10 @@ function roomEntry(r) {
   b.type = 'button';
   b.dataset.room = r.name;
   if (r.dm) b.append(avatar(r.dm));
-  b.append(el('span', 'room-label' + (r.dm ? ' dm' : ''), r.dm || r.name));
+  if (r.e2e) b.append(el('span', 'lock', '🔒'));
+  b.append(el('span', 'room-label' + (r.dm ? ' dm' : '') + (r.e2e ? ' e2e' : ''), r.dm || r.name));
   if (r.unread) b.append(el('span', 'badge', r.unread > 99 ? '99+' : r.unread));
-  b.title = r.error ? r.error : (r.dm ? 'Direct messages with ' + r.dm : r.name);
+  b.title = r.error ? r.error : (r.dm ? 'Direct messages with ' + r.dm : r.name + (r.e2e ? ' (end-to-end encrypted)' : ''));
   li.append(b);
   return li;
 }
@@ -100,6 +109,7 @@ export function renderPresence() {
     const li = el('li');
     li.dataset.user = u;
     li.append(avatar(u), el('span', 'name', u));
+    if (room.e2e) li.classList.add('keyed');
     if (u === S.me) li.append(el('small', null, '(you)'));
     else if (dmName(S.me, u) && dmName(S.me, u) !== room.name) {
       const b = el('button', 'ghost small dm-open', 'Message');
@@ -108,6 +118,7 @@ export function renderPresence() {
       b.title = 'Message @' + u;
       li.append(b);
     }
+    if (room.e2e) li.append(fingerprintNode(u));
     ui.presence.append(li);
   }
   ui.peopleCount.textContent = users.length ? String(users.length) : '';
