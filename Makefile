@@ -5,7 +5,7 @@ LLHTTP_SRC ?= /usr/share/llhttp
 LLHTTP_INC ?= /usr/share/include/llhttp
 PKGS := libuv hiredis libcjson libjwt openssl libmongoc-1.0
 DEPS_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
-DEPS_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lwslay -lunistring -lm
+DEPS_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lwslay -lunistring -lz -lm
 
 WARN := -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter
 CFLAGS_COMMON := -std=gnu11 $(WARN) -I$(LLHTTP_INC) $(DEPS_CFLAGS) -D_GNU_SOURCE

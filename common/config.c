@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 typedef enum { OPT_INT, OPT_STR, OPT_FLAG } opt_kind_t;
@@ -23,6 +24,7 @@ typedef struct {
 
 #define OPT_I(n, f, lo, hi, h) { n, OPT_INT, offsetof(config_t, f), 0, lo, hi, h }
 #define OPT_S(n, f, h) { n, OPT_STR, offsetof(config_t, f), sizeof(((config_t *)0)->f), 0, 0, h }
+#define OPT_F(n, f, h) { n, OPT_FLAG, offsetof(config_t, f), 0, 0, 1, h }
 
 static const opt_t config_opts[] = {
     OPT_I("port", port, 0, 65535, "TCP port to listen on (default 8080)"),
@@ -54,6 +56,7 @@ static const opt_t config_opts[] = {
     OPT_I("shutdown-timeout", shutdown_timeout, 1, 3600, "seconds a graceful stop may take (default 30)"),
     OPT_I("max-file", max_file, 1, 1 << 30, "largest uploaded file in bytes (default 10485760)"),
     OPT_S("files-dir", files_dir, "directory for uploaded files without --mongo-uri (default var/files)"),
+    OPT_F("deflate", deflate, "offer permessage-deflate (RFC 7692) to clients that ask (default off)"),
     OPT_S("ice-servers", ice_servers, "STUN/TURN servers for calls, a JSON array of RTCIceServer (default [])"),
 };
 
@@ -135,6 +138,18 @@ static int config_set(config_t *cfg, const opt_t *o, const char *value,
         }
         memcpy(field, value, n + 1);
         return 0;
+    }
+    if (o->kind == OPT_FLAG) {
+        /* A bare --flag on the command line; 1/0, true/false, yes/no, on/off elsewhere. */
+        static const char *const yes[] = { "1", "true", "yes", "on" }, *const no[] = { "0", "false", "no", "off" };
+        for (size_t i = 0; i < 4; i++) {
+            if (strcasecmp(value, yes[i]) == 0 || strcasecmp(value, no[i]) == 0) {
+                memcpy(field, &(int){ strcasecmp(value, yes[i]) == 0 }, sizeof(int));
+                return 0;
+            }
+        }
+        snprintf(err, errlen, "%s: %s must be 1 or 0 (true/false, yes/no, on/off), not '%s'", origin, o->name, value);
+        return -1;
     }
     char *end;
     errno = 0;
@@ -257,6 +272,8 @@ static const opt_t *config_arg(int argc, char **argv, int *i, const char **value
     }
     if (eq != NULL) {
         *value = eq + 1;
+    } else if (o->kind == OPT_FLAG) {
+        *value = "1";
     } else if (*i + 1 < argc) {
         *value = argv[++*i];
     } else {

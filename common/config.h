@@ -42,6 +42,7 @@ typedef struct config_s {
     int max_file;               /* bytes, one uploaded file */
     char files_dir[1024];       /* uploads without --mongo-uri */
     char ice_servers[4096];     /* JSON array of RTCIceServer, for welcome */
+    int deflate;                /* negotiate permessage-deflate */
 } config_t;
 
 /*

@@ -195,6 +195,10 @@ int metrics_render(const metrics_t *m, const char *const *error_names, size_t ne
         rc |= metrics_printf(out, "# TYPE chatd_mongo_up gauge\nchatd_mongo_up %d\n", mongo);
     }
     rc |= metrics_printf(out, "# TYPE chatd_rooms gauge\nchatd_rooms %" PRIu64 "\n", SUM(rooms));
+    rc |= metrics_printf(out, "# HELP chatd_deflate_in_bytes_total Frame payload compressed for permessage-deflate.\n"
+                              "# TYPE chatd_deflate_in_bytes_total counter\nchatd_deflate_in_bytes_total %" PRIu64 "\n"
+                              "# TYPE chatd_deflate_out_bytes_total counter\nchatd_deflate_out_bytes_total %" PRIu64 "\n",
+                         SUM(deflate_in_bytes), SUM(deflate_out_bytes));
     rc |= metrics_printf(out, "# TYPE chatd_files_uploaded_total counter\nchatd_files_uploaded_total %" PRIu64 "\n"
                               "# TYPE chatd_file_upload_bytes_total counter\nchatd_file_upload_bytes_total %" PRIu64 "\n"
                               "# TYPE chatd_files_downloaded_total counter\nchatd_files_downloaded_total %" PRIu64 "\n"

@@ -50,6 +50,8 @@ typedef struct metrics_slot_s {
     uint64_t files_downloaded;      /* answered 200 or 206 */
     uint64_t file_download_bytes;   /* body bytes queued to readers */
     uint64_t file_transfers;        /* gauge: uploads and downloads under way */
+    uint64_t deflate_in_bytes;      /* payload bytes compressed (permessage-deflate) */
+    uint64_t deflate_out_bytes;     /* what they became */
     metrics_node_t redis_nodes[METRICS_REDIS_NODES];
 } metrics_slot_t;
 

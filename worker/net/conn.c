@@ -506,11 +506,12 @@ static void conn_upgrade(conn_t *c, const char *query, const uint8_t *rest, size
     char head[256];
     int hlen = -1;
     if (http_ws_accept(req->ws_key, accept) == 0) {
+        c->deflate = n->deflate_on && deflate_negotiate(req->ws_extensions);
         hlen = snprintf(head, sizeof(head),
                      "HTTP/1.1 101 Switching Protocols\r\n"
                      "Upgrade: websocket\r\n"
                      "Connection: Upgrade\r\n"
-                     "Sec-WebSocket-Accept: %s\r\n\r\n", accept);
+                     "Sec-WebSocket-Accept: %s\r\n%s\r\n", accept, c->deflate ? DEFLATE_RESPONSE : "");
     }
     if (hlen < 0 || ws_start(c) != 0 || conn_send_raw(c, head, (size_t)hlen) != 0) {
         auth_free(&auth);

@@ -40,6 +40,7 @@ typedef struct conn_s {
     uint8_t lingering;          /* FIN sent; reading and dropping until EOF */
     uint8_t fail_fast;          /* drop TCP once the close frame is out (RFC 6455 7.1.7) */
     uint8_t handle_closed;      /* uv_close finished; freed when refs drop to 0 */
+    uint8_t deflate;            /* permessage-deflate negotiated */
     uint32_t refs;              /* pending Redis replies that point here */
     http_req_t *http;           /* only while CONN_HTTP */
     wslay_event_context_ptr ws; /* from the upgrade on */

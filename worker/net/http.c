@@ -50,6 +50,7 @@ static int http_on_header_field_complete(llhttp_t *p)
         HTTP_KEEP("connection", connection),
         HTTP_KEEP("sec-websocket-key", ws_key),
         HTTP_KEEP("sec-websocket-version", ws_version),
+        HTTP_KEEP("sec-websocket-extensions", ws_extensions),
         HTTP_KEEP("content-type", content_type),
         HTTP_KEEP("range", range),
         HTTP_KEEP("expect", expect),

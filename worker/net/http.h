@@ -53,6 +53,8 @@ struct http_req_s {
     size_t ws_version_len;
     int dup_key;                /* Sec-WebSocket-Key given twice */
     int key_seen;
+    char ws_extensions[512 + 1];    /* Sec-WebSocket-Extensions offers */
+    size_t ws_extensions_len;
     char content_type[HTTP_MAX_VALUE + 1];
     size_t content_type_len;
     char range[HTTP_MAX_VALUE + 1];

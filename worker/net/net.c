@@ -1,4 +1,5 @@
 #include "net.h"
+#include "../../common/log.h"
 #include "conn.h"
 #include "ws.h"
 
@@ -24,6 +25,12 @@ void net_init(net_t *n, uv_loop_t *loop, const config_t *cfg, metrics_slot_t *me
     n->conn_size = (conn_size + 15) & ~(size_t)15;
     /* 64 per block: long-lived conns packed densely (pool.h). */
     pool_init(&n->conns_pool, n->conn_size, 64);
+    if (cfg->deflate) {
+        n->deflate_on = deflate_init(&n->deflate) == 0;
+        if (!n->deflate_on) {
+            log_error("event=deflate_unavailable err=\"zlib could not set up its streams\"");
+        }
+    }
 }
 
 int net_accept(net_t *n, uv_stream_t *listener)
@@ -50,6 +57,10 @@ void net_tick(net_t *n, uint64_t now_ms)
     for (conn_t *c = n->conns; c != NULL; c = next) {
         next = c->next;
         conn_tick(c, now_ms);
+    }
+    if (n->deflate_on) {
+        metrics_set(&n->metrics->deflate_in_bytes, n->deflate.bytes_in);
+        metrics_set(&n->metrics->deflate_out_bytes, n->deflate.bytes_out);
     }
     /* Idle connections just gave their wslay state back; return those
      * pages to the kernel so that RSS follows the live set. */
@@ -85,4 +96,6 @@ void net_free(net_t *n)
     pool_free(&n->conns_pool);
     conn_free_http_cache(n);
     iplimit_free(&n->per_ip);
+    deflate_free(&n->deflate);
+    buf_free(&n->inflated);
 }

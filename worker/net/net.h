@@ -29,6 +29,7 @@
 #include "../../common/metrics.h"
 #include "../../common/pool.h"
 #include "auth.h"
+#include "deflate.h"
 #include "http.h"
 #include "iplimit.h"
 
@@ -74,6 +75,9 @@ typedef struct net_s {
     uint32_t http_cached;
     const uint8_t *in;          /* bytes wslay is reading, during ws_feed */
     size_t in_len;
+    int deflate_on;             /* --deflate, and zlib is set up */
+    deflate_t deflate;          /* the worker's one stream each way */
+    buf_t inflated;             /* the message being inflated */
     char readbuf[64 * 1024];    /* one read buffer for every conn */
 } net_t;
 

@@ -60,13 +60,32 @@ static void ws_on_msg(wslay_event_context_ptr ctx, const struct wslay_event_on_m
         return;
     }
     switch (arg->opcode) {
-    case WSLAY_TEXT_FRAME:
-        if (!proto_utf8_valid(arg->msg, arg->msg_length)) {
+    case WSLAY_TEXT_FRAME: {
+        const uint8_t *msg = arg->msg;
+        size_t len = arg->msg_length;
+        if (arg->rsv & WSLAY_RSV1_BIT) {
+            /* Compressed (only when negotiated: wslay refuses RSV1
+             * otherwise). The limit holds for what it inflates to. */
+            net_t *n = c->net;
+            int rc = deflate_inflate(&n->deflate, msg, len, (size_t)n->cfg->max_message, &n->inflated);
+            if (rc == -1) {
+                conn_close(c, WSLAY_CODE_MESSAGE_TOO_BIG, "message too big once inflated");
+                return;
+            }
+            if (rc != 0) {
+                conn_close(c, WSLAY_CODE_INVALID_FRAME_PAYLOAD_DATA, "invalid compressed data");
+                return;
+            }
+            msg = (const uint8_t *)n->inflated.data;
+            len = n->inflated.len;
+        }
+        if (!proto_utf8_valid(msg, len)) {
             conn_close(c, WSLAY_CODE_INVALID_FRAME_PAYLOAD_DATA, "invalid UTF-8");
             return;
         }
-        c->net->h->text(c->net->ud, c, (const char *)arg->msg, arg->msg_length);
+        c->net->h->text(c->net->ud, c, (const char *)msg, len);
         return;
+    }
     case WSLAY_BINARY_FRAME:
         conn_close(c, WSLAY_CODE_UNSUPPORTED_DATA, "binary frames are not accepted");
         return;
@@ -92,6 +111,9 @@ int ws_start(conn_t *c)
         return -1;
     }
     wslay_event_config_set_max_recv_msg_length(c->ws, (uint64_t)c->net->cfg->max_message);
+    if (c->deflate) {
+        wslay_event_config_set_allowed_rsv_bits(c->ws, WSLAY_RSV1_BIT);
+    }
     return 0;
 }
 
@@ -284,6 +306,11 @@ int ws_send_frame(conn_t *c, wsframe_t *f)
     ws_drain(c);
     if (c->state != CONN_WS) {
         return -1;
+    }
+    /* A deflate connection gets the frame's compressed form, made once
+     * for every such member of this worker. */
+    if (c->deflate) {
+        f = deflate_frame(&n->deflate, f);
     }
     if (outq_push(&c->out, wsframe_ref(f)) != 0) {
         wsframe_unref(f);

@@ -5,9 +5,9 @@
 
 /* RFC 6455 5.2: FIN + opcode, then a 7-bit, 16-bit or 64-bit length; no
  * mask from a server. Returns the header's length. */
-static size_t wsframe_header(uint8_t *h, uint8_t opcode, uint64_t len)
+static size_t wsframe_header(uint8_t *h, uint8_t first, uint64_t len)
 {
-    h[0] = (uint8_t)(0x80 | opcode);
+    h[0] = first;
     if (len < 126) {
         h[1] = (uint8_t)len;
         return 2;
@@ -33,13 +33,11 @@ wsframe_t *wsframe_text(const char *a, size_t alen, const char *b, size_t blen,
         return NULL;
     }
     uint8_t h[10];
-    size_t hlen = wsframe_header(h, 0x1, plen);
-    wsframe_t *f = malloc(sizeof(*f) + hlen + plen);
+    size_t hlen = wsframe_header(h, 0x81, plen);
+    wsframe_t *f = wsframe_new(hlen + plen);
     if (f == NULL) {
         return NULL;
     }
-    f->refs = 1;
-    f->len = (uint32_t)(hlen + plen);
     uint8_t *p = f->data;
     memcpy(p, h, hlen);
     p += hlen;
@@ -68,6 +66,25 @@ wsframe_t *wsframe_new(size_t len)
     }
     f->refs = 1;
     f->len = (uint32_t)len;
+    f->alt = NULL;
+    f->alt_done = 0;
+    return f;
+}
+
+wsframe_t *wsframe_data(uint8_t first, const void *payload, size_t plen)
+{
+    if (plen > WSFRAME_MAX_PAYLOAD) {
+        return NULL;
+    }
+    uint8_t h[10];
+    size_t hlen = wsframe_header(h, first, plen);
+    wsframe_t *f = wsframe_new(hlen + plen);
+    if (f != NULL) {
+        memcpy(f->data, h, hlen);
+        if (plen > 0) {
+            memcpy(f->data + hlen, payload, plen);
+        }
+    }
     return f;
 }
 
@@ -83,6 +100,7 @@ wsframe_t *wsframe_raw(const void *bytes, size_t len)
 void wsframe_unref(wsframe_t *f)
 {
     if (f != NULL && --f->refs == 0) {
+        wsframe_unref(f->alt);
         free(f);
     }
 }

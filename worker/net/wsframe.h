@@ -16,6 +16,8 @@
 typedef struct wsframe_s {
     uint32_t refs;
     uint32_t len;               /* bytes in data */
+    struct wsframe_s *alt;      /* its permessage-deflate form (deflate.c), owned */
+    uint8_t alt_done;           /* alt was tried (NULL then: not worth it) */
     uint8_t data[];
 } wsframe_t;
 
@@ -30,6 +32,10 @@ typedef struct wsframe_s {
  */
 wsframe_t *wsframe_text(const char *a, size_t alen, const char *b, size_t blen,
                         const char *c, size_t clen);
+
+/* A final, unmasked frame of plen payload bytes whose first header byte is
+ * first (FIN, RSV bits, opcode). NULL when out of memory or too large. */
+wsframe_t *wsframe_data(uint8_t first, const void *payload, size_t plen);
 
 /* A frame of len bytes for the caller to fill (data is uninitialised),
  * with one reference; NULL when out of memory or too large. */
