@@ -11,15 +11,37 @@ import { renderCallButtons } from './calls.js';
 
 const TYPING_EXPIRE_MS = 6500;    // forget a typer who went silent
 
-export function requestPresence(room) {
+// Member events and the presence answer travel apart (the room's channel,
+// the request's reply), so an event can arrive before an answer that was
+// read earlier than it. Events that come while an answer is on its way are
+// kept and replayed over it: the list ends where the events do.
+const MEMBER_LOG_MAX = 500;
+
+export function requestPresence(room, fresh) {
   if (!room.joined) return;
+  if (fresh || !room.presenceWait) {
+    room.presenceWait = 0;
+    room.memberLog = [];
+  }
+  room.presenceWait++;
   request('presence', { room: room.name }, { room: room.name });
+}
+
+function applyMember(room, user, event) {
+  if (event === 'join') room.members.add(user);
+  else if (event === 'leave') {
+    room.members.delete(user);
+    removeTyper(room, user);
+  }
 }
 
 export function onPresence(p) {
   const room = S.rooms.get(p.room);
   if (!room || !Array.isArray(p.users)) return;
   room.members = new Set(p.users.filter((u) => typeof u === 'string'));
+  for (const e of room.memberLog || []) applyMember(room, e.user, e.event);
+  room.presenceWait = Math.max(0, (room.presenceWait || 1) - 1);
+  if (!room.presenceWait) room.memberLog = [];
   if (room === activeRoom()) renderPresence();
   membersChanged(room, null, null);
   if (room === activeRoom()) renderCallButtons();
@@ -28,10 +50,9 @@ export function onPresence(p) {
 export function onMember(p) {
   const room = S.rooms.get(p.room);
   if (!room || typeof p.user !== 'string') return;
-  if (p.event === 'join') room.members.add(p.user);
-  else if (p.event === 'leave') {
-    room.members.delete(p.user);
-    removeTyper(room, p.user);
+  applyMember(room, p.user, p.event);
+  if (room.presenceWait && room.memberLog.length < MEMBER_LOG_MAX) {
+    room.memberLog.push({ user: p.user, event: p.event });
   }
   if (room === activeRoom()) renderPresence();
   membersChanged(room, p.user, p.event);

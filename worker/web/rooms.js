@@ -209,7 +209,7 @@ export function onJoined(p) {
     if (p.seq > 0) requestHistory(room, undefined, 'initial');
     else room.more = false;
   }
-  requestPresence(room);
+  requestPresence(room, true);   // a new connection: earlier waits are void
   if (room.e2e) e2eJoined(room);
   renderRooms();
   if (room === activeRoom()) {
