@@ -77,7 +77,8 @@ struct filestore_file_s {
     int32_t chunk_size;         /* GridFS */
     int64_t off;
     size_t max;
-    char *buf;
+    char *buf;                  /* reads land here */
+    size_t buf_cap;
     ssize_t n;
     filestore_open_cb_t *open_cb;
     filestore_read_cb_t *read_cb;
@@ -146,10 +147,9 @@ static int filestore_pwrite_all(int fd, const char *p, size_t len, off_t off)
     return 0;
 }
 
-static void filestore_part_name(const filestore_t *fs, const char *id, char *out, size_t outlen)
+static void filestore_part_name(const char *id, char *out, size_t outlen)
 {
     snprintf(out, outlen, ".part-%s", id);
-    (void)fs;
 }
 
 /* The header of meta into h (FILESTORE_HEADER bytes), or -1. */
@@ -216,7 +216,7 @@ static int filestore_dir_open_part(filestore_upload_t *up)
         return 0;
     }
     char part[64];
-    filestore_part_name(up->fs, up->meta.id, part, sizeof(part));
+    filestore_part_name(up->meta.id, part, sizeof(part));
     up->fd = openat(up->fs->dirfd, part, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
     if (up->fd < 0) {
         snprintf(up->err, sizeof(up->err), "open %s: %s", part, strerror(errno));
@@ -228,7 +228,7 @@ static int filestore_dir_open_part(filestore_upload_t *up)
 static void filestore_dir_upload(filestore_upload_t *up)
 {
     char part[64];
-    filestore_part_name(up->fs, up->meta.id, part, sizeof(part));
+    filestore_part_name(up->meta.id, part, sizeof(part));
     switch (up->op) {
     case OP_WRITE:
         up->ok = filestore_dir_open_part(up) == 0 &&
@@ -742,12 +742,13 @@ int filestore_read(filestore_file_t *f, int64_t off, size_t max, filestore_read_
     if ((int64_t)max > f->meta.size - off) {
         max = (size_t)(f->meta.size - off);
     }
-    if (f->buf == NULL || f->max < max) {
+    if (f->buf_cap < max) {
         char *b = realloc(f->buf, max);
         if (b == NULL) {
             return -1;
         }
         f->buf = b;
+        f->buf_cap = max;
     }
     f->off = off;
     f->max = max;
