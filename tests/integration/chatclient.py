@@ -9,6 +9,12 @@ A small asyncio chat client for chatd's integration tests, built on the
     c.chats("room1")                                 # chat payloads received so far
     await c.close()
 
+Over TLS: `ChatClient.open(srv.tls_port, "alice", tls=ctx)` connects with
+wss:// (ctx an ssl.SSLContext, e.g. srv.client_context()); `peer_cert()`
+is the certificate the server showed. With tls=None (the default) a port
+whose server got TLS from CHATD_IT_TLS=1 is reached over wss:// on its TLS
+port (harness.tls_port_of); tls=False always connects plain.
+
 A background task reads every frame into `frames` (in arrival order), so a
 client never blocks the server while the test is busy elsewhere; `pause()`
 stops that reading (for slow-consumer tests). Also: which chatd worker
@@ -37,10 +43,14 @@ class Closed(AssertionError):
 class ChatClient:
     _ids = itertools.count(1)
 
-    def __init__(self, port, user, host="127.0.0.1", path=None):
+    def __init__(self, port, user, host="127.0.0.1", path=None, tls=None):
         self.port = port
         self.user = user
-        self.url = f"ws://{host}:{port}" + (path or f"/ws?user={user}")
+        self.host = host
+        self.path = path or f"/ws?user={user}"
+        self.tls = tls
+        self.ssl = None             # the SSLContext of the current connection
+        self.url = f"ws://{host}:{port}" + self.path
         self.ws = None
         self.frames = []            # every JSON frame received, in order
         self.pos = 0                # recv_until's cursor into frames
@@ -58,10 +68,25 @@ class ChatClient:
         await c.connect(timeout)
         return c
 
+    def _target(self):
+        """(url, SSLContext or None) to connect to now."""
+        if self.tls is False:
+            return f"ws://{self.host}:{self.port}{self.path}", None
+        if self.tls is None:
+            mapped = harness.tls_port_of(self.port)
+            if mapped is None:
+                return f"ws://{self.host}:{self.port}{self.path}", None
+            tls_port, ctx = mapped
+            return f"wss://{self.host}:{tls_port}{self.path}", ctx
+        ctx = self.tls if self.tls is not True else harness.tls_context(verify=False)
+        return f"wss://{self.host}:{self.port}{self.path}", ctx
+
     async def connect(self, timeout=5.0):
+        self.url, self.ssl = self._target()
+        kw = {"ssl": self.ssl} if self.ssl is not None else {}
         self.ws = await asyncio.wait_for(
             websockets.connect(self.url, open_timeout=timeout, close_timeout=1,
-                               max_size=None, ping_interval=None, max_queue=None),
+                               max_size=None, ping_interval=None, max_queue=None, **kw),
             timeout)
         self._reader = asyncio.get_running_loop().create_task(self._read_loop())
         self.welcome = await self.recv_until(lambda f: f.get("type") == "welcome", timeout)
@@ -121,6 +146,15 @@ class ChatClient:
 
     def local_port(self):
         return self.ws.transport.get_extra_info("sockname")[1]
+
+    def ssl_object(self):
+        """The connection's ssl.SSLObject (None over plain ws)."""
+        return self.ws.transport.get_extra_info("ssl_object")
+
+    def peer_cert(self):
+        """DER of the certificate the server showed this connection."""
+        so = self.ssl_object()
+        return so.getpeercert(binary_form=True) if so is not None else None
 
     # -- sending
 
@@ -233,16 +267,25 @@ class ChatClient:
 
 
 def server_side_row(server_port, client_port):
-    """(state, inode) of the server's end of a loopback TCP connection, or None."""
+    """(state, inode) of the server's end of a loopback TCP connection, or None.
+    server_port may be a tuple of ports (plain and TLS)."""
+    ports = server_port if isinstance(server_port, (tuple, list, set)) else (server_port,)
     for lport, rport, state, inode in harness.tcp_connections():
-        if lport == server_port and rport == client_port:
+        if lport in ports and rport == client_port:
             return state, inode
     return None
 
 
+def server_ports(srv):
+    """The ports srv listens on: plain, and TLS when it has a port of its own."""
+    tp = getattr(srv, "tls_port", None)
+    return (srv.port, tp) if tp and tp != srv.port else (srv.port,)
+
+
 def worker_of(srv, client_port):
-    """The pid of srv's worker holding the connection from client_port, or None."""
-    row = server_side_row(srv.port, client_port)
+    """The pid of srv's worker holding the connection from client_port (on
+    its plain or its TLS port), or None."""
+    row = server_side_row(server_ports(srv), client_port)
     if row is None:
         return None
     inode = row[1]
@@ -264,12 +307,16 @@ async def worker_of_async(srv, client, timeout=3.0):
         await asyncio.sleep(0.02)
 
 
-async def clients_on_distinct_workers(srv, prefix, n, max_tries=40, same_user=None):
+async def clients_on_distinct_workers(srv, prefix, n, max_tries=40, same_user=None, tls=None):
     """n connected clients to srv, each on a different worker (others are
-    closed). Returns [(client, worker_pid)]."""
+    closed). Returns [(client, worker_pid)]. tls: an SSLContext to connect
+    to srv.tls_port with wss:// (else srv.port, as ChatClient decides)."""
     chosen, spare = {}, []
     for i in range(max_tries):
-        c = await ChatClient.open(srv.port, same_user or f"{prefix}{i}")
+        if tls is not None and tls is not False:
+            c = await ChatClient.open(srv.tls_port, same_user or f"{prefix}{i}", tls=tls)
+        else:
+            c = await ChatClient.open(srv.port, same_user or f"{prefix}{i}", tls=tls)
         pid = await worker_of_async(srv, c)
         if pid not in chosen:
             chosen[pid] = c
@@ -305,9 +352,9 @@ def itest(seconds):
     return deco
 
 
-async def connect(srv_or_port, user, timeout=5.0):
+async def connect(srv_or_port, user, timeout=5.0, **kw):
     port = srv_or_port if isinstance(srv_or_port, int) else srv_or_port.port
-    return track(await ChatClient.open(port, user, timeout=timeout))
+    return track(await ChatClient.open(port, user, timeout=timeout, **kw))
 
 
 def track(c):

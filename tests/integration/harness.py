@@ -8,6 +8,14 @@ script_flush, store_down/store_up) hide the difference from a test.
 Standard library only (the optional `websockets` package is used by tests
 directly). Run with Debian's /usr/bin/python3 (3.11).
 
+TLS: make_cert() makes a self-signed test certificate with the `openssl`
+CLI; Chatd(redis, tls=True) serves TLS on a second port (srv.tls_port) beside
+the plain one, tls="only" serves TLS on --port itself; tls_context() and
+https_request() are the client side. With CHATD_IT_TLS=1 every Chatd started
+with default arguments gets TLS on a second port, and chatclient.ChatClient
+connects with wss:// to the TLS port belonging to the plain port it is given
+(tls_port_of()); raw sockets (RawWS, http_request) stay plain.
+
 Every process started here is registered; cleanup_all() (called by run.py
 after each module and at exit) kills whatever is still running, so a failing
 or timed-out test never leaves servers behind. Processes are started in their
@@ -27,6 +35,7 @@ import resource
 import shutil
 import signal
 import socket
+import ssl
 import struct
 import subprocess
 import tempfile
@@ -44,7 +53,8 @@ SANITIZER_PATTERNS = ["ERROR: AddressSanitizer", "runtime error:"]
 if os.environ.get("CHATD_IT_FAIL_ON_LEAKS"):
     SANITIZER_PATTERNS.append("ERROR: LeakSanitizer")
 
-READY_RE = re.compile(r"chatd ready port=(\d+) workers=(\d+)")
+# The master's ready line; " tls_port=T" is appended when TLS is on.
+READY_RE = re.compile(r"chatd ready port=(\d+) workers=(\d+)(?: tls_port=(\d+))?")
 
 
 def chatd_bin():
@@ -1176,6 +1186,168 @@ def store_up(r, nodes, timeout=30.0):
 
 
 # --------------------------------------------------------------------------
+# TLS: test certificates (openssl CLI) and client contexts
+
+OPENSSL = os.environ.get("OPENSSL", "openssl")
+
+
+def tls_env():
+    """True when CHATD_IT_TLS=1: servers started with default arguments
+    also serve TLS, and ChatClient connects to it (wss://)."""
+    return os.environ.get("CHATD_IT_TLS", "") not in ("", "0")
+
+
+def _openssl(*args, timeout=30):
+    r = subprocess.run([OPENSSL, *args], stdin=subprocess.DEVNULL, capture_output=True,
+                       text=True, timeout=timeout)
+    if r.returncode != 0:
+        raise RuntimeError(f"openssl {' '.join(args)} failed ({r.returncode}):\n{r.stderr[-2000:]}")
+    return r.stdout
+
+
+def make_cert(directory=None, cn="localhost", name=None, days=2, ca=None, ca_ext=False):
+    """A fresh ECDSA P-256 certificate and key in PEM files under directory
+    (default: a new dir in the session's artifacts). Self-signed, unless
+    ca=(ca_cert_path, ca_key_path) signs it. Subject CN=cn, subjectAltName
+    IP:127.0.0.1 and DNS:localhost, a random serial. ca_ext: a CA
+    certificate (basicConstraints CA:TRUE). Returns (cert_path, key_path)."""
+    if directory is None:
+        directory = tempfile.mkdtemp(prefix="tls-", dir=artifacts_dir())
+    os.makedirs(directory, exist_ok=True)
+    name = name or (re.sub(r"[^A-Za-z0-9.-]", "_", cn) + f"-{os.urandom(3).hex()}")
+    cert = os.path.join(directory, f"{name}.crt")
+    key = os.path.join(directory, f"{name}.key")
+    serial = "0x" + os.urandom(12).hex()
+    san = "subjectAltName=IP:127.0.0.1,DNS:localhost"
+    if ca is None and not ca_ext:
+        _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                 "-nodes", "-days", str(days), "-subj", f"/CN={cn}", "-addext", san,
+                 "-set_serial", serial, "-keyout", key, "-out", cert)
+    elif ca is None:
+        _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                 "-nodes", "-days", str(days), "-subj", f"/CN={cn}",
+                 "-addext", "basicConstraints=critical,CA:TRUE",
+                 "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+                 "-set_serial", serial, "-keyout", key, "-out", cert)
+    else:
+        csr = os.path.join(directory, f"{name}.csr")
+        ext = os.path.join(directory, f"{name}.ext")
+        with open(ext, "w") as f:
+            if ca_ext:
+                f.write("basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\n")
+            else:
+                f.write(san + "\nbasicConstraints=CA:FALSE\n")
+        _openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                 "-nodes", "-subj", f"/CN={cn}", "-keyout", key, "-out", csr)
+        _openssl("x509", "-req", "-in", csr, "-CA", ca[0], "-CAkey", ca[1], "-set_serial", serial,
+                 "-days", str(days), "-extfile", ext, "-out", cert)
+    os.chmod(key, 0o600)
+    return cert, key
+
+
+def cert_der(cert_path):
+    """The DER bytes of the first certificate in a PEM file."""
+    with open(cert_path) as f:
+        pem = f.read()
+    start = pem.index("-----BEGIN CERTIFICATE-----")
+    end = pem.index("-----END CERTIFICATE-----", start) + len("-----END CERTIFICATE-----")
+    return ssl.PEM_cert_to_DER_cert(pem[start:end])
+
+
+def fingerprint(der):
+    """SHA-256 of a DER certificate, hex (short form for messages)."""
+    return hashlib.sha256(der).hexdigest()
+
+
+def tls_context(cafile=None, verify=True, alpn=None, minimum=None, maximum=None):
+    """A client SSLContext: trusting cafile (a test certificate or CA, one
+    path or several), or verifying nothing with verify=False; alpn: the
+    protocols to offer; minimum/maximum: ssl.TLSVersion bounds."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if verify:
+        for f in ([cafile] if isinstance(cafile, str) else (cafile or [])):
+            ctx.load_verify_locations(cafile=f)
+    else:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    if alpn:
+        ctx.set_alpn_protocols(list(alpn))
+    if minimum is not None:
+        ctx.minimum_version = minimum
+    if maximum is not None:
+        ctx.maximum_version = maximum
+    return ctx
+
+
+def tls_connect(port, ctx=None, host="127.0.0.1", timeout=5.0, server_hostname=None):
+    """A TCP connection to port with the TLS handshake done (ssl.SSLSocket).
+    ctx defaults to one verifying nothing."""
+    ctx = ctx or tls_context(verify=False)
+    raw = socket.create_connection((host, port), timeout=timeout)
+    try:
+        return ctx.wrap_socket(raw, server_hostname=server_hostname or host)
+    except BaseException:
+        raw.close()
+        raise
+
+
+def peer_cert_der(port, ctx=None, timeout=5.0):
+    """The DER certificate a fresh TLS connection to port is shown."""
+    with tls_connect(port, ctx, timeout=timeout) as s:
+        return s.getpeercert(binary_form=True)
+
+
+def https_request(port, path="/", method="GET", headers=None, body=None, ctx=None,
+                  timeout=10.0, host="127.0.0.1"):
+    """One request over a fresh https connection (http.client). Returns
+    HTTPResponse (status, headers with lower-case names, body); the TLS
+    details are in .tls (version, cipher, alpn, peer DER)."""
+    import http.client
+    ctx = ctx or tls_context(verify=False)
+    conn = http.client.HTTPSConnection(host, port, timeout=timeout, context=ctx)
+    try:
+        conn.connect()
+        sock = conn.sock
+        info = {"version": sock.version(), "cipher": sock.cipher(),
+                "alpn": sock.selected_alpn_protocol(),
+                "peer": sock.getpeercert(binary_form=True)}
+        conn.request(method, path, body=body, headers=headers or {})
+        r = conn.getresponse()
+        data = r.read()
+        hdrs = {k.lower(): v for k, v in r.getheaders()}
+        resp = HTTPResponse(r.status, r.reason, hdrs, data, b"")
+        resp.tls = info
+        return resp
+    finally:
+        conn.close()
+
+
+_session_cert = None
+
+
+def session_cert():
+    """(cert, key) shared by every server of the run that gets TLS without
+    files of its own (CHATD_IT_TLS=1); made on first use."""
+    global _session_cert
+    if _session_cert is None or not os.path.exists(_session_cert[0]):
+        _session_cert = make_cert(name="session")
+    return _session_cert
+
+
+# plain port -> the Chatd serving TLS beside it (CHATD_IT_TLS=1 servers only)
+_tls_by_port = {}
+
+
+def tls_port_of(port):
+    """(tls_port, client SSLContext) for a plain port whose server got TLS
+    from CHATD_IT_TLS=1, else None."""
+    srv = _tls_by_port.get(port)
+    if srv is None or not srv.tls_port:
+        return None
+    return srv.tls_port, srv.client_context()
+
+
+# --------------------------------------------------------------------------
 # chatd
 
 
@@ -1187,10 +1359,38 @@ class Chatd:
     (with a RedisCluster, redis.chatd_args(): --redis-cluster <seeds>).
     With default_args=False only `args` (and `env`) are given and the port
     is taken from the ready line.
+
+    TLS: tls=True adds --tls-cert/--tls-key (a fresh self-signed pair, or
+    cert=(cert_path, key_path)) and --tls-port (0 = any free port, or
+    tls_port): TLS on srv.tls_port beside plain on srv.port. tls="only":
+    no --tls-port, TLS on --port itself (srv.tls_port == srv.port).
+    tls=None (default): on when CHATD_IT_TLS=1 for a server with default
+    arguments and no --tls-* argument of its own; ChatClient then connects
+    to its TLS port when given its plain port (tls_port_of).
+    srv.cert_path, srv.key_path: the files given (rewrite them and HUP to
+    reload); srv.client_context(): an SSLContext trusting the certificate
+    the server started with.
     """
 
     def __init__(self, redis=None, workers=2, args=(), env=None, port=None,
-                 default_args=True, name="chatd", binary=None):
+                 default_args=True, name="chatd", binary=None, tls=None, cert=None,
+                 tls_port=None):
+        self.auto_tls = False
+        if tls is None:
+            tls = bool(tls_env() and default_args and cert is None
+                       and not any(str(a).startswith("--tls") for a in args))
+            self.auto_tls = tls
+        self.tls = tls
+        self.cert_path = self.key_path = None
+        if tls:
+            if cert is None:
+                cert = session_cert() if self.auto_tls else \
+                    make_cert(os.path.join(artifacts_dir(), f"{name}-tls-{os.urandom(3).hex()}"),
+                              name="server")
+            self.cert_path, self.key_path = cert
+        self.want_tls_port = tls_port
+        self.tls_port = None
+        self._client_ctx = None
         self.redis = redis
         self.workers = workers
         self.extra_args = list(args)
@@ -1222,6 +1422,10 @@ class Chatd:
             # Uploads go under the run's artifacts, not the caller's var/files.
             if "--files-dir" not in self.extra_args:
                 a += ["--files-dir", os.path.join(artifacts_dir(), "files")]
+        if self.tls:
+            a += ["--tls-cert", self.cert_path, "--tls-key", self.key_path]
+            if self.tls != "only":
+                a += ["--tls-port", str(self.want_tls_port or 0)]
         return a + self.extra_args
 
     def start(self, timeout=None):
@@ -1243,6 +1447,9 @@ class Chatd:
                                        + self.log_text()[-3000:])
 
     def _start_once(self, timeout):
+        if self.tls and os.path.exists(self.cert_path):
+            shutil.copyfile(self.cert_path, os.path.join(self.dir, "start-cert.pem"))
+            self._client_ctx = None
         log = open(self.log_path, "ab")
         self._log_start = log.tell()
         try:
@@ -1259,6 +1466,13 @@ class Chatd:
             if m:
                 self.port = int(m.group(1))
                 self.ready_workers = int(m.group(2))
+                self.tls_port = int(m.group(3)) if m.group(3) else None
+                if self.tls and self.tls_port is None:
+                    self.kill_all()
+                    raise RuntimeError(f"chatd started with TLS but its ready line has no tls_port: "
+                                       f"{m.group(0)!r}; argv={self.argv()}")
+                if self.auto_tls and self.tls_port != self.port:
+                    _tls_by_port[self.port] = self
                 self.worker_pids()
                 return
             if self.proc.poll() is not None:
@@ -1320,6 +1534,8 @@ class Chatd:
     def kill_all(self):
         if self.proc is None:
             return
+        if _tls_by_port.get(self.port) is self:
+            del _tls_by_port[self.port]
         _kill_group(self.proc.pid, signal.SIGKILL)
         for p, start in list(self._known_workers.items()):   # in case a worker changed group
             if start is not None and pid_alive(p) and proc_starttime(p) == start:
@@ -1359,7 +1575,28 @@ class Chatd:
     # -- addresses
 
     def url(self, path="/ws", scheme="ws"):
-        return f"{scheme}://127.0.0.1:{self.port}{path}"
+        port = self.tls_port if scheme in ("wss", "https") else self.port
+        return f"{scheme}://127.0.0.1:{port}{path}"
+
+    def client_context(self, **kw):
+        """An SSLContext trusting the certificate this server started with
+        (kw as tls_context: alpn, minimum, maximum). Without kw, one
+        context is made and kept."""
+        if self.cert_path is None:
+            raise RuntimeError("this chatd has no TLS")
+        if kw:
+            return tls_context(self._start_cert_copy(), **kw)
+        if self._client_ctx is None:
+            self._client_ctx = tls_context(self._start_cert_copy())
+        return self._client_ctx
+
+    def _start_cert_copy(self):
+        """The copy of the certificate file taken at the last start (tests
+        rewrite cert_path to reload)."""
+        copy = os.path.join(self.dir, "start-cert.pem")
+        if not os.path.exists(copy):
+            shutil.copyfile(self.cert_path, copy)
+        return copy
 
     def http_url(self, path="/"):
         return self.url(path, "http")
