@@ -282,6 +282,20 @@ def test_https_healthz_and_file_round_trip():
                        ctx=c, timeout=30)
     assert r3.status == 206 and r3.body == body[1000000:2000000], (r3.status, len(r3.body))
 
+    # keep-alive: several requests on one TLS connection
+    import http.client
+    conn = http.client.HTTPSConnection("127.0.0.1", SRV.tls_port, timeout=10, context=c)
+    try:
+        for path in ("/healthz", "/metrics", meta["url"] + "?user=dave", "/healthz"):
+            conn.request("GET", path)
+            resp = conn.getresponse()
+            data = resp.read()
+            assert resp.status == 200, (path, resp.status, data[:200])
+            if path.startswith("/files/"):
+                assert data == body, f"keep-alive download: {len(data)} bytes"
+    finally:
+        conn.close()
+
     # a chunked upload (no Content-Length) streamed over TLS
     chunks = [os.urandom(50_000 + i) for i in range(25)]
     q = urllib.parse.urlencode({"room": room, "user": "alice", "name": "chunked.bin"})
@@ -719,3 +733,32 @@ def test_check_config_with_bad_files():
         assert rc == 2, f"--check-config with {what}: exit {rc}, want 2; output:\n{out}"
         assert out.strip() and "configuration ok" not in out, f"{what}: output {out!r}"
         print(f"    {what}: exit 2, {out.strip().splitlines()[-1][:120]}")
+
+
+# --------------------------------------------------------------------------
+# 9. last (it replaces SRV's workers): a HUP with nothing changed
+
+
+@itest(30)
+async def test_hup_without_changes_still_replaces_workers():
+    room = R("samehup")
+    c = await wss(SRV, f"same{TAG}")
+    await c.join(room)
+    workers = SRV.worker_pids()
+    der = cert_der(SRV.cert_path)
+    off = log_size(SRV)
+    os.kill(SRV.pid, signal.SIGHUP)
+    assert await c.wait_closed(10), "a wss client still open 10s after a HUP (nothing changed)"
+    assert c.close_code == 1001, f"closed with {c.close_code}, want 1001"
+    fresh = wait_for(lambda: (lambda w: w if len(w) == 2 and not set(w) & set(workers) else None)(
+        SRV.worker_pids()), 10, what=f"2 fresh workers replacing {workers}")
+    text = SRV._read_log(off)
+    assert log_events(text, "reload"), "no event=reload line:\n" + tail(text)
+    assert not log_events(text, "tls_reload_rejected"), tail(text)
+    assert await certs_shown(SRV, 4) == {fingerprint(der)}
+    c2 = await wss(SRV, f"same2{TAG}")
+    p = await ws_plain(SRV, f"same3{TAG}")
+    await c2.join(room)
+    await p.join(room)
+    await chat_both_ways(c2, p, room, "after a HUP with nothing changed")
+    print(f"    workers {workers} -> {fresh}")
