@@ -58,6 +58,9 @@ static const opt_t config_opts[] = {
     OPT_S("files-dir", files_dir, "directory for uploaded files without --mongo-uri (default var/files)"),
     OPT_F("deflate", deflate, "offer permessage-deflate (RFC 7692) to clients that ask (default off)"),
     OPT_S("ice-servers", ice_servers, "STUN/TURN servers for calls, a JSON array of RTCIceServer (default [])"),
+    OPT_S("tls-cert", tls_cert, "PEM certificate (leaf, then chain): serve TLS (wss://, https://)"),
+    OPT_S("tls-key", tls_key, "PEM private key of --tls-cert"),
+    OPT_I("tls-port", tls_port, 0, 65535, "serve TLS on this port and plain on --port (default: TLS on --port only)"),
 };
 
 #define CONFIG_NOPTS (sizeof(config_opts) / sizeof(config_opts[0]))
@@ -87,6 +90,19 @@ static void config_defaults(config_t *cfg)
     cfg->shutdown_timeout = 30;
     cfg->max_file = 10 << 20;
     snprintf(cfg->files_dir, sizeof(cfg->files_dir), "var/files");
+    cfg->tls_port = -1;
+}
+
+int config_equal(const config_t *a, const config_t *b)
+{
+    for (size_t i = 0; i < CONFIG_NOPTS; i++) {
+        const opt_t *o = &config_opts[i];
+        const char *fa = (const char *)a + o->offset, *fb = (const char *)b + o->offset;
+        if (o->kind == OPT_STR ? strcmp(fa, fb) != 0 : memcmp(fa, fb, sizeof(int)) != 0) {
+            return 0;
+        }
+    }
+    return 1;
 }
 
 /* --ice-servers reaches browsers as given: an array of RTCIceServer
@@ -235,6 +251,16 @@ static void config_env_name(const opt_t *o, char *buf, size_t len)
     buf[n] = '\0';
 }
 
+void config_print_ok(const config_t *cfg)
+{
+    /* As nginx -t: the whole configuration was read and is valid. */
+    if (cfg->config_file[0] != '\0') {
+        printf("chatd: configuration ok (%s)\n", cfg->config_file);
+    } else {
+        printf("chatd: configuration ok\n");
+    }
+}
+
 void config_usage(const char *prog)
 {
     printf("Usage: %s [options]\n\nchatd %s: a WebSocket chat server.\n"
@@ -361,14 +387,22 @@ int config_load(config_t *cfg, int argc, char **argv, int *exit_now,
         snprintf(err, errlen, "ice-servers must be a JSON array of objects with \"urls\"");
         return -1;
     }
+    if ((cfg->tls_cert[0] != '\0') != (cfg->tls_key[0] != '\0')) {
+        snprintf(err, errlen, "tls-cert and tls-key go together");
+        return -1;
+    }
+    if (cfg->tls_port >= 0 && cfg->tls_cert[0] == '\0') {
+        snprintf(err, errlen, "tls-port needs tls-cert and tls-key");
+        return -1;
+    }
+    if (cfg->tls_port > 0 && cfg->tls_port == cfg->port) {
+        snprintf(err, errlen, "tls-port must differ from port (leave it out to serve only TLS on port)");
+        return -1;
+    }
     if (check_only) {
-        /* As nginx -t: the whole configuration was read and is valid. */
-        if (file != NULL && file[0] != '\0') {
-            printf("chatd: configuration ok (%s)\n", file);
-        } else {
-            printf("chatd: configuration ok\n");
-        }
-        *exit_now = 1;
+        /* The caller finishes the check (files the config names) and
+         * says so (config_print_ok). */
+        *exit_now = CONFIG_CHECK_ONLY;
     }
     return 0;
 }

@@ -43,7 +43,14 @@ typedef struct config_s {
     char files_dir[1024];       /* uploads without --mongo-uri */
     char ice_servers[4096];     /* JSON array of RTCIceServer, for welcome */
     int deflate;                /* negotiate permessage-deflate */
+    char tls_cert[1024];        /* "" = no TLS */
+    char tls_key[1024];
+    int tls_port;               /* -1: TLS (if any) on port itself */
 } config_t;
+
+/* config_load's *exit_now for --check-config: the configuration loaded;
+ * the caller checks what it names and then calls config_print_ok(). */
+#define CONFIG_CHECK_ONLY 2
 
 /*
  * Builds cfg from defaults, then the config file (--config or CHATD_CONFIG),
@@ -52,6 +59,12 @@ typedef struct config_s {
  */
 int config_load(config_t *cfg, int argc, char **argv, int *exit_now,
                 char *err, size_t errlen);
+
+/* Whether a and b hold the same settings. */
+int config_equal(const config_t *a, const config_t *b);
+
+/* Prints --check-config's verdict for a valid configuration. */
+void config_print_ok(const config_t *cfg);
 
 /* Prints the usage text to stdout. */
 void config_usage(const char *prog);

@@ -199,6 +199,13 @@ int metrics_render(const metrics_t *m, const char *const *error_names, size_t ne
                               "# TYPE chatd_deflate_in_bytes_total counter\nchatd_deflate_in_bytes_total %" PRIu64 "\n"
                               "# TYPE chatd_deflate_out_bytes_total counter\nchatd_deflate_out_bytes_total %" PRIu64 "\n",
                          SUM(deflate_in_bytes), SUM(deflate_out_bytes));
+    rc |= metrics_printf(out, "# HELP chatd_tls_handshakes_total TLS handshakes completed.\n"
+                              "# TYPE chatd_tls_handshakes_total counter\nchatd_tls_handshakes_total %" PRIu64 "\n"
+                              "# HELP chatd_tls_handshake_failures_total TLS connections refused or failed before "
+                              "their handshake completed.\n"
+                              "# TYPE chatd_tls_handshake_failures_total counter\n"
+                              "chatd_tls_handshake_failures_total %" PRIu64 "\n",
+                         SUM(tls_handshakes), SUM(tls_failures));
     rc |= metrics_printf(out, "# TYPE chatd_files_uploaded_total counter\nchatd_files_uploaded_total %" PRIu64 "\n"
                               "# TYPE chatd_file_upload_bytes_total counter\nchatd_file_upload_bytes_total %" PRIu64 "\n"
                               "# TYPE chatd_files_downloaded_total counter\nchatd_files_downloaded_total %" PRIu64 "\n"

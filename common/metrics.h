@@ -52,6 +52,8 @@ typedef struct metrics_slot_s {
     uint64_t file_transfers;        /* gauge: uploads and downloads under way */
     uint64_t deflate_in_bytes;      /* payload bytes compressed (permessage-deflate) */
     uint64_t deflate_out_bytes;     /* what they became */
+    uint64_t tls_handshakes;        /* TLS handshakes completed */
+    uint64_t tls_failures;          /* TLS connections that failed before one */
     metrics_node_t redis_nodes[METRICS_REDIS_NODES];
 } metrics_slot_t;
 

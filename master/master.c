@@ -8,19 +8,25 @@
  *   QUIT       graceful stop: workers stop accepting, close clients with
  *              1001, drain; exit when all are reaped
  *   HUP        re-read the config (a bad one keeps the old), start fresh
- *              workers, then QUIT the old ones
+ *              workers, then QUIT the old ones; when only the TLS
+ *              certificate files changed, the workers swap it in place
+ *              instead and every connection stays
  *   USR1       reopen the log, and have the workers do the same
  *   USR2       re-exec the binary, handing it the listening sockets; the old
  *              master keeps serving until it is sent QUIT
  *   TTIN/TTOU  one worker more / fewer (never fewer than one)
  *   CHLD       reap; respawn a worker that died, with backoff if it keeps dying
  *
- * Each worker slot has its own listening socket, bound by the master with
- * SO_REUSEPORT, so the kernel spreads connections evenly over the workers.
+ * Each worker slot has its own listening socket (two with --tls-port),
+ * bound by the master with SO_REUSEPORT, so the kernel spreads connections
+ * evenly over the workers. The master reads and checks the TLS certificate
+ * and key; workers build their contexts from its copy, so a file gone bad
+ * after the start never stops a respawned worker.
  */
 #include "../common/config.h"
 #include "../common/log.h"
 #include "../common/metrics.h"
+#include "../worker/net/tls.h"
 #include "../worker/worker.h"
 #include "sdnotify.h"
 
@@ -48,6 +54,7 @@
 typedef struct {
     pid_t pid;                  /* 0: not running */
     int fd;                     /* this slot's listening socket, -1 if none */
+    int tls_fd;                 /* its --tls-port socket, -1 if none */
     int ready;
     int fails;                  /* quick deaths in a row */
     uint64_t started_ms;
@@ -67,6 +74,8 @@ typedef struct {
     int announced;
     int reloading;              /* told systemd RELOADING=1; READY=1 when the new workers are */
     int port;
+    int tls_port;               /* the bound --tls-port, -1 if none */
+    tls_pem_t pem;              /* the checked certificate and key (TLS on) */
     metrics_t *metrics;
     int stopping;               /* 0, 1 graceful, 2 fast */
     pid_t upgrade_pid;          /* the new master started by USR2, or 0 */
@@ -171,6 +180,42 @@ static void master_wid(const master_t *m, pid_t pid, char *out, size_t len)
     snprintf(out, len, "%s:%d:%d", host, (int)getpid(), (int)pid);
 }
 
+static int master_tls_on(const master_t *m)
+{
+    return m->cfg.tls_cert[0] != '\0';
+}
+
+/* Binds a slot's sockets: --port, and --tls-port when configured. */
+static int master_listen_slot(master_t *m, slot_t *s)
+{
+    s->fd = master_listen(m->cfg.bind, m->port);
+    s->tls_fd = -1;
+    if (s->fd == -1) {
+        return -1;
+    }
+    if (m->tls_port >= 0) {
+        s->tls_fd = master_listen(m->cfg.bind, m->tls_port);
+        if (s->tls_fd == -1) {
+            close(s->fd);
+            s->fd = -1;
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static void master_close_slot(slot_t *s)
+{
+    if (s->fd != -1) {
+        close(s->fd);
+        s->fd = -1;
+    }
+    if (s->tls_fd != -1) {
+        close(s->tls_fd);
+        s->tls_fd = -1;
+    }
+}
+
 static void master_spawn(master_t *m, int i)
 {
     slot_t *s = &m->slots[i];
@@ -189,6 +234,11 @@ static void master_spawn(master_t *m, int i)
         for (size_t k = 0; k < sizeof(master_signals) / sizeof(master_signals[0]); k++) {
             sigaction(master_signals[k], &sa, NULL);
         }
+        /* A certificate reload may reach a worker before its loop watches
+         * for it: ignored then (it starts with the new one anyway), not
+         * the default death. */
+        sa.sa_handler = SIG_IGN;
+        sigaction(SIGHUP, &sa, NULL);
         sigset_t none;
         sigemptyset(&none);
         sigprocmask(SIG_SETMASK, &none, NULL);
@@ -196,9 +246,13 @@ static void master_spawn(master_t *m, int i)
             if (k != i && m->slots[k].fd != -1) {
                 close(m->slots[k].fd);
             }
+            if (k != i && m->slots[k].tls_fd != -1) {
+                close(m->slots[k].tls_fd);
+            }
         }
         close(m->ready_rd);
-        int status = worker_run(&m->cfg, i, s->fd, m->ready_wr, m->metrics, s->prev_wid);
+        int status = worker_run(&m->cfg, i, s->fd, s->tls_fd, master_tls_on(m) ? &m->pem : NULL, m->ready_wr,
+                                m->metrics, s->prev_wid);
         exit(status);
     }
     s->pid = pid;
@@ -215,13 +269,11 @@ static int master_add_slot(master_t *m)
         log_warn("event=scale_refused reason=\"at most %d workers\"", MASTER_MAX_SLOTS);
         return -1;
     }
-    int fd = master_listen(m->cfg.bind, m->port);
-    if (fd == -1) {
-        return -1;
-    }
     slot_t *s = &m->slots[m->nslots];
     memset(s, 0, sizeof(*s));
-    s->fd = fd;
+    if (master_listen_slot(m, s) != 0) {
+        return -1;
+    }
     m->nslots++;
     master_spawn(m, m->nslots - 1);
     return 0;
@@ -245,7 +297,7 @@ static void master_remove_slot(master_t *m)
     master_retire(m, s->pid);
     /* The worker keeps its copy until it has stopped accepting; the
      * master's goes now so that the socket dies with that worker. */
-    close(s->fd);
+    master_close_slot(s);
     m->nslots--;
 }
 
@@ -362,6 +414,46 @@ static void master_reload(master_t *m)
         next.port = m->cfg.port;
         snprintf(next.bind, sizeof(next.bind), "%s", m->cfg.bind);
     }
+    if ((next.tls_cert[0] != '\0') != master_tls_on(m) || next.tls_port != m->cfg.tls_port) {
+        /* Which sockets speak TLS is fixed with the sockets themselves. */
+        log_warn("event=reload_note msg=\"TLS on or off and tls-port change only on restart or upgrade\"");
+        next.tls_port = m->cfg.tls_port;
+        snprintf(next.tls_cert, sizeof(next.tls_cert), "%s", m->cfg.tls_cert);
+        snprintf(next.tls_key, sizeof(next.tls_key), "%s", m->cfg.tls_key);
+    }
+    tls_pem_t pem = { 0 };
+    int pem_changed = 0, pem_bad = 0;
+    if (next.tls_cert[0] != '\0') {
+        if (tls_pem_load(&pem, next.tls_cert, next.tls_key, err, sizeof(err)) != 0) {
+            log_error("event=tls_reload_rejected err=\"%s\" keeping=old", err);
+            pem_bad = 1;
+        } else {
+            pem_changed = !tls_pem_equal(&pem, &m->pem);
+        }
+    }
+    if ((pem_changed || pem_bad) && config_equal(&next, &m->cfg)) {
+        /* Only the certificate files changed (a renewal): every worker
+         * swaps it in place, so no connection is dropped for it. */
+        if (pem_changed) {
+            tls_pem_free(&m->pem);
+            m->pem = pem;
+            master_notify("RELOADING=1");
+            for (int i = 0; i < m->nslots; i++) {
+                if (m->slots[i].pid != 0) {
+                    kill(m->slots[i].pid, SIGHUP);
+                }
+            }
+            log_info("event=tls_reloaded workers=%d", m->nslots);
+            master_notify("READY=1");
+        }
+        return;
+    }
+    if (pem_changed) {
+        tls_pem_free(&m->pem);
+        m->pem = pem;
+    } else {
+        tls_pem_free(&pem);
+    }
     m->cfg = next;
     /* systemd's ExecReload waits for READY=1 again: sent once every slot's
      * new worker is ready (master_read_ready). */
@@ -422,10 +514,15 @@ static void master_upgrade(master_t *m)
         log_warn("event=upgrade_refused reason=\"an upgrade is already running\" pid=%d", (int)m->upgrade_pid);
         return;
     }
-    char fds[MASTER_MAX_SLOTS * 8];
+    /* "fd[:tls_fd],..." */
+    char fds[MASTER_MAX_SLOTS * 16];
     size_t off = 0;
     for (int i = 0; i < m->nslots; i++) {
-        int n = snprintf(fds + off, sizeof(fds) - off, "%s%d", i ? "," : "", m->slots[i].fd);
+        char tls[16] = "";
+        if (m->slots[i].tls_fd != -1) {
+            snprintf(tls, sizeof(tls), ":%d", m->slots[i].tls_fd);
+        }
+        int n = snprintf(fds + off, sizeof(fds) - off, "%s%d%s", i ? "," : "", m->slots[i].fd, tls);
         if (n < 0 || (size_t)n >= sizeof(fds) - off) {
             return;
         }
@@ -447,6 +544,10 @@ static void master_upgrade(master_t *m)
         for (int i = 0; i < m->nslots; i++) {
             int fl = fcntl(m->slots[i].fd, F_GETFD);
             if (fl == -1 || fcntl(m->slots[i].fd, F_SETFD, fl & ~FD_CLOEXEC) == -1) {
+                _exit(127);
+            }
+            if (m->slots[i].tls_fd != -1 && ((fl = fcntl(m->slots[i].tls_fd, F_GETFD)) == -1 ||
+                                             fcntl(m->slots[i].tls_fd, F_SETFD, fl & ~FD_CLOEXEC) == -1)) {
                 _exit(127);
             }
         }
@@ -479,12 +580,22 @@ static int master_inherit(master_t *m)
          tok = strtok_r(NULL, ",", &save)) {
         char *end;
         long fd = strtol(tok, &end, 10);
+        long tls_fd = -1;
+        if (*end == ':') {
+            tls_fd = strtol(end + 1, &end, 10);
+            if (tls_fd < 3 || fcntl((int)tls_fd, F_GETFD) == -1) {
+                free(copy);
+                return -1;
+            }
+            fcntl((int)tls_fd, F_SETFD, FD_CLOEXEC);
+        }
         if (*end != '\0' || fd < 3 || fcntl((int)fd, F_GETFD) == -1) {
             free(copy);
             return -1;
         }
         fcntl((int)fd, F_SETFD, FD_CLOEXEC);
         m->slots[n].fd = (int)fd;
+        m->slots[n].tls_fd = (int)tls_fd;
         n++;
     }
     free(copy);
@@ -510,6 +621,10 @@ static void master_read_ready(master_t *m)
         }
     }
     char status[160];
+    char tls[32] = "";
+    if (master_tls_on(m)) {
+        snprintf(tls, sizeof(tls), " tls_port=%d", m->tls_port >= 0 ? m->tls_port : m->port);
+    }
     snprintf(status, sizeof(status), "READY=1\nSTATUS=serving on port %d with %d workers\nMAINPID=%d",
              m->port, m->nslots, (int)getpid());
     if (m->announced) {
@@ -520,9 +635,9 @@ static void master_read_ready(master_t *m)
         return;
     }
     m->announced = 1;
-    fprintf(stderr, "chatd ready port=%d workers=%d\n", m->port, m->nslots);
+    fprintf(stderr, "chatd ready port=%d workers=%d%s\n", m->port, m->nslots, tls);
     fflush(stderr);
-    log_info("event=ready port=%d workers=%d", m->port, m->nslots);
+    log_info("event=ready port=%d workers=%d%s", m->port, m->nslots, tls);
     master_notify(status);
 }
 
@@ -602,6 +717,17 @@ int main(int argc, char **argv)
         fprintf(stderr, "chatd: %s\n", err);
         return 2;
     }
+    if (exit_now == CONFIG_CHECK_ONLY) {
+        if (m->cfg.tls_cert[0] != '\0') {
+            if (tls_pem_load(&m->pem, m->cfg.tls_cert, m->cfg.tls_key, err, sizeof(err)) != 0) {
+                fprintf(stderr, "chatd: %s\n", err);
+                return 2;
+            }
+            tls_pem_free(&m->pem);
+        }
+        config_print_ok(&m->cfg);
+        return 0;
+    }
     if (exit_now) {
         return 0;
     }
@@ -613,6 +739,15 @@ int main(int argc, char **argv)
         return 1;
     }
     signal(SIGPIPE, SIG_IGN);
+    if (master_tls_on(m) && tls_pem_load(&m->pem, m->cfg.tls_cert, m->cfg.tls_key, err, sizeof(err)) != 0) {
+        log_error("event=start_failed err=\"%s\"", err);
+        fprintf(stderr, "chatd: %s\n", err);
+        return 1;
+    }
+    for (int i = 0; i < MASTER_MAX_SLOTS; i++) {
+        m->slots[i].fd = m->slots[i].tls_fd = -1;
+    }
+    m->tls_port = -1;
 
     sigset_t block, waitmask;
     sigemptyset(&block);
@@ -663,31 +798,57 @@ int main(int argc, char **argv)
         log_error("event=start_failed reason=\"bad %s\"", MASTER_INHERIT_ENV);
         return 1;
     }
+    int want_tls_port = master_tls_on(m) && m->cfg.tls_port >= 0;
     if (inherited > 0) {
         /* A binary upgrade: serve on the old master's sockets, so the port
          * never stops accepting. */
         m->nslots = inherited;
         m->port = master_bound_port(m->slots[0].fd);
         while (m->nslots > m->cfg.workers) {
-            close(m->slots[--m->nslots].fd);
+            master_close_slot(&m->slots[--m->nslots]);
+        }
+        for (int i = 0; i < m->nslots; i++) {
+            slot_t *s = &m->slots[i];
+            if (!want_tls_port && s->tls_fd != -1) {
+                close(s->tls_fd);
+                s->tls_fd = -1;
+            }
+            if (want_tls_port && m->tls_port < 0) {
+                m->tls_port = s->tls_fd != -1 ? master_bound_port(s->tls_fd) : -1;
+            }
+        }
+        if (want_tls_port && m->tls_port < 0) {
+            m->tls_port = m->cfg.tls_port;
+        }
+        for (int i = 0; want_tls_port && i < m->nslots; i++) {
+            if (m->slots[i].tls_fd == -1 && (m->slots[i].tls_fd = master_listen(m->cfg.bind, m->tls_port)) == -1) {
+                return 1;
+            }
+            m->tls_port = master_bound_port(m->slots[i].tls_fd);
         }
         log_info("event=inherited_sockets count=%d port=%d", inherited, m->port);
     } else {
-        /* The first socket fixes the port (when --port 0 asks for any). */
+        /* The first sockets fix the ports (when 0 asks for any). */
         int fd = master_listen(m->cfg.bind, m->cfg.port);
         if (fd == -1) {
             return 1;
         }
         m->port = master_bound_port(fd);
         m->slots[0].fd = fd;
+        if (want_tls_port) {
+            int tfd = master_listen(m->cfg.bind, m->cfg.tls_port);
+            if (tfd == -1) {
+                return 1;
+            }
+            m->tls_port = master_bound_port(tfd);
+            m->slots[0].tls_fd = tfd;
+        }
         m->nslots = 1;
     }
     for (int i = m->nslots; i < m->cfg.workers; i++) {
-        int f = master_listen(m->cfg.bind, m->port);
-        if (f == -1) {
+        if (master_listen_slot(m, &m->slots[i]) != 0) {
             return 1;
         }
-        m->slots[i].fd = f;
         m->nslots++;
     }
     if (m->cfg.pidfile[0] != '\0' && master_write_pidfile(m->cfg.pidfile) != 0) {

@@ -35,14 +35,17 @@ typedef struct worker_s {
     int slot;
     pid_t master_pid;
     int ready_fd;               /* pipe to the master; -1 after "ready" */
-    uv_tcp_t listener;
-    uv_timer_t store_wait;      /* until the listener starts */
+    uv_tcp_t listener;          /* --port */
+    uv_tcp_t tls_listener;      /* --tls-port, when open_tls */
+    int listener_tls;           /* listener speaks TLS (no --tls-port) */
+    int open_tls;
+    uv_timer_t store_wait;      /* until the listeners start */
     uint64_t store_wait_until_ms;
     uv_timer_t tick;
     uv_prepare_t flusher;
     uv_timer_t flush_timer;     /* wakes the loop when a delayed flush is due */
     uint64_t last_flush_ms;
-    uv_signal_t sig_term, sig_int, sig_quit, sig_usr1;
+    uv_signal_t sig_term, sig_int, sig_quit, sig_usr1, sig_hup;
     int stopping;               /* 1 graceful, 2 now */
     uint64_t stop_deadline_ms;
     metrics_t *metrics;         /* shared page; this worker writes its slot */
@@ -74,6 +77,9 @@ static void worker_finish(worker_t *w)
     bus_close(w->bus);
     archive_close(w->archive);
     worker_close_handle((uv_handle_t *)&w->listener);
+    if (w->open_tls) {
+        worker_close_handle((uv_handle_t *)&w->tls_listener);
+    }
     worker_close_handle((uv_handle_t *)&w->store_wait);
     worker_close_handle((uv_handle_t *)&w->tick);
     worker_close_handle((uv_handle_t *)&w->flusher);
@@ -82,6 +88,7 @@ static void worker_finish(worker_t *w)
     worker_close_handle((uv_handle_t *)&w->sig_int);
     worker_close_handle((uv_handle_t *)&w->sig_quit);
     worker_close_handle((uv_handle_t *)&w->sig_usr1);
+    worker_close_handle((uv_handle_t *)&w->sig_hup);
 }
 
 /* A conn's memory went back: a draining worker may be done. */
@@ -104,9 +111,37 @@ static void worker_stop_graceful(worker_t *w)
     log_info("event=worker_graceful_stop slot=%d connections=%zu", w->slot, w->net.nconns);
     /* New connections go to the other workers (or the new master). */
     worker_close_handle((uv_handle_t *)&w->listener);
+    if (w->open_tls) {
+        worker_close_handle((uv_handle_t *)&w->tls_listener);
+    }
     if (w->net.nconns == 0) {
         worker_finish(w);
     }
+}
+
+/*
+ * The master's certificate-only reload: new handshakes get the files'
+ * current certificate, connections stay. The master checked the files
+ * just before; should they have changed for the worse since, the old
+ * certificate stays here too.
+ */
+static void worker_tls_reload(worker_t *w)
+{
+    if (w->cfg->tls_cert[0] == '\0') {
+        return;
+    }
+    char err[512];
+    tls_pem_t pem;
+    if (tls_pem_load(&pem, w->cfg->tls_cert, w->cfg->tls_key, err, sizeof(err)) != 0) {
+        log_error("event=tls_reload_failed slot=%d err=\"%s\" keeping=old", w->slot, err);
+        return;
+    }
+    if (net_tls_use(&w->net, &pem, err, sizeof(err)) != 0) {
+        log_error("event=tls_reload_failed slot=%d err=\"%s\" keeping=old", w->slot, err);
+    } else {
+        log_info("event=tls_reloaded slot=%d", w->slot);
+    }
+    tls_pem_free(&pem);
 }
 
 static void worker_on_signal(uv_signal_t *s, int signum)
@@ -127,6 +162,9 @@ static void worker_on_signal(uv_signal_t *s, int signum)
         if (log_reopen() != 0) {
             log_error("event=log_reopen_failed err=\"%s\"", strerror(errno));
         }
+        break;
+    case SIGHUP:
+        worker_tls_reload(w);
         break;
     default:
         break;
@@ -174,6 +212,9 @@ static void worker_on_store_wait(uv_timer_t *t)
     }
     uv_timer_stop(t);
     int rc = uv_listen((uv_stream_t *)&w->listener, 4096, worker_on_connection);
+    if (rc == 0 && w->open_tls) {
+        rc = uv_listen((uv_stream_t *)&w->tls_listener, 4096, worker_on_connection);
+    }
     if (rc != 0) {
         log_error("event=worker_listen_failed call=uv_listen err=\"%s\"", uv_strerror(rc));
         w->stopping = 2;
@@ -213,7 +254,8 @@ static void worker_on_connection(uv_stream_t *listener, int status)
         log_error("event=accept_failed err=\"%s\"", uv_strerror(status));
         return;
     }
-    int rc = net_accept(&w->net, listener);
+    int tls = listener == (uv_stream_t *)&w->tls_listener || w->listener_tls;
+    int rc = net_accept(&w->net, listener, tls);
     if (rc != 0 && rc != UV_EAGAIN) {
         /* EMFILE and friends: the connection stays in the backlog or is
          * dropped by the kernel; existing clients are unaffected. */
@@ -282,8 +324,8 @@ static const net_hooks_t worker_net_hooks = {
     .freed = worker_on_conn_freed,
 };
 
-int worker_run(const config_t *cfg, int slot, int listen_fd, int ready_fd,
-               metrics_t *metrics, const char *prev_wid)
+int worker_run(const config_t *cfg, int slot, int listen_fd, int tls_fd, const tls_pem_t *pem,
+               int ready_fd, metrics_t *metrics, const char *prev_wid)
 {
     worker_t *w = calloc(1, sizeof(*w));
     if (w == NULL) {
@@ -316,6 +358,8 @@ int worker_run(const config_t *cfg, int slot, int listen_fd, int ready_fd,
         return 1;
     }
     w->listener.data = w;
+    w->tls_listener.data = w;
+    w->listener_tls = pem != NULL && tls_fd == -1;
     w->store_wait.data = w;
     w->tick.data = w;
     w->flusher.data = w;
@@ -330,9 +374,21 @@ int worker_run(const config_t *cfg, int slot, int listen_fd, int ready_fd,
         (rc = worker_start_signal(w, &w->sig_term, SIGTERM)) != 0 ||
         (rc = worker_start_signal(w, &w->sig_int, SIGINT)) != 0 ||
         (rc = worker_start_signal(w, &w->sig_quit, SIGQUIT)) != 0 ||
-        (rc = worker_start_signal(w, &w->sig_usr1, SIGUSR1)) != 0) {
+        (rc = worker_start_signal(w, &w->sig_usr1, SIGUSR1)) != 0 ||
+        (rc = worker_start_signal(w, &w->sig_hup, SIGHUP)) != 0) {
         log_error("event=worker_start_failed err=\"%s\"", uv_strerror(rc));
         goto done;
+    }
+    if (pem != NULL && tls_fd != -1) {
+        if ((rc = uv_tcp_init(&w->loop, &w->tls_listener)) != 0) {
+            log_error("event=worker_start_failed call=uv_tcp_init err=\"%s\"", uv_strerror(rc));
+            goto done;
+        }
+        w->open_tls = 1;
+        if ((rc = uv_tcp_open(&w->tls_listener, tls_fd)) != 0) {
+            log_error("event=worker_start_failed call=uv_tcp_open err=\"%s\"", uv_strerror(rc));
+            goto done;
+        }
     }
     uv_unref((uv_handle_t *)&w->flusher);
 
@@ -360,6 +416,13 @@ int worker_run(const config_t *cfg, int slot, int listen_fd, int ready_fd,
     bus_set_handlers(w->bus, chat_bus_handlers(), &w->chat);
     net_init(&w->net, &w->loop, cfg, ms, chat_net_handlers(), &w->chat, chat_conn_size(),
              &worker_net_hooks, w);
+    if (pem != NULL) {
+        char err[512];
+        if (net_tls_use(&w->net, pem, err, sizeof(err)) != 0) {
+            log_error("event=worker_start_failed err=\"%s\"", err);
+            goto done;
+        }
+    }
 
     __atomic_store_n(&ms->pid, (int32_t)getpid(), __ATOMIC_RELAXED);
     int one = slot;

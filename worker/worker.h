@@ -19,13 +19,16 @@
 
 #include "../common/config.h"
 #include "../common/metrics.h"
+#include "net/tls.h"
 
 /*
  * Runs a worker until it is told to stop. listen_fd is the listening
- * socket; ready_fd gets one byte when the worker accepts. Returns the
- * process exit status.
+ * socket on --port (speaking TLS when a certificate is configured without
+ * --tls-port); tls_fd the one on --tls-port, or -1. pem is the certificate
+ * the master checked (NULL without TLS). ready_fd gets one byte when the
+ * worker accepts. Returns the process exit status.
  */
-int worker_run(const config_t *cfg, int slot, int listen_fd, int ready_fd,
-               metrics_t *metrics, const char *prev_wid);
+int worker_run(const config_t *cfg, int slot, int listen_fd, int tls_fd, const tls_pem_t *pem,
+               int ready_fd, metrics_t *metrics, const char *prev_wid);
 
 #endif

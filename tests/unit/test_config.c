@@ -418,8 +418,8 @@ TEST(check_config)
     /* Valid: says so and exits, with the options applied. */
     char *ok[] = { "chatd", "--check-config", "--port", "9", "--ice-servers", "[{\"urls\":\"stun:x\"}]", NULL };
     CHECK_EQ_INT(load_captured(cfg, ARGC(ok), ok, &exit_now, out, 8192), 0);
-    CHECK_EQ_INT(exit_now, 1);
-    CHECK_STR_EQ(out, "chatd: configuration ok\n");
+    CHECK_EQ_INT(exit_now, CONFIG_CHECK_ONLY);
+    CHECK_STR_EQ(out, "");
     CHECK_EQ_INT(cfg->port, 9);
     /* Invalid: the same error as a start would give, nothing printed. */
     char *bad[] = { "chatd", "--port", "x", "--check-config", NULL };
@@ -429,6 +429,17 @@ TEST(check_config)
     CHECK_STR_EQ(out, "");
     char *ice[] = { "chatd", "--check-config", "--ice-servers", "[{\"url\":\"stun:x\"}]", NULL };
     CHECK_EQ_INT(load_captured(cfg, ARGC(ice), ice, &exit_now, out, 8192), -1);
+    /* TLS settings that cannot work are refused before any file is read. */
+    char *half[] = { "chatd", "--tls-cert", "/x.pem", NULL };
+    CHECK_EQ_INT(load_captured(cfg, ARGC(half), half, &exit_now, out, 8192), -1);
+    char *port_only[] = { "chatd", "--tls-port", "8443", NULL };
+    CHECK_EQ_INT(load_captured(cfg, ARGC(port_only), port_only, &exit_now, out, 8192), -1);
+    char *same[] = { "chatd", "--port", "8443", "--tls-port", "8443", "--tls-cert", "/x", "--tls-key", "/y", NULL };
+    CHECK_EQ_INT(load_captured(cfg, ARGC(same), same, &exit_now, out, 8192), -1);
+    char *tls[] = { "chatd", "--tls-port", "0", "--tls-cert", "/x", "--tls-key", "/y", NULL };
+    CHECK_EQ_INT(load_captured(cfg, ARGC(tls), tls, &exit_now, out, 8192), 0);
+    CHECK_EQ_INT(cfg->tls_port, 0);
+    CHECK_STR_EQ(cfg->tls_cert, "/x");
     free(out);
     free(cfg);
 }
@@ -465,6 +476,29 @@ TEST(help_and_version_exit_now)
     CHECK_STR_EQ(out, "");
     free(out);
     free(cfg);
+}
+
+/* The master's "only the certificate changed" test rests on this. */
+TEST(config_equal_compares_settings)
+{
+    clear_env();
+    config_t *a = malloc(sizeof(*a)), *b = malloc(sizeof(*b));
+    char err[256];
+    char *one[] = { "chatd", "--port", "9", "--tls-cert", "/c", "--tls-key", "/k", NULL };
+    CHECK_EQ_INT(load(a, ARGC(one), one, err, sizeof(err)), 0);
+    CHECK_EQ_INT(load(b, ARGC(one), one, err, sizeof(err)), 0);
+    CHECK(config_equal(a, b));
+    /* Bytes past a string's end are not settings. */
+    memset(b->tls_cert + 3, 'x', 10);
+    CHECK(config_equal(a, b));
+    char *other[] = { "chatd", "--port", "9", "--tls-cert", "/c", "--tls-key", "/k", "--rate", "7", NULL };
+    CHECK_EQ_INT(load(b, ARGC(other), other, err, sizeof(err)), 0);
+    CHECK(!config_equal(a, b));
+    char *moved[] = { "chatd", "--port", "9", "--tls-cert", "/c2", "--tls-key", "/k", NULL };
+    CHECK_EQ_INT(load(b, ARGC(moved), moved, err, sizeof(err)), 0);
+    CHECK(!config_equal(a, b));
+    free(a);
+    free(b);
 }
 
 int main(void)

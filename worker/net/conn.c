@@ -25,6 +25,23 @@ struct conn_write_s {
     size_t bytes;
 };
 
+/*
+ * A TLS connection's extra state. Its plaintext queues in c->out as on a
+ * plain connection (shared frames, the outbound limit, 1013's drop rule
+ * all unchanged); the flush encrypts from there into wire, whose bytes go
+ * to the socket. Only so much is encrypted ahead of the socket, so a slow
+ * reader's backlog stays plaintext, counted where the limit looks.
+ */
+struct conn_tls_s {
+    tls_conn_t *tc;
+    outq_t *wire;               /* ciphertext (or a plain refusal) to write */
+    uint8_t notified;           /* close_notify was queued */
+    uint8_t failed;             /* OpenSSL gave up: input is dropped */
+};
+
+/* Ciphertext queued ahead of the socket before encryption waits. */
+#define CONN_TLS_WIRE_HIGH (64 * 1024)
+
 /* How many request parsers a worker keeps for reuse. */
 #define CONN_HTTP_CACHE 64
 
@@ -72,6 +89,8 @@ void conn_free_http_cache(net_t *n)
 
 static void conn_on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
 static void conn_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+static int conn_tls_input_waits(const conn_t *c);
+static void conn_tls_pump(conn_t *c);
 
 static void conn_on_close(uv_handle_t *h)
 {
@@ -100,6 +119,12 @@ static void conn_on_close(uv_handle_t *h)
     c->http = NULL;
     /* Pending write and shutdown callbacks ran (cancelled) before this. */
     outq_clear(&c->out);
+    if (c->tls != NULL) {
+        outq_clear(&c->tls->wire);
+        tls_conn_free(c->tls->tc);
+        free(c->tls);
+        c->tls = NULL;
+    }
     c->handle_closed = 1;
     if (c->refs == 0) {
         pool_release(&n->conns_pool, c);
@@ -218,9 +243,21 @@ int conn_send_raw(conn_t *c, const void *bytes, size_t len)
     return conn_send_raw2(c, bytes, len, NULL, 0);
 }
 
+/* The queue whose bytes go to the socket as they are. */
+static outq_t **conn_wire(conn_t *c)
+{
+    return c->tls != NULL ? &c->tls->wire : &c->out;
+}
+
+/* Bytes not yet written, whichever queue holds them (not wslay's). */
+static size_t conn_queued_bytes(const conn_t *c)
+{
+    return outq_bytes(c->out) + (c->tls != NULL ? outq_bytes(c->tls->wire) : 0);
+}
+
 size_t conn_pending_bytes(const conn_t *c)
 {
-    return outq_bytes(c->out) + ws_queued_bytes(c);
+    return conn_queued_bytes(c) + ws_queued_bytes(c);
 }
 
 void conn_mark_dirty(conn_t *c)
@@ -240,11 +277,12 @@ static void conn_on_write(uv_write_t *req, int status)
     free(wr);
     c->wreq = NULL;
     c->writing = 0;
-    outq_pin(c->out, 0);
+    outq_t *wire = *conn_wire(c);
+    outq_pin(wire, 0);
     if (c->state == CONN_CLOSED) {
         return;
     }
-    outq_consume(c->out, status == 0 ? written : 0);
+    outq_consume(wire, status == 0 ? written : 0);
     if (status == 0) {
         c->last_io_ms = (uint32_t)uv_now(c->net->loop);
     }
@@ -295,7 +333,46 @@ static void conn_finish(conn_t *c)
  * (or never spoke WebSocket). */
 static int conn_drained(const conn_t *c)
 {
-    return !c->writing && outq_len(c->out) == 0 && (c->fail_fast || ws_finished(c));
+    return !c->writing && outq_len(c->out) == 0 && (c->tls == NULL || outq_len(c->tls->wire) == 0) &&
+           (c->fail_fast || ws_finished(c));
+}
+
+/*
+ * Encrypts queued plaintext into the wire queue, up to CONN_TLS_WIRE_HIGH
+ * ahead of the socket. Small frames (a burst of broadcasts) are gathered
+ * into one record rather than paying a record's overhead each; a big one
+ * is encrypted where it lies. Returns 0 or -1 (the conn must go).
+ */
+static int conn_tls_encrypt(conn_t *c)
+{
+    net_t *n = c->net;
+    while (outq_len(c->out) > 0 && outq_bytes(c->tls->wire) < CONN_TLS_WIRE_HIGH) {
+        uv_buf_t iov[32];
+        int k = outq_iov(c->out, iov, 32);
+        const uint8_t *src;
+        size_t len;
+        if (iov[0].len >= sizeof(n->tls_stage)) {
+            src = (const uint8_t *)iov[0].base;
+            len = iov[0].len < 4 * sizeof(n->tls_stage) ? iov[0].len : 4 * sizeof(n->tls_stage);
+        } else {
+            len = 0;
+            for (int i = 0; i < k && len < sizeof(n->tls_stage); i++) {
+                size_t take = sizeof(n->tls_stage) - len;
+                take = iov[i].len < take ? iov[i].len : take;
+                memcpy(n->tls_stage + len, iov[i].base, take);
+                len += take;
+            }
+            src = n->tls_stage;
+        }
+        if (tls_conn_write(c->tls->tc, src, len) != 0) {
+            char why[256];
+            tls_error(why, sizeof(why));
+            log_debug("event=tls_write_failed err=\"%s\"", why);
+            return -1;
+        }
+        outq_consume(c->out, len);
+    }
+    return 0;
 }
 
 void conn_flush(conn_t *c)
@@ -307,13 +384,26 @@ void conn_flush(conn_t *c)
     if (c->state == CONN_CLOSED) {
         return;
     }
-    if (!c->writing && outq_len(c->out) > 0) {
+    if (c->tls != NULL) {
+        if (conn_tls_encrypt(c) != 0) {
+            conn_abort(c);
+            return;
+        }
+        if (conn_tls_input_waits(c)) {
+            conn_tls_pump(c);
+            if (c->state == CONN_CLOSED) {
+                return;
+            }
+        }
+    }
+    outq_t **wq = conn_wire(c);
+    if (!c->writing && outq_len(*wq) > 0) {
         /* Everything queued goes in one writev; more only when more than
          * CONN_IOV frames wait and the socket took all it was given. */
         uv_buf_t iov[CONN_IOV];
         int n;
         for (;;) {
-            n = outq_iov(c->out, iov, CONN_IOV);
+            n = outq_iov(*wq, iov, CONN_IOV);
             size_t want = 0;
             for (int i = 0; i < n; i++) {
                 want += iov[i].len;
@@ -324,18 +414,23 @@ void conn_flush(conn_t *c)
                 return;
             }
             if (w > 0) {
-                outq_consume(c->out, (size_t)w);
+                outq_consume(*wq, (size_t)w);
                 c->last_io_ms = (uint32_t)uv_now(c->net->loop);
             }
-            if (w < 0 || (size_t)w < want || outq_len(c->out) == 0) {
+            if (c->tls != NULL && w >= 0 && (size_t)w == want && conn_tls_encrypt(c) != 0) {
+                /* The socket took all the ciphertext: more was encrypted. */
+                conn_abort(c);
+                return;
+            }
+            if (w < 0 || (size_t)w < want || outq_len(*wq) == 0) {
                 break;
             }
         }
-        if (outq_len(c->out) > 0) {
+        if (outq_len(*wq) > 0) {
             /* The socket is full: libuv writes the rest when it drains.
              * The frames stay in the queue, pinned, so the bytes stay put;
              * new output queues behind them. */
-            n = outq_iov(c->out, iov, CONN_IOV);
+            n = outq_iov(*wq, iov, CONN_IOV);
             conn_write_t *wr = malloc(sizeof(*wr));
             if (wr == NULL) {
                 conn_abort(c);
@@ -353,16 +448,26 @@ void conn_flush(conn_t *c)
             }
             c->wreq = wr;
             c->writing = 1;
-            outq_pin(c->out, (uint32_t)n);
+            outq_pin(*wq, (uint32_t)n);
         }
     }
     if (c->shut_after_write && !c->lingering && conn_drained(c)) {
+        if (c->tls != NULL && !c->tls->notified) {
+            /* A TLS peer learns the end was meant (close_notify) before
+             * the FIN; once that is written too, finish. */
+            c->tls->notified = 1;
+            tls_conn_shutdown(c->tls->tc);
+            if (outq_len(c->tls->wire) > 0) {
+                conn_flush(c);
+                return;
+            }
+        }
         conn_finish(c);
         return;
     }
     if (c->state == CONN_HTTP && c->http != NULL && c->http->exchange != NULL) {
         const conn_exchange_t *x = c->http->exchange;
-        if (x->writable != NULL && outq_bytes(c->out) < CONN_STREAM_LOW) {
+        if (x->writable != NULL && conn_queued_bytes(c) < CONN_STREAM_LOW) {
             x->writable(c->http->exchange_ud, c);
         }
     }
@@ -429,6 +534,11 @@ void conn_body_pause(conn_t *c, int paused)
     c->last_seen_ms = (uint32_t)uv_now(c->net->loop);
     if (uv_read_start((uv_stream_t *)&c->tcp, conn_on_alloc, conn_on_read) != 0) {
         conn_abort(c);
+        return;
+    }
+    if (c->tls != NULL && tls_conn_has_input(c->tls->tc)) {
+        /* Decrypted on the next flush, not inside the reader's call. */
+        conn_mark_dirty(c);
     }
 }
 
@@ -569,24 +679,9 @@ static void conn_on_request(conn_t *c, const uint8_t *rest, size_t rest_len)
     conn_http_reply(c, 404, "text/plain", NULL, "not found\n", 10);
 }
 
-static void conn_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+/* Bytes from the peer (decrypted, on the TLS port). */
+static void conn_on_bytes(conn_t *c, const uint8_t *data, size_t len)
 {
-    conn_t *c = (conn_t *)s;
-    if (nread == 0) {
-        return;
-    }
-    if (nread < 0) {
-        /* EOF or reset: nobody is left to read a close frame. */
-        conn_abort(c);
-        return;
-    }
-    if (c->lingering) {
-        return;
-    }
-    const uint8_t *data = (const uint8_t *)buf->base;
-    size_t len = (size_t)nread;
-    c->last_seen_ms = (uint32_t)uv_now(c->net->loop);
-
     switch (c->state) {
     case CONN_HTTP: {
         if (c->http->complete) {
@@ -616,7 +711,144 @@ static void conn_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     }
 }
 
-int conn_accept(net_t *n, uv_stream_t *listener)
+/* Whether a TLS conn has input it stopped reading (an upload paused for
+ * its store) and may read now. */
+static int conn_tls_input_waits(const conn_t *c)
+{
+    if (c->state == CONN_CLOSED || c->lingering || c->tls->failed || !tls_conn_has_input(c->tls->tc)) {
+        return 0;
+    }
+    return !(c->state == CONN_HTTP && c->http != NULL && c->http->body_paused);
+}
+
+/* A connection on the TLS port answered in plain HTTP, which it speaks. */
+static void conn_tls_refuse_plain(conn_t *c)
+{
+    static const char body[] = "This port speaks TLS: use https:// or wss:// addresses.\n";
+    char msg[256];
+    int len = snprintf(msg, sizeof(msg),
+                       "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: %zu\r\n"
+                       "Connection: close\r\n\r\n%s", sizeof(body) - 1, body);
+    wsframe_t *f = len > 0 && (size_t)len < sizeof(msg) ? wsframe_raw(msg, (size_t)len) : NULL;
+    if (f == NULL || outq_push(&c->tls->wire, f) != 0) {
+        wsframe_unref(f);
+        conn_abort(c);
+        return;
+    }
+    conn_close(c, 0, NULL);
+}
+
+/*
+ * Decrypts what the TLS conn has and hands it on as a plain conn's bytes,
+ * until it runs out or the reader pauses. A failed handshake or bad record
+ * ends only this conn: during the handshake the alert OpenSSL wrote goes
+ * out before the close; later there is no session left to answer.
+ */
+static void conn_tls_pump(conn_t *c)
+{
+    net_t *n = c->net;
+    tls_conn_t *tc = c->tls->tc;
+    int was_up = tls_conn_established(tc);
+    for (;;) {
+        if (c->state == CONN_CLOSED || c->lingering || c->tls->failed) {
+            return;
+        }
+        if (c->state == CONN_HTTP && c->http != NULL && c->http->body_paused) {
+            break;
+        }
+        int r = tls_conn_read(tc, n->tls_plain, sizeof(n->tls_plain));
+        if (!was_up && tls_conn_established(tc)) {
+            was_up = 1;
+            metrics_add(&n->metrics->tls_handshakes, 1);
+        }
+        if (r > 0) {
+            conn_on_bytes(c, n->tls_plain, (size_t)r);
+            continue;
+        }
+        if (r == TLS_AGAIN) {
+            break;
+        }
+        if (r == TLS_EOF) {
+            conn_abort(c);      /* close_notify: as a TCP EOF */
+            return;
+        }
+        c->tls->failed = 1;
+        if (!was_up) {
+            metrics_add(&n->metrics->tls_failures, 1);
+        }
+        if (r == TLS_PLAINTEXT) {
+            log_debug("event=tls_plain_request");
+            conn_tls_refuse_plain(c);
+            return;
+        }
+        char why[256];
+        tls_error(why, sizeof(why));
+        log_debug("event=tls_failed handshake=%s err=\"%s\"", was_up ? "done" : "failed", why);
+        if (c->state == CONN_HTTP) {
+            conn_close(c, 0, NULL);
+        } else {
+            conn_abort(c);
+        }
+        return;
+    }
+    if (tls_conn_input_done(tc) != 0) {
+        conn_abort(c);
+        return;
+    }
+    if (outq_len(c->tls->wire) > 0 || outq_len(c->out) > 0) {
+        conn_mark_dirty(c);
+    }
+}
+
+static void conn_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    conn_t *c = (conn_t *)s;
+    if (nread == 0) {
+        return;
+    }
+    if (nread < 0) {
+        /* EOF or reset: nobody is left to read a close frame. */
+        conn_abort(c);
+        return;
+    }
+    if (c->lingering) {
+        return;
+    }
+    c->last_seen_ms = (uint32_t)uv_now(c->net->loop);
+    if (c->tls != NULL) {
+        tls_conn_input(c->tls->tc, (const uint8_t *)buf->base, (size_t)nread);
+        conn_tls_pump(c);
+        return;
+    }
+    conn_on_bytes(c, (const uint8_t *)buf->base, (size_t)nread);
+}
+
+/* Ciphertext OpenSSL wrote, on its way to the socket. */
+static int conn_tls_out(void *ud, const uint8_t *bytes, size_t len)
+{
+    conn_t *c = ud;
+    wsframe_t *f = wsframe_raw(bytes, len);
+    if (f == NULL) {
+        return -1;
+    }
+    if (outq_push(&c->tls->wire, f) != 0) {
+        wsframe_unref(f);
+        return -1;
+    }
+    return 0;
+}
+
+static int conn_tls_start(conn_t *c)
+{
+    c->tls = calloc(1, sizeof(*c->tls));
+    if (c->tls == NULL) {
+        return -1;
+    }
+    c->tls->tc = tls_conn_new(c->net->tls, conn_tls_out, c);
+    return c->tls->tc != NULL ? 0 : -1;
+}
+
+int conn_accept(net_t *n, uv_stream_t *listener, int tls)
 {
     conn_t *c = pool_alloc(&n->conns_pool);
     if (c == NULL) {
@@ -649,11 +881,14 @@ int conn_accept(net_t *n, uv_stream_t *listener)
         n->cfg->max_conns_per_ip > 0) {
         uint32_t ip = ((struct sockaddr_in *)&ss)->sin_addr.s_addr;
         if (iplimit_acquire(&n->per_ip, ip, (uint32_t)n->cfg->max_conns_per_ip) != 0) {
-            /* Over the cap: a short answer, without reading the request. */
+            /* Over the cap: a short answer, without reading the request
+             * (on the TLS port, no handshake is spent on it). */
             static const char busy[] = "HTTP/1.1 429 Too Many Requests\r\nContent-Length: 0\r\n"
                                        "Connection: close\r\n\r\n";
             uv_buf_t b = uv_buf_init((char *)busy, sizeof(busy) - 1);
-            uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
+            if (!tls) {
+                uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
+            }
             log_debug("event=per_ip_limit");
             conn_abort(c);
             return 0;
@@ -661,7 +896,7 @@ int conn_accept(net_t *n, uv_stream_t *listener)
         c->peer_ip = ip;
     }
     c->http = conn_http_alloc(n);
-    if (c->http == NULL) {
+    if (c->http == NULL || (tls && conn_tls_start(c) != 0)) {
         conn_abort(c);
         return UV_ENOMEM;
     }
@@ -692,7 +927,7 @@ void conn_tick(conn_t *c, uint64_t now_ms)
             if (c->http->on_body != NULL && !c->http->body_paused && now - c->last_seen_ms > limit) {
                 log_info("event=http_body_stalled");
                 conn_abort(c);
-            } else if (outq_len(c->out) > 0 && now - c->last_io_ms > limit) {
+            } else if (conn_queued_bytes(c) > 0 && now - c->last_io_ms > limit) {
                 log_info("event=http_reader_stalled");
                 conn_abort(c);
             }
@@ -717,6 +952,9 @@ void conn_tick(conn_t *c, uint64_t now_ms)
         } else if (now - c->last_io_ms >= 1000) {
             ws_release_if_idle(c);
             outq_trim(&c->out);
+            if (c->tls != NULL) {
+                outq_trim(&c->tls->wire);
+            }
         }
         return;
     case CONN_CLOSING:

@@ -20,6 +20,7 @@
 
 typedef struct net_s net_t;
 typedef struct conn_write_s conn_write_t;
+typedef struct conn_tls_s conn_tls_t;
 
 typedef enum {
     CONN_HTTP = 0,      /* reading the request */
@@ -48,7 +49,9 @@ typedef struct conn_s {
     uint8_t hdr_len;
     uint8_t msg_open;           /* a fragmented message is being received */
     uint64_t payload_left;      /* bytes of the current frame's payload to come */
-    outq_t *out;                /* frames waiting to be written; NULL when none */
+    outq_t *out;                /* frames waiting to be written (or, with TLS,
+                                 * encrypted); NULL when none */
+    conn_tls_t *tls;            /* only on the TLS port */
     conn_write_t *wreq;         /* only while a write waits for the socket */
     uv_shutdown_t *sreq;        /* only while lingering */
     /* The loop's clock in milliseconds, cut to 32 bits: only ever
@@ -62,9 +65,9 @@ typedef struct conn_s {
                                  * when not counted in the per-IP limit */
 } conn_t;
 
-/* Accepts one connection from the listener into a new conn. Returns 0 or
- * a negative libuv error. */
-int conn_accept(net_t *n, uv_stream_t *listener);
+/* Accepts one connection from the listener into a new conn, speaking TLS
+ * when tls is set. Returns 0 or a negative libuv error. */
+int conn_accept(net_t *n, uv_stream_t *listener, int tls);
 
 /* Frees the request parsers kept for reuse. */
 void conn_free_http_cache(net_t *n);

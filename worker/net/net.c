@@ -33,9 +33,21 @@ void net_init(net_t *n, uv_loop_t *loop, const config_t *cfg, metrics_slot_t *me
     }
 }
 
-int net_accept(net_t *n, uv_stream_t *listener)
+int net_accept(net_t *n, uv_stream_t *listener, int tls)
 {
-    return conn_accept(n, listener);
+    if (tls && n->tls == NULL) {
+        return UV_EPROTO;
+    }
+    return conn_accept(n, listener, tls);
+}
+
+int net_tls_use(net_t *n, const tls_pem_t *pem, char *err, size_t errlen)
+{
+    if (n->tls != NULL) {
+        return tls_swap(n->tls, pem, err, errlen);
+    }
+    n->tls = tls_new(pem, err, errlen);
+    return n->tls != NULL ? 0 : -1;
 }
 
 void net_flush(net_t *n)
@@ -98,4 +110,6 @@ void net_free(net_t *n)
     iplimit_free(&n->per_ip);
     deflate_free(&n->deflate);
     buf_free(&n->inflated);
+    tls_free(n->tls);
+    n->tls = NULL;
 }

@@ -32,6 +32,7 @@
 #include "deflate.h"
 #include "http.h"
 #include "iplimit.h"
+#include "tls.h"
 
 typedef struct conn_s conn_t;
 
@@ -78,7 +79,11 @@ typedef struct net_s {
     int deflate_on;             /* --deflate, and zlib is set up */
     deflate_t deflate;          /* the worker's one stream each way */
     buf_t inflated;             /* the message being inflated */
+    tls_t *tls;                 /* the TLS port's server, or NULL */
+    /* Scratch space, not cleared by net_init (readbuf first). */
     char readbuf[64 * 1024];    /* one read buffer for every conn */
+    uint8_t tls_plain[16384];   /* one TLS record's plaintext, as it is read */
+    uint8_t tls_stage[16384];   /* small frames gathered into one record */
 } net_t;
 
 /*
@@ -91,9 +96,17 @@ void net_init(net_t *n, uv_loop_t *loop, const config_t *cfg, metrics_slot_t *me
               const net_handlers_t *h, void *ud, size_t conn_size,
               const net_hooks_t *hooks, void *hooks_ud);
 
-/* Accepts one connection from the listener. Returns 0 or a negative libuv
- * error (UV_EAGAIN when there was none after all). */
-int net_accept(net_t *n, uv_stream_t *listener);
+/* Accepts one connection from the listener, a TLS one when tls is set (the
+ * TLS port). Returns 0 or a negative libuv error (UV_EAGAIN when there was
+ * none after all). */
+int net_accept(net_t *n, uv_stream_t *listener, int tls);
+
+/*
+ * Serves TLS with pem from now on: the first call sets TLS up, later ones
+ * swap the certificate for new handshakes only. Returns 0, or -1 with a
+ * message in err (what was there stays).
+ */
+int net_tls_use(net_t *n, const tls_pem_t *pem, char *err, size_t errlen);
 
 /* Writes every connection's queued output: called once per loop iteration,
  * before the loop blocks. */
