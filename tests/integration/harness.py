@@ -1746,10 +1746,13 @@ class RawWS:
         ws.recv_json()  -> {"type": "pong", ...}
 
     answer_pings: when True (default) recv_message() replies to pings.
+    tls: an SSLContext to speak TLS (wss://, https://) to a TLS port;
+    rcvbuf: SO_RCVBUF set before connecting (a slow reader).
     """
 
-    def __init__(self, port, host="127.0.0.1", timeout=5.0, connect=True):
+    def __init__(self, port, host="127.0.0.1", timeout=5.0, connect=True, tls=None, rcvbuf=None):
         self.host, self.port, self.timeout = host, port, timeout
+        self.tls, self.rcvbuf = tls, rcvbuf
         self.sock = None
         self.buf = bytearray()
         self.answer_pings = True
@@ -1765,14 +1768,31 @@ class RawWS:
             self.connect()
 
     def connect(self):
-        self.sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.rcvbuf:
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.rcvbuf)
+            s.settimeout(self.timeout)
+            try:
+                s.connect((self.host, self.port))
+            except BaseException:
+                s.close()
+                raise
+        else:
+            s = socket.create_connection((self.host, self.port), timeout=self.timeout)
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.tls is not None:
+            try:
+                s = self.tls.wrap_socket(s, server_hostname=self.host)
+            except BaseException:
+                s.close()
+                raise
+        self.sock = s
         return self
 
     @classmethod
     def open(cls, port, user="alice", path=None, read_welcome=True, timeout=5.0, **kw):
         """Connects, upgrades (asserting 101) and reads the welcome."""
-        ws = cls(port, timeout=timeout)
+        ws = cls(port, timeout=timeout, tls=kw.pop("tls", None), rcvbuf=kw.pop("rcvbuf", None))
         try:
             if path is None:
                 path = f"/ws?user={user}"

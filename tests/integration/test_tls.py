@@ -736,6 +736,401 @@ def test_check_config_with_bad_files():
 
 
 # --------------------------------------------------------------------------
+# 9. the TLS layer under stress: records cut anywhere, slow readers
+
+
+class Dribble:
+    """A TLS client over a raw socket (ssl.SSLObject on memory BIOs) that
+    sends its ciphertext in random pieces of 1..max_piece bytes, so the
+    server reads records cut at any byte, across many reads. Has the
+    socket methods RawWS uses (sendall, recv, settimeout, close)."""
+
+    def __init__(self, port, context, rng, max_piece, pause=0.0, timeout=10.0):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.inc, self.out = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.obj = context.wrap_bio(self.inc, self.out, server_hostname="127.0.0.1")
+        self.rng, self.max_piece, self.pause = rng, max_piece, pause
+        self.pieces = 0
+
+    def _flush(self):
+        data = self.out.read()
+        i = 0
+        while i < len(data):
+            n = self.rng.randint(1, self.max_piece)
+            self.sock.sendall(data[i:i + n])
+            self.pieces += 1
+            i += n
+            if self.pause:
+                time.sleep(self.pause)
+
+    def _feed(self):
+        d = self.sock.recv(65536)
+        if not d:
+            self.inc.write_eof()
+        else:
+            self.inc.write(d)
+        return d
+
+    def handshake(self):
+        while True:
+            try:
+                self.obj.do_handshake()
+                self._flush()
+                return self
+            except ssl.SSLWantReadError:
+                self._flush()
+                if not self._feed():
+                    raise ConnectionError("closed during the handshake")
+
+    def sendall(self, data):
+        view = memoryview(data)
+        while view:
+            n = self.obj.write(view[:65536])
+            view = view[n:]
+            self._flush()
+
+    def recv(self, n):
+        while True:
+            try:
+                return self.obj.read(n)
+            except ssl.SSLWantReadError:
+                if not self._feed():
+                    return b""
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                return b""
+
+    def settimeout(self, t):
+        self.sock.settimeout(t)
+
+    def setsockopt(self, *a):
+        self.sock.setsockopt(*a)
+
+    def close(self):
+        self.sock.close()
+
+
+@timeout(40)
+def test_records_cut_at_any_byte():
+    seed = random.randrange(1 << 30)
+    rng = random.Random(seed)
+    # the handshake and an upgrade a few bytes at a time, with pauses
+    d = Dribble(SRV.tls_port, ctx(), rng, 7, pause=0.0005).handshake()
+    ws = harness.RawWS(SRV.tls_port, connect=False)
+    ws.sock = d
+    r = ws.handshake(f"/ws?user=dribble{TAG}")
+    assert r.status == 101, f"seed {seed}: {r!r}"
+    assert ws.recv_json()["type"] == "welcome"
+    room = R("dribble")
+    ws.send_json({"type": "join", "id": "j1", "payload": {"room": room}})
+    f = ws.recv_json()
+    while f.get("id") != "j1":
+        f = ws.recv_json()
+    assert f["type"] == "joined", f
+    ws.send_json({"type": "chat", "id": "c1", "payload": {"room": room, "content": "y" * 10000}})
+    got = [ws.recv_json() for _ in range(2)]
+    assert {g["type"] for g in got} == {"ack", "chat"}, got
+    d.close()
+
+    # a 2 MB upload whose records arrive cut into pieces of up to 20000 bytes
+    body = os.urandom(2 * 1024 * 1024 + 77)
+    d = Dribble(SRV.tls_port, ctx(), rng, 20000).handshake()
+    q = urllib.parse.urlencode({"room": room, "user": "alice", "name": "cut.bin"})
+    d.sendall(f"POST /files?{q} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n"
+              f"Connection: close\r\n\r\n".encode() + body)
+    resp = b""
+    while True:
+        chunk = d.recv(65536)
+        if not chunk:
+            break
+        resp += chunk
+    d.close()
+    head, _, rbody = resp.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 201"), f"seed {seed}: upload answered {resp[:300]!r}"
+    meta = json.loads(rbody)
+    r = https_request(SRV.tls_port, meta["url"] + "?user=bob", ctx=ctx(), timeout=20)
+    assert r.status == 200 and r.body == body, (seed, r.status, len(r.body))
+    print(f"    seed {seed}: upgrade and chat in pieces of <= 7 bytes, a 2 MB upload in "
+          f"{d.pieces} pieces, intact")
+
+
+def request_with_finished(port, context, request, timeout=5.0):
+    """Completes a TLS handshake on memory BIOs, then sends the client's
+    last handshake flight (TLS 1.3: its Finished) and `request` in one TCP
+    write, as a client with TCP_NODELAY may. Returns what came back: the
+    response head, plus "<close_notify>", "<eof>" or "<timeout>"."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    try:
+        inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+        obj = context.wrap_bio(inc, out, server_hostname="127.0.0.1")
+        while True:
+            try:
+                obj.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                if out.pending:
+                    sock.sendall(out.read())
+                d = sock.recv(65536)
+                if not d:
+                    return b"<eof during the handshake>"
+                inc.write(d)
+        obj.write(request)
+        sock.sendall(out.read())
+        got = b""
+        while b"\r\n\r\n" not in got:
+            try:
+                chunk = obj.read(65536)
+                if not chunk:
+                    return got + b"<close_notify>"
+                got += chunk
+            except ssl.SSLWantReadError:
+                try:
+                    d = sock.recv(65536)
+                except socket.timeout:
+                    return got + b"<timeout>"
+                if not d:
+                    return got + b"<eof>"
+                inc.write(d)
+            except ssl.SSLZeroReturnError:
+                return got + b"<close_notify>"
+        return got
+    finally:
+        sock.close()
+
+
+@timeout(30)
+def test_request_in_the_finished_segment():
+    """The first request may arrive in the same read as the handshake's end
+    (TLS 1.3: the client's Finished), whatever the request is."""
+    body = os.urandom(5000)
+    q = urllib.parse.urlencode({"room": R("finished"), "user": "alice"})
+    r = https_request(SRV.tls_port, f"/files?{q}", "POST", {"Content-Length": str(len(body))},
+                      body=body, ctx=ctx())
+    assert r.status == 201, r
+    url = json.loads(r.body)["url"]
+    requests = {
+        "GET /healthz": (b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", b"HTTP/1.1 200"),
+        "GET /files/<id>": (f"GET {url}?user=bob HTTP/1.1\r\nHost: x\r\n\r\n".encode(), b"HTTP/1.1 200"),
+        "HEAD /files/<id>": (f"HEAD {url}?user=bob HTTP/1.1\r\nHost: x\r\n\r\n".encode(), b"HTTP/1.1 200"),
+        "POST /files": (f"POST /files?{q} HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello".encode(),
+                        b"HTTP/1.1 201"),
+        "GET /ws (upgrade)": (f"GET /ws?user=fin{TAG} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                              f"Connection: Upgrade\r\nSec-WebSocket-Key: {harness.new_ws_key()}\r\n"
+                              f"Sec-WebSocket-Version: 13\r\n\r\n".encode(), b"HTTP/1.1 101"),
+    }
+    failures = []
+    for version in (ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2):
+        c = SRV.client_context(minimum=version, maximum=version)
+        for what, (req, want) in requests.items():
+            for _ in range(3):
+                got = request_with_finished(SRV.tls_port, c, req)
+                if not got.startswith(want):
+                    failures.append(f"{version.name} {what}: {got[:60]!r}")
+                    break
+    assert not failures, "requests sent with the handshake's last flight, answered wrong: " + \
+        "; ".join(failures)
+
+
+@itest(40)
+async def test_slow_wss_consumer_closed_others_unaffected():
+    srv = extra("tls-slow", workers=1, tls=True, args=["--outbound-limit", "65536"] + FAST)
+    room = R("slow")
+    s = await wss(srv, f"slS{TAG}")
+    n = await wss(srv, f"slN{TAG}")
+    await s.join(room)
+    await n.join(room)
+    slow_user = f"slX{TAG}"
+
+    def open_slow():
+        ws = harness.RawWS.open(srv.tls_port, user=slow_user, tls=srv.client_context(), rcvbuf=4096)
+        ws.send_json({"type": "join", "id": "j", "payload": {"room": room}})
+        while True:
+            f = ws.recv_json()
+            if f.get("id") == "j":
+                assert f["type"] == "joined", f
+                return ws
+    slow = await asyncio.to_thread(open_slow)
+    try:
+        slow_port = slow.sock.getsockname()[1]
+        big = "z" * 8000
+        sent = 0
+        t0 = time.monotonic()
+        left_at = closed_at = None
+        while time.monotonic() - t0 < 20 and (left_at is None or closed_at is None):
+            if sent < 1600 and left_at is None:
+                for k in range(25):
+                    await s.send("chat", {"room": room, "content": big}, id=f"b{sent + k}")
+                await s.wait(lambda f: f.get("id") == f"b{sent + 24}", 10, what="the batch's last ack")
+                sent += 25
+            else:
+                await asyncio.sleep(0.1)
+            if left_at is None and [p for p in n.of_type("member", room)
+                                    if p.get("user") == slow_user and p.get("event") == "leave"]:
+                left_at = time.monotonic() - t0
+            row = chatclient_row(srv.tls_port, slow_port)
+            if closed_at is None and (row is None or row[0] != harness.TCP_ESTABLISHED):
+                closed_at = time.monotonic() - t0
+        assert left_at is not None, f"no member leave for a non-reading wss member after {sent} x 8 KB"
+        assert closed_at is not None, \
+            f"the slow wss consumer's TCP connection still established {time.monotonic() - t0:.1f}s on"
+        await s.chat(room, "after")
+        total = sent + 1
+        await n.wait_seq(room, total, 20)
+        assert n.seqs(room) == list(range(1, total + 1)), "the normal wss member missed messages"
+        assert not n.closed and not s.closed
+        print(f"    slow wss consumer: {sent} x 8 KB sent, left the room at {left_at:.1f}s, "
+              f"TCP closed at {closed_at:.1f}s")
+    finally:
+        slow.close_socket()
+
+
+def chatclient_row(server_port, client_port):
+    from chatclient import server_side_row
+    return server_side_row(server_port, client_port)
+
+
+@timeout(30)
+def test_slow_https_download_cut_off_and_fast_one_whole():
+    """A download over TLS whose reader stops is cut off after
+    --handshake-timeout; the server keeps serving everyone."""
+    room = R("slowdl")
+    body = os.urandom(4 * 1024 * 1024)
+    q = urllib.parse.urlencode({"room": room, "user": "alice"})
+    r = https_request(SRV.tls_port, f"/files?{q}", "POST", {"Content-Length": str(len(body))},
+                      body=body, ctx=ctx(), timeout=20)
+    assert r.status == 201, r
+    url = json.loads(r.body)["url"]
+    ws = harness.RawWS(SRV.tls_port, tls=ctx(), rcvbuf=4096)
+    try:
+        time.sleep(0.1)     # the request apart from the handshake (see test_request_in_the_finished_segment)
+        ws.send_raw(f"GET {url}?user=bob HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        time.sleep(0.3)
+        ws.sock.settimeout(1)
+        first = ws.sock.recv(1000)
+        assert first.startswith(b"HTTP/1.1 200"), first[:100]
+        # stop reading; meanwhile others are served whole
+        r2 = https_request(SRV.tls_port, url + "?user=carol", ctx=ctx(), timeout=20)
+        assert r2.status == 200 and r2.body == body, (r2.status, len(r2.body))
+        t0 = time.monotonic()
+        row = None
+        port = ws.sock.getsockname()[1]
+        while time.monotonic() - t0 < HANDSHAKE_TIMEOUT + 8:
+            row = chatclient_row(SRV.tls_port, port)
+            if row is None or row[0] != harness.TCP_ESTABLISHED:
+                break
+            time.sleep(0.1)
+        assert row is None or row[0] != harness.TCP_ESTABLISHED, \
+            f"a stalled https download still established {time.monotonic() - t0:.1f}s after it stalled"
+        print(f"    stalled download cut off after ~{time.monotonic() - t0 + 0.3:.1f}s")
+    finally:
+        ws.close_socket()
+    serves_tls(SRV, "after a stalled download")
+
+
+@itest(30)
+async def test_wss_with_permessage_deflate():
+    import websockets
+    srv = extra("tls-deflate", workers=1, tls=True, args=["--deflate"] + FAST)
+    room = R("deflate")
+    conn = await websockets.connect(f"wss://127.0.0.1:{srv.tls_port}/ws?user=defl{TAG}",
+                                    ssl=srv.client_context(), compression="deflate",
+                                    ping_interval=None, max_size=None, close_timeout=1)
+    try:
+        ext = conn.response_headers.get("Sec-WebSocket-Extensions", "")
+        assert "permessage-deflate" in ext, ext
+        assert json.loads(await conn.recv())["type"] == "welcome"
+        await conn.send(json.dumps({"type": "join", "id": "j", "payload": {"room": room}}))
+        content = ("compressible " * 1000)[:12000]
+        await conn.send(json.dumps({"type": "chat", "id": "c", "payload": {"room": room, "content": content}}))
+        seen = {}
+        while not {"ack", "chat"} <= set(seen):
+            f = json.loads(await asyncio.wait_for(conn.recv(), 5))
+            seen[f["type"]] = f
+        assert seen["chat"]["payload"]["content"] == content
+    finally:
+        await conn.close()
+
+
+@itest(45)
+async def test_ttin_worker_serves_tls_and_usr2_hands_over_tls_sockets():
+    srv = Chatd(REDIS, workers=1, tls=True, name="tls-scale", args=FAST)
+    srv.pidfile = os.path.join(srv.dir, "chatd.pid")
+    srv.extra_args += ["--pidfile", srv.pidfile]
+    srv.start()
+    try:
+        first = srv.worker_pids()
+        os.kill(srv.pid, signal.SIGTTIN)
+        both = wait_for(lambda: (lambda w: w if len(w) == 2 else None)(srv.worker_pids()), 10,
+                        what="a second worker after TTIN")
+        added = (set(both) - set(first)).pop()
+        on_new = None
+        for i in range(40):
+            c = await wss(srv, f"ttin{i}{TAG}")
+            pid = await worker_of_tls(srv, c)
+            if pid == added:
+                on_new = c
+                break
+        assert on_new is not None, f"no wss connection landed on the worker added by TTIN ({added})"
+        room = R("ttin")
+        other = await ws_plain(srv, f"ttinp{TAG}")
+        await on_new.join(room)
+        await other.join(room)
+        await chat_both_ways(on_new, other, room, "the TTIN worker over TLS")
+        await close_all()
+
+        # USR2: a new master (a new binary) takes over the TLS sockets too
+        old = srv.pid
+        old_workers = srv.worker_pids()
+        off = log_size(srv)
+        os.kill(old, signal.SIGUSR2)
+
+        def new_master():
+            try:
+                with open(srv.pidfile) as f:
+                    p = int(f.read().strip() or 0)
+            except (OSError, ValueError):
+                return None
+            return p if p and p != old and harness.pid_alive(p) else None
+        new = wait_for(new_master, 10, what="the new master to write the pidfile")
+        srv._known_workers[new] = harness.proc_starttime(new)
+        wait_for(lambda: log_events(srv._read_log(off), "ready", new), 15,
+                 what=f"event=ready from the new master {new}")
+        # the new master runs the configured count (1), not the old one's TTIN count
+        new_workers = wait_for(lambda: harness.children_of(new), 10, what="workers of the new master")
+        for p in new_workers:
+            srv._known_workers[p] = harness.proc_starttime(p)
+        os.kill(old, signal.SIGQUIT)
+        wait_for(lambda: not harness.pid_alive(old) and not any(harness.pid_alive(p) for p in old_workers),
+                 15, what="the old master and its workers to exit")
+        for i in range(4):
+            c = await wss(srv, f"usr2{i}{TAG}")
+            assert c.peer_cert() == cert_der(srv.cert_path)
+            pid = await worker_of_tls(srv, c, candidates=new_workers)
+            assert pid in new_workers, f"wss connection on {pid}, not a new worker {new_workers}"
+        r = await asyncio.to_thread(https_request, srv.tls_port, "/healthz", ctx=srv.client_context())
+        assert r.status == 200, r
+        assert http_get(srv.port, "/healthz").status == 200
+        print(f"    TTIN worker {added} served wss; USR2 {old} -> {new}, workers {new_workers} serve TLS")
+    finally:
+        await close_all()
+        srv.stop()
+
+
+async def worker_of_tls(srv, c, candidates=None, timeout=3.0):
+    """The worker (of srv, or among candidates) holding c's connection."""
+    from chatclient import server_side_row
+    deadline = time.monotonic() + timeout
+    while True:
+        row = server_side_row((srv.port, srv.tls_port), c.local_port())
+        if row is not None:
+            for pid in (candidates or srv.worker_pids()):
+                if row[1] in harness.socket_inodes(pid):
+                    return pid
+        assert time.monotonic() < deadline, f"no worker holds the connection from {c.local_port()}"
+        await asyncio.sleep(0.02)
+
+
+# --------------------------------------------------------------------------
 # 9. last (it replaces SRV's workers): a HUP with nothing changed
 
 
