@@ -7,7 +7,12 @@ bad files rejected; other changes replace the workers as before), what
 the TLS port does with plain HTTP, garbage, a truncated ClientHello and a
 client that never finishes its handshake, protocol versions (1.2 and 1.3
 only) and ALPN, the handshake counters of /metrics, a chain file, a
-TLS-only --port, and --check-config with bad files.
+TLS-only --port, and --check-config with bad files. Then the TLS layer
+under stress: records cut at any byte (handshake, upgrade, a 2 MB upload),
+a first request in the same TCP segment as the client's Finished, a slow
+wss consumer (1013 / dropped), a stalled https download (cut off), wss
+with permessage-deflate, a TTIN worker and a USR2 upgrade serving TLS, and
+last a HUP with nothing changed (replaces SRV's workers, as before TLS).
 
 Certificates are made with the openssl CLI (harness.make_cert): ECDSA
 P-256, self-signed, CN=localhost, SAN IP:127.0.0.1 and DNS:localhost.
