@@ -216,10 +216,24 @@ static int config_read_file(config_t *cfg, const char *path, char *err, size_t e
         *eq = '\0';
         char *key = config_trim(s);
         char *value = config_trim(eq + 1);
-        size_t vlen = strlen(value);
-        if (vlen >= 2 && value[0] == '"' && value[vlen - 1] == '"') {
-            value[vlen - 1] = '\0';
+        char *close = value[0] == '"' ? strrchr(value + 1, '"') : NULL;
+        char *after = close != NULL ? close + 1 : NULL;
+        while (after != NULL && isspace((unsigned char)*after)) {
+            after++;
+        }
+        if (after != NULL && (*after == '\0' || *after == '#')) {
+            /* A quoted value is taken whole; a comment may follow it. */
+            *close = '\0';
             value++;
+        } else {
+            /* "key = value   # why": a '#' after a space starts a comment. */
+            for (char *p = value; *p != '\0'; p++) {
+                if (*p == '#' && p > value && isspace((unsigned char)p[-1])) {
+                    *p = '\0';
+                    value = config_trim(value);
+                    break;
+                }
+            }
         }
         const opt_t *o = config_find(key, strlen(key));
         if (o == NULL || strcmp(o->name, "config") == 0) {

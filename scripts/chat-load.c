@@ -17,6 +17,10 @@
  *   ramp    fanout with the rate raised every --step-seconds by
  *           --rate-step until the delivery p99 passes --p99-bound-ms
  *
+ * With a wss:// URL every client speaks TLS (OpenSSL over memory BIOs,
+ * a full handshake per connection: no session resumption, as a crowd of
+ * first-time clients would), so TLS and plain runs compare.
+ *
  * It talks only to loopback unless --allow-remote is given, and it always
  * stops by itself after its duration.
  */
@@ -36,6 +40,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 #include <uv.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
@@ -88,6 +94,7 @@ typedef struct {
     int allow_remote;
     double churn_rate;              /* reconnects per second (churn) */
     int server_pid;
+    int tls;                        /* wss:// */
     char json[512];
 } opts_t;
 
@@ -180,7 +187,7 @@ static double hist_max(const hist_t *h)
 /* ---------------------------------------------------------------------- */
 /* The child: clients on one libuv loop. */
 
-enum { CL_CONNECTING, CL_UPGRADING, CL_OPEN, CL_JOINED, CL_DEAD };
+enum { CL_CONNECTING, CL_HANDSHAKE, CL_UPGRADING, CL_OPEN, CL_JOINED, CL_DEAD };
 
 typedef struct client_s {
     uv_tcp_t tcp;
@@ -196,6 +203,8 @@ typedef struct client_s {
     uint64_t nsent;
     double credit;                  /* messages due (sender pacing) */
     int rejoin;                     /* churned: reconnect and join with since */
+    SSL *ssl;                       /* wss:// only */
+    BIO *rbio, *wbio;               /* its memory BIOs (the SSL owns them) */
 } client_t;
 
 typedef struct {
@@ -217,6 +226,8 @@ typedef struct {
     char readbuf[256 * 1024];
     char *pad;
     uint32_t rng;
+    SSL_CTX *tls_ctx;               /* wss:// only */
+    char plain[16384];              /* one record's plaintext */
 } child_t;
 
 static child_t g;   /* one per process: the child's loop state */
@@ -254,9 +265,41 @@ static void client_kill(client_t *c, int failed)
     if (!was_settled) {
         g.settled++;
     }
+    if (c->ssl != NULL) {
+        SSL_free(c->ssl);
+        c->ssl = NULL;
+    }
     if (!uv_is_closing((uv_handle_t *)&c->tcp)) {
         uv_close((uv_handle_t *)&c->tcp, client_on_close);
     }
+}
+
+/* Writes what OpenSSL produced to the socket; 0, or -1 when the socket
+ * did not take it all (the client then gives up, as for plain). */
+static int client_tls_flush(client_t *c)
+{
+    char buf[65536];
+    int n;
+    while ((n = BIO_read(c->wbio, buf, sizeof(buf))) > 0) {
+        uv_buf_t b = uv_buf_init(buf, (unsigned)n);
+        if (uv_try_write((uv_stream_t *)&c->tcp, &b, 1) != n) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* Writes bytes as they are (plain) or as TLS records. Returns 0 or -1. */
+static int client_write(client_t *c, const char *data, size_t len)
+{
+    if (c->ssl == NULL) {
+        uv_buf_t b = uv_buf_init((char *)data, (unsigned)len);
+        return uv_try_write((uv_stream_t *)&c->tcp, &b, 1) == (int)len ? 0 : -1;
+    }
+    if (SSL_write(c->ssl, data, (int)len) != (int)len) {
+        return -1;
+    }
+    return client_tls_flush(c);
 }
 
 /* Sends one masked client frame (RFC 6455 requires clients to mask). */
@@ -287,9 +330,7 @@ static void client_send(client_t *c, int opcode, const char *data, size_t len)
     for (size_t i = 0; i < len; i++) {
         f[hlen + i] = (char)(data[i] ^ mk[i & 3]);
     }
-    uv_buf_t b = uv_buf_init(f, (unsigned)(hlen + len));
-    int n = uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
-    if (n != (int)(hlen + len)) {
+    if (client_write(c, f, hlen + len) != 0) {
         /* The server is not reading fast enough for even one frame: the
          * socket buffer is full; this client gives up rather than queue. */
         client_kill(c, 0);
@@ -507,6 +548,62 @@ static void client_on_alloc(uv_handle_t *h, size_t sz, uv_buf_t *b)
     *b = uv_buf_init(g.readbuf, sizeof(g.readbuf));
 }
 
+static void client_upgrade(client_t *c)
+{
+    char req_text[256];
+    snprintf(req_text, sizeof(req_text),
+             "GET /ws?user=load%d HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\n"
+             "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+             "Sec-WebSocket-Version: 13\r\n\r\n", c->idx, g.o->host, g.o->port);
+    if (client_write(c, req_text, strlen(req_text)) != 0) {
+        client_kill(c, 1);
+        return;
+    }
+    c->state = CL_UPGRADING;
+}
+
+/* Ciphertext from the server: the handshake, then records to decrypt. */
+static void client_on_tls(client_t *c, const char *data, size_t len)
+{
+    if (BIO_write(c->rbio, data, (int)len) != (int)len) {
+        client_kill(c, 1);
+        return;
+    }
+    if (c->state == CL_HANDSHAKE) {
+        int rc = SSL_do_handshake(c->ssl);
+        if (client_tls_flush(c) != 0) {
+            client_kill(c, 1);
+            return;
+        }
+        if (rc != 1) {
+            if (SSL_get_error(c->ssl, rc) != SSL_ERROR_WANT_READ) {
+                ERR_clear_error();
+                client_kill(c, 1);
+            }
+            return;
+        }
+        client_upgrade(c);
+    }
+    for (;;) {
+        if (c->state == CL_DEAD) {
+            return;
+        }
+        int n = SSL_read(c->ssl, g.plain, sizeof(g.plain));
+        if (n <= 0) {
+            int e = SSL_get_error(c->ssl, n);
+            ERR_clear_error();
+            if (e != SSL_ERROR_WANT_READ) {
+                if (c->state == CL_JOINED || c->state == CL_OPEN) {
+                    __atomic_fetch_add(&g.st->closed_by_server, 1, __ATOMIC_RELAXED);
+                }
+                client_kill(c, 1);
+            }
+            return;
+        }
+        client_on_data(c, g.plain, (size_t)n);
+    }
+}
+
 static void client_on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
 {
     client_t *c = (client_t *)s;
@@ -517,8 +614,10 @@ static void client_on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
         client_kill(c, 1);
         return;
     }
-    if (n > 0) {
+    if (n > 0 && c->ssl == NULL) {
         client_on_data(c, b->base, (size_t)n);
+    } else if (n > 0) {
+        client_on_tls(c, b->base, (size_t)n);
     }
 }
 
@@ -530,18 +629,31 @@ static void client_on_connect(uv_connect_t *req, int status)
         return;
     }
     uv_tcp_nodelay(&c->tcp, 1);
-    char req_text[256];
-    snprintf(req_text, sizeof(req_text),
-             "GET /ws?user=load%d HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\n"
-             "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-             "Sec-WebSocket-Version: 13\r\n\r\n", c->idx, g.o->host, g.o->port);
-    uv_buf_t b = uv_buf_init(req_text, (unsigned)strlen(req_text));
-    if (uv_try_write((uv_stream_t *)&c->tcp, &b, 1) != (int)b.len ||
-        uv_read_start((uv_stream_t *)&c->tcp, client_on_alloc, client_on_read) != 0) {
+    if (uv_read_start((uv_stream_t *)&c->tcp, client_on_alloc, client_on_read) != 0) {
         client_kill(c, 1);
         return;
     }
-    c->state = CL_UPGRADING;
+    if (!g.o->tls) {
+        client_upgrade(c);
+        return;
+    }
+    c->ssl = SSL_new(g.tls_ctx);
+    c->rbio = BIO_new(BIO_s_mem());
+    c->wbio = BIO_new(BIO_s_mem());
+    if (c->ssl == NULL || c->rbio == NULL || c->wbio == NULL) {
+        BIO_free(c->rbio);
+        BIO_free(c->wbio);
+        client_kill(c, 1);
+        return;
+    }
+    SSL_set_bio(c->ssl, c->rbio, c->wbio);
+    SSL_set_connect_state(c->ssl);
+    c->state = CL_HANDSHAKE;
+    int rc = SSL_do_handshake(c->ssl);     /* the ClientHello */
+    if ((rc != 1 && SSL_get_error(c->ssl, rc) != SSL_ERROR_WANT_READ) || client_tls_flush(c) != 0) {
+        ERR_clear_error();
+        client_kill(c, 1);
+    }
 }
 
 static void client_start(client_t *c)
@@ -685,6 +797,19 @@ static int child_run(const opts_t *o, shared_t *sh, int id)
     g.pad = calloc((size_t)o->size + 1, 1);
     g.clients = calloc((size_t)g.count, sizeof(client_t));
     g.senders = calloc((size_t)g.count + 1, sizeof(int));
+    if (o->tls) {
+        g.tls_ctx = SSL_CTX_new(TLS_client_method());
+        if (g.tls_ctx == NULL) {
+            fprintf(stderr, "chat-load: SSL_CTX_new failed\n");
+            return 1;
+        }
+        /* A load tool measures the server: it trusts whatever certificate
+         * it is shown, and resumes no session, so that every connection
+         * costs the server a full handshake. */
+        SSL_CTX_set_verify(g.tls_ctx, SSL_VERIFY_NONE, NULL);
+        SSL_CTX_set_session_cache_mode(g.tls_ctx, SSL_SESS_CACHE_OFF);
+        SSL_CTX_set_mode(g.tls_ctx, SSL_MODE_RELEASE_BUFFERS);
+    }
     if (g.pad == NULL || g.clients == NULL || g.senders == NULL) {
         fprintf(stderr, "chat-load: out of memory\n");
         return 1;
@@ -767,7 +892,8 @@ static void tree_sample(int pid, tree_t *t)
 static void usage(void)
 {
     printf("usage: chat-load [options]\n"
-           "  --url ws://127.0.0.1:8080/ws   server (loopback only unless --allow-remote)\n"
+           "  --url ws://127.0.0.1:8080/ws   server (loopback only unless --allow-remote;\n"
+           "                                 wss:// for TLS, the certificate unchecked)\n"
            "  --scenario idle|fanout|churn|ramp  (fanout)\n"
            "  --conns N (1000)  --rooms R (10)  --senders S (10)  --rate MSG/S per sender (10)\n"
            "  --size BYTES of padding per message (64)  --duration S (10)  --procs P (auto)\n"
@@ -809,8 +935,10 @@ static int parse_opts(int argc, char **argv, opts_t *o)
         }
         i++;
         if (strcmp(a, "--url") == 0) {
-            if (sscanf(v, "ws://%63[^:/]:%d", o->host, &o->port) < 1) {
-                fprintf(stderr, "chat-load: --url must be ws://HOST:PORT/ws\n");
+            o->tls = strncmp(v, "wss://", 6) == 0;
+            if (sscanf(v + (o->tls ? 6 : 5), "%63[^:/]:%d", o->host, &o->port) < 1 ||
+                (!o->tls && strncmp(v, "ws://", 5) != 0)) {
+                fprintf(stderr, "chat-load: --url must be ws://HOST:PORT/ws or wss://HOST:PORT/ws\n");
                 return -1;
             }
         } else if (strcmp(a, "--scenario") == 0) {

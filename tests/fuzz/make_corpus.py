@@ -3,8 +3,9 @@
 
 The seeds are real traffic: client messages of every type of the protocol
 (/work/shared/protocol.md), HTTP upgrade requests, query strings with HS256
-tokens signed with the fuzz targets' secret "fuzz-secret", and masked client
-WebSocket frames. The output is deterministic (fixed masks, fixed times), so
+tokens signed with the fuzz targets' secret "fuzz-secret", masked client
+WebSocket frames, and TLS client bytes and sessions (fuzz_tls). The output is
+deterministic (fixed masks, fixed times, ClientHellos captured once), so
 running this again rewrites the same files; they are committed.
 
     python3 tests/fuzz/make_corpus.py
@@ -282,11 +283,97 @@ def ws_corpus():
         write("fuzz_ws", name, data)
 
 
+# ---- TLS (fuzz_tls: a mode byte, then raw client bytes or session operations) ----
+
+# ClientHellos captured once from an in-memory client (Python's ssl module
+# over a MemoryBIO, OpenSSL 3.0, ALPN h2 + http/1.1, SNI localhost); kept
+# here as bytes because a new capture differs every time (randoms, key
+# share).
+CLIENT_HELLO_13 = bytes.fromhex(
+    "1603010200010001fc0303eeca277415913d302f4bfff85227113c4a36bc8f0de0e8a4a55e8ea1a9d70bcf20ffb17043"
+    "68ef1a1540d2a56c2c6ced0acbfa16cbefe648137b9783b41ac007a6000813021303130100ff010001ab0000000e000c"
+    "0000096c6f63616c686f7374000b000403000102000a00160014001d0017001e00190018010001010102010301040023"
+    "00000010000e000c02683208687474702f312e310016000000170000000d001e001c040305030603080708080809080a"
+    "080b080408050806040105010601002b0003020304002d00020101003300260024001d00206541857fcb052c7f1a57ce"
+    "2af67348a9bf9264030adda055186cdc2ad2b1ba54001500fc") + bytes(252)    # the padding extension's zeros
+CLIENT_HELLO_12 = bytes.fromhex(
+    "16030100c1010000bd030316857f065b1ca0d5e640274352fe12df36a6122552dc90cc94c573302aae94f400001ec02c"
+    "c030c02bc02fcca9cca8c024c028c023c027009f009e006b006700ff010000760000000e000c0000096c6f63616c686f"
+    "7374000b000403000102000a000c000a001d0017001e00190018002300000010000e000c02683208687474702f312e31"
+    "0016000000170000000d002a0028040305030603080708080809080a080b080408050806040105010601030303010302"
+    "040205020602")
+
+
+def tls_record(ctype, body, version=b"\x03\x01"):
+    return bytes([ctype]) + version + struct.pack(">H", len(body)) + body
+
+
+def tls_op_msg(payload):
+    """fuzz_tls operation 0: the client writes a message of up to 255 bytes."""
+    assert len(payload) < 256
+    return bytes([0, len(payload)]) + payload
+
+
+def tls_corpus():
+    raw = b"\x00"              # mode byte: raw client bytes
+    hs13 = CLIENT_HELLO_13[5:]  # the handshake message without its record header
+    sslv2 = (b"\x01\x03\x03\x00\x09\x00\x00\x00\x10" + b"\x00\xc0\x2f\x00\xc0\x2b\x00\x00\x9c"
+             + bytes(range(16)))
+    raws = {
+        "clienthello-tls13": CLIENT_HELLO_13,
+        "clienthello-tls12": CLIENT_HELLO_12,
+        "clienthello-truncated": CLIENT_HELLO_13[:100],
+        "clienthello-two-records": tls_record(22, hs13[:90]) + tls_record(22, hs13[90:]),
+        "clienthello-then-garbage": CLIENT_HELLO_12 + tls_record(20, b"\x01", b"\x03\x03")
+                                    + tls_record(22, hashlib.sha256(b"finished").digest() * 2, b"\x03\x03"),
+        "clienthello-bad-version": CLIENT_HELLO_12[:9] + b"\x03\x01" + CLIENT_HELLO_12[11:],
+        "sslv2-clienthello": bytes([0x80, len(sslv2)]) + sslv2,
+        "alert-before-hello": tls_record(21, b"\x01\x00"),
+        "http-get": upgrade("/ws?user=alice"),
+        "http-post": "POST /files?room=r HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi",
+        "http-connect": "CONNECT example.com:443 HTTP/1.1\r\nHost: example.com\r\n\r\n",
+        "random": b"".join(hashlib.sha256(b"fuzz_tls %d" % i).digest() for i in range(16)),
+    }
+    for name, data in raws.items():
+        if isinstance(data, str):
+            data = data.encode()
+        write("fuzz_tls", name, raw + data)
+
+    # Sessions: the mode byte's bits, then operations (see fuzz_tls.c).
+    up = upgrade("/ws?user=alice").encode()
+    ping = frame(1, j(MESSAGES["ping"]).encode())
+    chat = (tls_op_msg(up[:100]) + tls_op_msg(up[100:]) + tls_op_msg(ping)
+            + bytes([4, 40]) + tls_op_msg(frame(1, j(MESSAGES["chat"]).encode())))
+    big = bytes([0x80, 130, 0x81, 7, 0x84, 140])        # 16.75 KiB, 1 KiB, a 17.6 KiB reply
+    many = b"".join(bytes([0x80 | (i % 4), 20 + i]) for i in range(12))
+    sessions = {
+        "session-tls13-chat": (0x07, chat + bytes([6])),
+        "session-tls12-chat": (0x05, chat + bytes([7])),
+        "session-tls13-no-alpn": (0x03, tls_op_msg(ping) + bytes([7])),
+        "session-tls12-h2-only": (0x0d, tls_op_msg(ping) + bytes([4, 3])),
+        "session-tls13-h2": (0x0b, tls_op_msg(ping)),
+        "session-tls13-resume": (0x17, chat),
+        "session-tls12-resume": (0x15, chat),
+        "session-big-records": (0x07, big + tls_op_msg(ping) + bytes([7])),
+        "session-keyupdate": (0x07, tls_op_msg(ping) + bytes([5, 0x15]) + tls_op_msg(ping)
+                              + bytes([4, 9, 5]) + tls_op_msg(ping)),
+        "session-renegotiate": (0x05, tls_op_msg(ping) + bytes([5]) + tls_op_msg(ping)),
+        "session-swap": (0x17, tls_op_msg(ping) + bytes([0x87]) + tls_op_msg(ping) + bytes([4, 5])),
+        "session-write-fails": (0x07, tls_op_msg(ping) + bytes([0x74, 20]) + tls_op_msg(ping)),
+        "session-server-shuts-first": (0x07, bytes([6]) + tls_op_msg(ping) + bytes([4, 2, 7])),
+        "session-flip": (0x27, many + bytes([7])),
+        "session-truncate": (0x45, many + bytes([7])),
+        "session-duplicate": (0x67, many + bytes([7])),
+    }
+    for name, (mode, ops) in sessions.items():
+        write("fuzz_tls", name, bytes([mode]) + ops)
+
 def main():
     proto_corpus()
     good = auth_corpus()
     http_corpus(good)
     ws_corpus()
+    tls_corpus()
 
 
 if __name__ == "__main__":

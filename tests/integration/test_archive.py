@@ -510,6 +510,20 @@ async def test_events_on_messages_only_the_archive_holds():
         await b.close()
 
 
+def archived_state(room):
+    """{seq: message} of room's MongoDB documents, shaped as fold_room's."""
+    out = {}
+    for d in MONGO.docs(room):
+        m = {"seq": d["seq"], "sender": d["sender"], "deleted": bool(d["deleted"]),
+             "content": d["content"] if "content" in d["fields"] else "",
+             "attachments": d["attachments"] if "attachments" in d["fields"] else [],
+             "reactions": {r["emoji"]: sorted(r["users"]) for r in (d["reactions"] or [])}}
+        if d["edited"] is not None:
+            m["edited"] = d["edited"]
+        out[d["seq"]] = m
+    return out
+
+
 @atest(120)
 async def test_archive_converges_on_the_live_state():
     """Three writers edit, delete and react concurrently; both workers
@@ -526,22 +540,11 @@ async def test_archive_converges_on_the_live_state():
         await watcher.wait(lambda f: f.get("type") == "chat" and f["payload"]["seq"] == top, what="the end")
         want = fold_room(watcher.frames, room)
 
-        def archived():
-            out = {}
-            for d in MONGO.docs(room):
-                m = {"seq": d["seq"], "sender": d["sender"], "deleted": bool(d["deleted"]),
-                     "content": d["content"] if "content" in d["fields"] else "",
-                     "attachments": d["attachments"] if "attachments" in d["fields"] else [],
-                     "reactions": {r["emoji"]: sorted(r["users"]) for r in (d["reactions"] or [])}}
-                if d["edited"] is not None:
-                    m["edited"] = d["edited"]
-                out[d["seq"]] = m
-            return out
         got = {}
 
         def same():
             nonlocal got
-            got = archived()
+            got = archived_state(room)
             return got == want
         try:
             wait_for(same, 40, interval=0.5, what="the archive to match the live state")
@@ -550,6 +553,45 @@ async def test_archive_converges_on_the_live_state():
             raise AssertionError(f"{len(bad)} documents differ, first (seq, archive, live): {bad[:3]}") from None
         n_ev = len([f for f in watcher.frames if f.get("type") in ("edit", "delete", "reaction")])
         print(f"    archive converge: {len(want)} messages, {n_ev} events, seqs up to {top}")
+    finally:
+        for c in writers + [watcher]:
+            await c.close()
+
+
+@atest(120)
+async def test_archive_converges_while_both_workers_archive():
+    """The same, in bursts a little apart, so that both workers archive
+    batches of the room while events on its messages keep coming: a batch
+    may be written before an earlier one, a message may leave the log
+    while events on it are still on their way to MongoDB, and an event
+    may land between another worker's insert and update. The archive
+    still ends equal to the live state (it once kept an older state of a
+    message for good)."""
+    writers = [await ChatClient.open(SRV.port, f"bw{i}") for i in range(3)]
+    watcher = await ChatClient.open(SRV.port, "bwatch")
+    try:
+        for k in range(5):
+            room = R(f"bursts{k}")
+            for c in writers + [watcher]:
+                await c.join(room)
+            for burst in range(8):
+                await room_event_writers(writers, room, 10, seed=100 * k + burst)
+                await asyncio.sleep(0.3)
+            top = (await watcher.chat(room, "end"))["seq"]
+            await watcher.wait(lambda f: f.get("type") == "chat" and f["payload"].get("room") == room
+                               and f["payload"]["seq"] == top, what="the end")
+            want = fold_room(watcher.frames, room)
+            got = {}
+
+            def same():
+                nonlocal got
+                got = archived_state(room)
+                return got == want
+            try:
+                wait_for(same, 20, interval=0.5, what="the archive to match the live state")
+            except AssertionError:
+                bad = [(s, got.get(s), want.get(s)) for s in sorted(set(got) | set(want)) if got.get(s) != want.get(s)]
+                raise AssertionError(f"{room}: {len(bad)} documents differ, first (seq, archive, live): {bad[:3]}") from None
     finally:
         for c in writers + [watcher]:
             await c.close()

@@ -254,7 +254,12 @@ TEST(file_syntax)
         "pidfile = \"unbalanced\n"
         "member_events = 0\n"
         "\r\n"
-        "shutdown_timeout = 5\r\n");
+        "shutdown_timeout = 5\r\n"
+        "files_dir = /srv/files   # a comment after a value\n"
+        "log_level = \"warn\" # and after a quoted one\n"
+        "ice_servers = [{\"urls\": \"stun:a#b\"}]\n"
+        "tls_cert = /etc/a#b.pem\n"
+        "tls_key = /etc/k.pem\n");
     REQUIRE(path != NULL);
     config_t *cfg = malloc(sizeof(*cfg));
     char err[512];
@@ -273,6 +278,10 @@ TEST(file_syntax)
         CHECK_STR_EQ(cfg->pidfile, "\"unbalanced");
         CHECK_EQ_INT(cfg->member_events, 0);
         CHECK_EQ_INT(cfg->shutdown_timeout, 5);
+        CHECK_STR_EQ(cfg->files_dir, "/srv/files");
+        CHECK_STR_EQ(cfg->log_level, "warn");
+        CHECK_STR_EQ(cfg->tls_cert, "/etc/a#b.pem");
+        CHECK_STR_EQ(cfg->ice_servers, "[{\"urls\": \"stun:a#b\"}]");
     }
     drop_config(path);
     free(cfg);
@@ -305,7 +314,8 @@ TEST(file_errors_name_the_line)
     EXPECT_FILE_ERROR("heartbeat = 10\nport = 99999\n", ":2:");
     EXPECT_FILE_ERROR("\n\n\n\njust words\n", ":5: expected 'key = value'");
     EXPECT_FILE_ERROR("config = /etc/other.conf\n", ":1: unknown key 'config'");
-    EXPECT_FILE_ERROR("port = 9000 # inline comments are not comments\n", ":1:");
+    /* A comment needs a space before its '#' (values may hold '#'). */
+    EXPECT_FILE_ERROR("port = 9000#not a comment\n", ":1:");
     EXPECT_FILE_ERROR("= 5\n", ":1: unknown key ''");
 }
 

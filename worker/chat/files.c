@@ -485,7 +485,10 @@ static void files_on_read(void *arg, ssize_t n, const char *data)
  * closes once the last byte is written. */
 static void files_send_more(files_xfer_t *x)
 {
-    if (x->gone || x->reading) {
+    /* Writable may come before the file is open (the conn was flushed for
+     * other output, a TLS session ticket say): nothing to send yet, and
+     * pos == end == 0 must not read as "all sent". */
+    if (x->gone || x->reading || x->f == NULL) {
         return;
     }
     if (x->pos >= x->end) {

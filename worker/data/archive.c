@@ -324,9 +324,13 @@ static int archive_doc(const entry_t *e, bson_t *doc, bson_oid_t *oid)
  * only over an older state: the filter wants the document's v (the seq of
  * the event it holds) below this one's. Entries of one room may be written
  * out of order (two workers, a retried batch), and this keeps the newest
- * state whatever the order, a delete included. When no document matched
- * (none yet, or a newer one) the insert adds it, or fails on the key,
- * which counts as done. Returns the number of operations queued.
+ * state whatever the order, a delete included. The insert goes first and
+ * adds the document when there is none yet, or fails on the key, which
+ * counts as done; the update then finds the document whatever the insert
+ * met. The other way round, another worker's insert (of the chat itself,
+ * say) landing between an update that found nothing and this insert left
+ * the document without this state for good. Returns the number of
+ * operations queued.
  */
 static int archive_queue_state(mongoc_bulk_operation_t *bulk, const entry_t *e, bson_t *doc,
                                const bson_oid_t *oid)
@@ -354,10 +358,10 @@ static int archive_queue_state(mongoc_bulk_operation_t *bulk, const entry_t *e, 
         BSON_APPEND_DOCUMENT(upd, "$unset", unset);
         bson_destroy(unset);
     }
-    if (mongoc_bulk_operation_update_one_with_opts(bulk, sel, upd, NULL, &err)) {
+    if (mongoc_bulk_operation_insert_with_opts(bulk, doc, NULL, &err)) {
         queued++;
     }
-    if (mongoc_bulk_operation_insert_with_opts(bulk, doc, NULL, &err)) {
+    if (mongoc_bulk_operation_update_one_with_opts(bulk, sel, upd, NULL, &err)) {
         queued++;
     }
     bson_destroy(upd);
@@ -1000,15 +1004,21 @@ static void job_free(job_t *j)
 
 static void archive_pump(archive_t *a);
 
+/* The queue of slot (in a cluster) or the one queue, in buf. */
+static const char *archive_queue_of(const archive_t *a, unsigned slot, char *buf, size_t len)
+{
+    if (!a->cluster) {
+        return ARCHIVE_STREAM;
+    }
+    store_slot_queue(slot, buf, len);
+    return buf;
+}
+
 /* XACK then XDEL the written entries of one queue (entries [from, to)). */
 static void archive_ack(archive_t *a, job_t *j, size_t from, size_t to)
 {
     char qbuf[64];
-    const char *queue = ARCHIVE_STREAM;
-    if (a->cluster) {
-        store_slot_queue(j->entries[from].slot, qbuf, sizeof(qbuf));
-        queue = qbuf;
-    }
+    const char *queue = archive_queue_of(a, j->entries[from].slot, qbuf, sizeof(qbuf));
     size_t argc = 3 + (to - from);
     const char **argv = calloc(argc, sizeof(*argv));
     size_t *lens = calloc(argc, sizeof(*lens));
@@ -1035,28 +1045,38 @@ static void archive_ack(archive_t *a, job_t *j, size_t from, size_t to)
     free(lens);
 }
 
-/* Acknowledges the written entries, queue by queue (a batch holds runs of
- * entries from one queue each), and advances each room's cursor. */
+/* Advances the archived cursors of the rooms of entries [from, to) of one
+ * queue. Sent after their XACK on the same link (the queue's node), so
+ * Redis no longer counts them as pending. */
+static void archive_advance(archive_t *a, job_t *j, size_t from, size_t to)
+{
+    char qbuf[64];
+    const char *queue = archive_queue_of(a, j->entries[from].slot, qbuf, sizeof(qbuf));
+    /* A cursor not raised (no memory, Redis away) is raised by the room's
+     * next batch; until then the log only keeps a little more. */
+    store_archived_t *e = calloc(to - from, sizeof(*e));
+    if (e == NULL) {
+        return;
+    }
+    for (size_t i = from; i < to; i++) {
+        e[i - from] = (store_archived_t){ j->entries[i].room, j->entries[i].id, j->entries[i].seq };
+    }
+    (void)store_set_archived(a->bus, queue, e, to - from);
+    free(e);
+}
+
+/* Acknowledges the written entries and advances their rooms' cursors,
+ * queue by queue (a batch holds runs of entries from one queue each). */
 static void archive_commit(archive_t *a, job_t *j)
 {
-    bus_t *b = a->bus;
     for (size_t i = 0; i < j->n;) {
         size_t k = i + 1;
         while (k < j->n && j->entries[k].slot == j->entries[i].slot) {
             k++;
         }
         archive_ack(a, j, i, k);
+        archive_advance(a, j, i, k);
         i = k;
-    }
-    /* Entries of one room arrive in seq order; the last one is the highest. */
-    for (size_t i = 0; i < j->n; i++) {
-        int last_of_room = j->entries[i].room[0] != '\0';
-        for (size_t k = i + 1; k < j->n && last_of_room; k++) {
-            last_of_room = strcmp(j->entries[k].room, j->entries[i].room) != 0;
-        }
-        if (last_of_room) {
-            store_set_archived(b, j->entries[i].room, j->entries[i].seq);
-        }
     }
 }
 
@@ -1374,8 +1394,13 @@ static void archive_pump_cluster(archive_t *a)
     a->gather_pending = 1;      /* held while the reads are sent */
     a->busy = 1;
     int picked = 0;
+    /* Steps count from where the scan starts, not from hot_cursor, which
+     * follows the picks: counted from it, the scan came round to a slot it
+     * had already picked and read it twice, so every entry was written
+     * twice (the second read of pending entries returns the first's). */
+    unsigned start = a->hot_cursor;
     for (unsigned step = 0; step < HASHSLOT_COUNT && picked < ARCHIVE_SLOTS_PER_READ; step++) {
-        unsigned slot = (a->hot_cursor + step) % HASHSLOT_COUNT;
+        unsigned slot = (start + step) % HASHSLOT_COUNT;
         if (!archive_is_hot(a, slot)) {
             continue;
         }

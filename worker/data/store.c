@@ -223,7 +223,11 @@ static const char store_read_lua[] =
  * An edit's tail may hold the byte 1 as its attachments: the message's
  * current ones go there (an edit that names none keeps them).
  * ARGV[17] and ARGV[18], when not empty, are the target's payload and
- * state as the archive has them, for a target older than the log.
+ * state as the archive has them, for a target older than the log. The
+ * archive's state is taken only when Redis keeps none: a state record is
+ * dropped only once MongoDB holds all its events, so one still here is
+ * the newer (a message leaves the log once MongoDB has it, while events
+ * on it may still be on their way there).
  * Answers {seq, ts, duplicate} as the send script does, or {-2} when the
  * target is not a message of the room (or is deleted), {-3} when the user
  * may not do this to it, {-4} when it has 20 distinct emoji already, {-5}
@@ -259,14 +263,14 @@ static const char store_event_lua[] =
     "if #found > 0 then\n"
     "  if found[1][2][3] == 't' then return {-2, 0, 0} end\n"
     "  orig, inlog = found[1][2][2], true\n"
-    "elseif st and st.o then\n"
+    "elseif st and type(st.o) == 'string' then\n"
     "  orig = st.o\n"
     "else\n"
     "  local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)[1]\n"
     "  local below = not first or target < tonumber(string.match(first[1], '^(%d+)'))\n"
     "  if not below or ARGV[7] ~= '1' then return {-2, 0, 0} end\n"
     "  if ARGV[17] == '' then return {-5, 0, 0} end\n"
-    "  orig, st = ARGV[17], cjson.decode(ARGV[18])\n"
+    "  orig, st = ARGV[17], st or cjson.decode(ARGV[18])\n"
     "  st.o = orig\n"
     "end\n"
     "st = st or {}\n"
@@ -1170,19 +1174,108 @@ int store_seed_seq(bus_t *b, const char *room, int64_t seq, store_cb_t *cb, void
     return store_call(b, cb, arg, 4, argv, lens);
 }
 
-void store_set_archived(bus_t *b, const char *room, int64_t seq)
+/*
+ * The archived cursor says MongoDB holds every entry of the room up to it:
+ * below it the log is trimmed and message states are dropped, and an event
+ * on such a message starts from MongoDB's copy. Several workers archive one
+ * queue, each a batch of its own, and a later batch can be written before
+ * an earlier one; raising the cursor to the later batch's seq would let an
+ * event read a copy still missing the earlier batch's changes, and
+ * MongoDB would keep that wrong state for good. So a cursor passes only
+ * entries older than every entry still pending in the group (the floor):
+ * everything below the floor is written, and the rest, delivered after
+ * it, is newer. A room held back waits for its next batch, keeping a few
+ * more entries in Redis meanwhile.
+ * KEYS: the queue, then the cursors. ARGV: the group, then per entry its
+ * cursor's index in KEYS, its queue id and its seq.
+ */
+static const char store_archived_lua[] =
+    "local ok, p = pcall(redis.call, 'XPENDING', KEYS[1], ARGV[1])\n"
+    "if not ok then return 0 end\n"
+    "local fms, fsq\n"
+    "if p[1] > 0 then fms, fsq = string.match(p[2], '^(%d+)-(%d+)$') end\n"
+    "fms, fsq = tonumber(fms), tonumber(fsq)\n"
+    "local top = {}\n"
+    "for i = 2, #ARGV - 2, 3 do\n"
+    "  local k, s = tonumber(ARGV[i]), tonumber(ARGV[i + 2])\n"
+    "  local ms, sq = string.match(ARGV[i + 1], '^(%d+)-(%d+)$')\n"
+    "  ms, sq = tonumber(ms), tonumber(sq)\n"
+    "  local below = not fms or ms < fms or (ms == fms and sq < fsq)\n"
+    "  if below and s > (top[k] or 0) then top[k] = s end\n"
+    "end\n"
+    "for k, s in pairs(top) do\n"
+    "  if tonumber(redis.call('GET', KEYS[k]) or '0') < s then redis.call('SET', KEYS[k], s) end\n"
+    "end\n"
+    "return 0\n";
+
+int store_set_archived(bus_t *b, const char *queue, const store_archived_t *e, size_t n)
 {
-    char karch[160], v[24];
-    store_key(karch, sizeof(karch), room, "archived");
-    snprintf(v, sizeof(v), "%" PRId64, seq);
-    const char *argv[] = { "EVAL",
-        "if tonumber(redis.call('GET', KEYS[1]) or '0') < tonumber(ARGV[1]) then "
-        "redis.call('SET', KEYS[1], ARGV[1]) end", "1", karch, v };
-    size_t lens[5];
-    for (int i = 0; i < 5; i++) {
+    /* EVAL, script, numkeys, queue, a cursor per room, group, 3 per entry. */
+    size_t cap = 5 + n + 3 * n;
+    const char **argv = calloc(cap, sizeof(*argv));
+    size_t *lens = calloc(cap, sizeof(*lens));
+    char (*keys)[160] = calloc(n > 0 ? n : 1, sizeof(*keys));
+    char (*nums)[2][24] = calloc(n > 0 ? n : 1, sizeof(*nums));
+    size_t *kidx = calloc(n > 0 ? n : 1, sizeof(*kidx));
+    int rc = -1;
+    if (argv == NULL || lens == NULL || keys == NULL || nums == NULL || kidx == NULL) {
+        goto done;
+    }
+    /* One cursor key per distinct room; an entry names its own by index. */
+    size_t nkeys = 0, nent = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (e[i].room[0] == '\0') {
+            continue;       /* an unreadable entry: no room to advance */
+        }
+        size_t k = 0;
+        while (k < nkeys && strcmp(e[kidx[k]].room, e[i].room) != 0) {
+            k++;
+        }
+        if (k == nkeys) {
+            kidx[nkeys] = i;
+            store_key(keys[nkeys], sizeof(keys[nkeys]), e[i].room, "archived");
+            nkeys++;
+        }
+        snprintf(nums[nent][0], sizeof(nums[nent][0]), "%zu", k + 2);     /* KEYS[1] is the queue */
+        snprintf(nums[nent][1], sizeof(nums[nent][1]), "%" PRId64, e[i].seq);
+        nent++;
+    }
+    if (nkeys == 0) {
+        rc = 0;
+        goto done;
+    }
+    char numkeys[24];
+    snprintf(numkeys, sizeof(numkeys), "%zu", nkeys + 1);
+    size_t argc = 0;
+    argv[argc++] = "EVAL";
+    argv[argc++] = store_archived_lua;
+    argv[argc++] = numkeys;
+    argv[argc++] = queue;
+    for (size_t k = 0; k < nkeys; k++) {
+        argv[argc++] = keys[k];
+    }
+    argv[argc++] = "archivers";
+    nent = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (e[i].room[0] == '\0') {
+            continue;
+        }
+        argv[argc++] = nums[nent][0];
+        argv[argc++] = e[i].id;
+        argv[argc++] = nums[nent][1];
+        nent++;
+    }
+    for (size_t i = 0; i < argc; i++) {
         lens[i] = strlen(argv[i]);
     }
-    bus_command(b, karch, lens[3], NULL, NULL, 5, argv, lens);
+    rc = store_call_key(b, queue, NULL, NULL, (int)argc, argv, lens);
+done:
+    free(argv);
+    free(lens);
+    free(keys);
+    free(nums);
+    free(kidx);
+    return rc;
 }
 
 int store_presence(bus_t *b, const char *room, store_cb_t *cb, void *arg)

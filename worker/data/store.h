@@ -11,7 +11,8 @@
  *                       are known to hold; readers see nothing above it
  *   chatd:{R}:u         hash user -> how many workers hold a connection of it
  *   chatd:{R}:h:W       the users worker W holds in R
- *   chatd:{R}:archived  the highest seq MongoDB has (with the archive)
+ *   chatd:{R}:archived  a seq up to which MongoDB has every entry of the
+ *                       room (with the archive)
  *   chatd:{R}           the pub/sub channel (sharded in a cluster)
  * the archive queue (store_queue_key), and per worker W: chatd:w:{W} (the
  * rooms it has entries in) and the zset chatd:workers (W -> last
@@ -125,8 +126,22 @@ int store_call_key(bus_t *b, const char *key, store_cb_t *cb, void *arg, int arg
 /* Sets the room's counter to seq unless it exists (SET NX). */
 int store_seed_seq(bus_t *b, const char *room, int64_t seq, store_cb_t *cb, void *arg);
 
-/* Raises the room's archived cursor to seq (never lowers it). */
-void store_set_archived(bus_t *b, const char *room, int64_t seq);
+/* An entry of an archive queue that MongoDB now holds. */
+typedef struct {
+    const char *room;
+    const char *id;             /* its queue entry id */
+    int64_t seq;
+} store_archived_t;
+
+/*
+ * Raises the archived cursors of the rooms of e[0..n), entries of queue
+ * that were written to MongoDB and whose XACK was sent just before on the
+ * same link. A cursor passes only entries older than every one still
+ * pending in the queue's group (see store_archived_lua), and is never
+ * lowered. Returns 0 when sent (or nothing to send), -1 when Redis is
+ * unavailable or memory ran out.
+ */
+int store_set_archived(bus_t *b, const char *queue, const store_archived_t *e, size_t n);
 
 /* The room's last seq, shaped as GET's reply (nil for a new room); with
  * --ack-replicas the last durable one. */

@@ -33,12 +33,11 @@ struct tls_conn_s {
 void tls_error(char *buf, size_t len)
 {
     unsigned long e = ERR_peek_last_error();
-    if (len == 0) {
-        return;
-    }
-    buf[0] = '\0';
-    if (e != 0) {
-        ERR_error_string_n(e, buf, len);
+    if (len > 0) {
+        buf[0] = '\0';
+        if (e != 0) {
+            ERR_error_string_n(e, buf, len);
+        }
     }
     ERR_clear_error();
 }
@@ -116,7 +115,9 @@ static int tls_ctx_use(SSL_CTX *ctx, const tls_pem_t *pem, char *err, size_t err
     }
     /* What follows the leaf is its chain, in order. */
     X509 *ca;
+    int nchain = 0;
     while ((ca = PEM_read_bio_X509(b, NULL, tls_no_passphrase, NULL)) != NULL) {
+        nchain++;
         if (SSL_CTX_add0_chain_cert(ctx, ca) != 1) {
             X509_free(ca);
             tls_error(why, sizeof(why));
@@ -125,7 +126,15 @@ static int tls_ctx_use(SSL_CTX *ctx, const tls_pem_t *pem, char *err, size_t err
             return -1;
         }
     }
-    /* The loop ends on "no start line": the end of the file, not an error. */
+    /* The loop ends on "no start line" at the end of the file; anything
+     * else is a damaged certificate in the chain. */
+    unsigned long e = ERR_peek_last_error();
+    if (!(ERR_GET_LIB(e) == ERR_LIB_PEM && ERR_GET_REASON(e) == PEM_R_NO_START_LINE)) {
+        tls_error(why, sizeof(why));
+        snprintf(err, errlen, "chain certificate %d does not parse (%s)", nchain + 1, why);
+        BIO_free(b);
+        return -1;
+    }
     ERR_clear_error();
     BIO_free(b);
 
@@ -175,7 +184,6 @@ static SSL_CTX *tls_ctx_new(const tls_pem_t *pem, char *err, size_t errlen)
         ERR_clear_error();
         return NULL;
     }
-    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
     /* Client-started renegotiation costs the server a handshake each time
      * for nothing; compression leaks plaintext (CRIME). */
     SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION | SSL_OP_CIPHER_SERVER_PREFERENCE);
@@ -184,8 +192,13 @@ static SSL_CTX *tls_ctx_new(const tls_pem_t *pem, char *err, size_t errlen)
     /* Resumption by stateless tickets only: a server-side session cache
      * would grow with every client and be lost on each reload anyway. */
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
-    SSL_CTX_set_num_tickets(ctx, 1);
     SSL_CTX_set_alpn_select_cb(ctx, tls_alpn, NULL);
+    if (SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION) != 1 || SSL_CTX_set_num_tickets(ctx, 1) != 1) {
+        snprintf(err, errlen, "OpenSSL refused the protocol settings");
+        ERR_clear_error();
+        SSL_CTX_free(ctx);
+        return NULL;
+    }
     if (tls_ctx_use(ctx, pem, err, errlen) != 0) {
         SSL_CTX_free(ctx);
         return NULL;
@@ -357,8 +370,9 @@ void tls_conn_free(tls_conn_t *tc)
 void tls_conn_input(tls_conn_t *tc, const uint8_t *data, size_t len)
 {
     if (tc->kept.len > 0) {
-        /* Older bytes wait: the new ones go behind them. On failure the
-         * next read sees a truncated stream and fails the connection. */
+        /* Older bytes wait: the new ones go behind them. Out of memory,
+         * both are dropped: the gap in the stream makes a later record
+         * fail to decrypt, which ends the connection. */
         if (buf_append(&tc->kept, data, len) != 0) {
             tc->in_len = 0;
             buf_free(&tc->kept);
