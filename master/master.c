@@ -400,6 +400,14 @@ static void master_notify(const char *state)
     }
 }
 
+/* Ticket keys live as long as the master: workers old and new, and the
+ * ones that swap certificates in place, keep resuming each other's. */
+static void master_keep_tickets(const master_t *m, tls_pem_t *next)
+{
+    memcpy(next->tickets, m->pem.tickets, sizeof(next->tickets));
+    next->has_tickets = m->pem.has_tickets;
+}
+
 static void master_reload(master_t *m)
 {
     config_t next;
@@ -435,6 +443,7 @@ static void master_reload(master_t *m)
         /* Only the certificate files changed (a renewal): every worker
          * swaps it in place, so no connection is dropped for it. */
         if (pem_changed) {
+            master_keep_tickets(m, &pem);
             tls_pem_free(&m->pem);
             m->pem = pem;
             master_notify("RELOADING=1");
@@ -449,6 +458,7 @@ static void master_reload(master_t *m)
         return;
     }
     if (pem_changed) {
+        master_keep_tickets(m, &pem);
         tls_pem_free(&m->pem);
         m->pem = pem;
     } else {

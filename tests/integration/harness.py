@@ -2100,6 +2100,26 @@ def http_get(port, path="/", headers=None, timeout=5.0):
 # JWT (HS256) for tests
 
 
+def log_events(text, event, pid=None):
+    """Log lines of text with event=event (and pid=pid)."""
+    return [line for line in text.splitlines()
+            if re.search(rf"\bevent={re.escape(event)}(\s|$)", line)
+            and (pid is None or re.search(rf"\bpid={pid}\b", line))]
+
+
+def metrics(port):
+    """/metrics of the server on port as {name or name{labels}: float}."""
+    r = http_get(port, "/metrics", timeout=5.0)
+    assert r.status == 200, f"/metrics answered {r!r}"
+    out = {}
+    for line in r.body.decode().splitlines():
+        if not line or line.startswith("#"):
+            continue
+        name, _, value = line.rpartition(" ")
+        out[name] = float(value)
+    return out
+
+
 def b64url(data):
     if isinstance(data, str):
         data = data.encode()

@@ -24,7 +24,7 @@ import threading
 import time
 
 import harness
-from harness import (Chatd, RawWS, children_of, http_get, make_redis, pid_alive,
+from harness import (log_events, metrics, Chatd, RawWS, children_of, http_get, make_redis, pid_alive,
                      proc_starttime, timeout, wait_for)
 from chatclient import (clients_on_distinct_workers, close_all, connect, itest,
                         track, worker_of_async)
@@ -129,31 +129,8 @@ def log_size(srv):
         return 0
 
 
-def log_events(text, event, pid=None):
-    """Log lines of text with event=event (and pid=pid)."""
-    out = []
-    for line in text.splitlines():
-        if re.search(rf"\bevent={re.escape(event)}(\s|$)", line) and \
-                (pid is None or re.search(rf"\bpid={pid}\b", line)):
-            out.append(line)
-    return out
-
-
 def pids_in_log(text):
     return {int(m.group(1)) for m in re.finditer(r" pid=(\d+) event=", text)}
-
-
-def metrics(port):
-    """/metrics as {name or name{labels}: float}."""
-    r = http_get(port, "/metrics", timeout=5.0)
-    assert r.status == 200, f"/metrics answered {r!r}"
-    out = {}
-    for line in r.body.decode().splitlines():
-        if not line or line.startswith("#"):
-            continue
-        name, _, value = line.rpartition(" ")
-        out[name] = float(value)
-    return out
 
 
 def worker_gauges(m):

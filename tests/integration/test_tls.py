@@ -25,7 +25,6 @@ import hashlib
 import json
 import os
 import random
-import re
 import shutil
 import signal
 import socket
@@ -36,9 +35,9 @@ import urllib.parse
 import warnings
 
 import harness
-from harness import (Chatd, cert_der, fingerprint, http_get, https_request, make_cert,
+from harness import (log_events, metrics, Chatd, cert_der, fingerprint, http_get, https_request, make_cert,
                      make_redis, peer_cert_der, timeout, tls_connect, tls_context, wait_for)
-from chatclient import ChatClient, clients_on_distinct_workers, close_all, itest, track
+from chatclient import ChatClient, clients_on_distinct_workers, close_all, itest, track, worker_of
 
 REDIS = None
 SRV = None          # TLS on SRV.tls_port beside plain on SRV.port, 2 workers
@@ -89,25 +88,6 @@ async def wss(srv, user, context=None, **kw):
 
 async def ws_plain(srv, user):
     return track(await ChatClient.open(srv.port, user, tls=False))
-
-
-def metrics(port):
-    """/metrics over the plain port as {name or name{labels}: float}."""
-    r = http_get(port, "/metrics", timeout=5.0)
-    assert r.status == 200, f"/metrics answered {r!r}"
-    out = {}
-    for line in r.body.decode().splitlines():
-        if not line or line.startswith("#"):
-            continue
-        name, _, value = line.rpartition(" ")
-        out[name] = float(value)
-    return out
-
-
-def log_events(text, event, pid=None):
-    return [line for line in text.splitlines()
-            if re.search(rf"\bevent={re.escape(event)}(\s|$)", line)
-            and (pid is None or re.search(rf"\bpid={pid}\b", line))]
 
 
 def tail(text, n=25):
@@ -360,6 +340,55 @@ def test_versions_and_alpn():
 
 # --------------------------------------------------------------------------
 # 4. what is not TLS on the TLS port
+
+
+def healthz_over(sock):
+    """GET /healthz on an open TLS socket; returns the status line."""
+    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    got = b""
+    while True:
+        try:
+            d = sock.recv(65536)
+        except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+            break
+        if not d:
+            break
+        got += d
+    return got.split(b"\r\n", 1)[0]
+
+
+@timeout(40)
+def test_session_resumes_on_every_worker():
+    """A ticket issued by one worker resumes on the others: the master makes
+    the ticket keys and every worker inherits them (the kernel spreads one
+    client's connections over the workers, so per-worker keys would make
+    most resumptions full handshakes)."""
+    for version in (ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2):
+        c = SRV.client_context(minimum=version, maximum=version)
+        first = c.wrap_socket(socket.create_connection(("127.0.0.1", SRV.tls_port), timeout=5),
+                              server_hostname="127.0.0.1")
+        assert healthz_over(first).startswith(b"HTTP/1.1 200"), version
+        session = first.session
+        first.close()
+        assert session is not None and session.has_ticket, f"{version.name}: no ticket issued"
+        workers, refused = set(), []
+        for i in range(40):
+            s = c.wrap_socket(socket.create_connection(("127.0.0.1", SRV.tls_port), timeout=5),
+                              server_hostname="127.0.0.1", session=session)
+            try:
+                w = worker_of(SRV, s.getsockname()[1])
+                if not s.session_reused:
+                    refused.append(w)
+                workers.add(w)
+                assert healthz_over(s).startswith(b"HTTP/1.1 200")
+            finally:
+                s.close()
+            if len(workers - {None}) >= 2 and i >= 7:
+                break
+        assert not refused, f"{version.name}: the ticket did not resume on workers {refused} " \
+            f"(seen {sorted(w for w in workers if w)})"
+        assert len(workers - {None}) >= 2, f"{version.name}: every connection landed on {workers}"
+        print(f"    {version.name}: resumed on workers {sorted(workers - {None})}")
 
 
 @timeout(30)

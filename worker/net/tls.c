@@ -10,6 +10,7 @@
 
 #include <openssl/err.h>
 #include <openssl/pem.h>
+#include <openssl/rand.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
 
@@ -193,7 +194,9 @@ static SSL_CTX *tls_ctx_new(const tls_pem_t *pem, char *err, size_t errlen)
      * would grow with every client and be lost on each reload anyway. */
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
     SSL_CTX_set_alpn_select_cb(ctx, tls_alpn, NULL);
-    if (SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION) != 1 || SSL_CTX_set_num_tickets(ctx, 1) != 1) {
+    if (SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION) != 1 || SSL_CTX_set_num_tickets(ctx, 1) != 1 ||
+        (pem->has_tickets &&
+         SSL_CTX_set_tlsext_ticket_keys(ctx, (void *)pem->tickets, sizeof(pem->tickets)) != 1)) {
         snprintf(err, errlen, "OpenSSL refused the protocol settings");
         ERR_clear_error();
         SSL_CTX_free(ctx);
@@ -209,6 +212,12 @@ static SSL_CTX *tls_ctx_new(const tls_pem_t *pem, char *err, size_t errlen)
 int tls_pem_load(tls_pem_t *pem, const char *cert_path, const char *key_path, char *err, size_t errlen)
 {
     memset(pem, 0, sizeof(*pem));
+    if (RAND_bytes(pem->tickets, sizeof(pem->tickets)) != 1) {
+        snprintf(err, errlen, "no randomness for the session ticket keys");
+        ERR_clear_error();
+        return -1;
+    }
+    pem->has_tickets = 1;
     if (tls_read_file(&pem->cert, cert_path, "certificate", err, errlen) != 0 ||
         tls_read_file(&pem->key, key_path, "key", err, errlen) != 0) {
         tls_pem_free(pem);
@@ -239,6 +248,8 @@ void tls_pem_free(tls_pem_t *pem)
     if (pem->key.data != NULL) {
         OPENSSL_cleanse(pem->key.data, pem->key.cap);
     }
+    OPENSSL_cleanse(pem->tickets, sizeof(pem->tickets));
+    pem->has_tickets = 0;
     buf_free(&pem->cert);
     buf_free(&pem->key);
 }
@@ -315,6 +326,16 @@ int tls_swap(tls_t *t, const tls_pem_t *pem, char *err, size_t errlen)
 {
     SSL_CTX *ctx = tls_ctx_new(pem, err, errlen);
     if (ctx == NULL) {
+        return -1;
+    }
+    unsigned char keys[TLS_TICKET_KEYS];
+    int kept = SSL_CTX_get_tlsext_ticket_keys(t->ctx, keys, sizeof(keys)) == 1 &&
+               SSL_CTX_set_tlsext_ticket_keys(ctx, keys, sizeof(keys)) == 1;
+    OPENSSL_cleanse(keys, sizeof(keys));
+    if (!kept) {
+        snprintf(err, errlen, "cannot carry the session ticket keys over");
+        ERR_clear_error();
+        SSL_CTX_free(ctx);
         return -1;
     }
     /* Each SSL holds a reference to its context: the old one lives on

@@ -19,18 +19,28 @@
 
 #include "../../common/buf.h"
 
+/* Session ticket keys: a name, an HMAC secret, an AES key. */
+#define TLS_TICKET_KEYS 80
+
 typedef struct tls_pem_s {
     buf_t cert;                 /* PEM: the leaf, then any chain */
     buf_t key;                  /* PEM private key */
+    /* Made by the master and inherited by every worker, so that a ticket
+     * one worker issued resumes on any other (the kernel spreads a
+     * client's connections over the workers); unset, each context makes
+     * its own. */
+    uint8_t tickets[TLS_TICKET_KEYS];
+    int has_tickets;
 } tls_pem_t;
 
 /*
  * Reads both files and checks that the certificate parses and the key is
- * its own. Returns 0, or -1 with a message in err (pem is then empty).
+ * its own; makes fresh ticket keys. Returns 0, or -1 with a message in err
+ * (pem is then empty).
  */
 int tls_pem_load(tls_pem_t *pem, const char *cert_path, const char *key_path, char *err, size_t errlen);
 
-/* Whether a and b hold the same bytes. */
+/* Whether a and b hold the same certificate and key (tickets aside). */
 int tls_pem_equal(const tls_pem_t *a, const tls_pem_t *b);
 
 void tls_pem_free(tls_pem_t *pem);
@@ -41,8 +51,10 @@ typedef struct tls_s tls_t;
 /* Returns a server for pem, or NULL with a message in err. */
 tls_t *tls_new(const tls_pem_t *pem, char *err, size_t errlen);
 
-/* New handshakes use pem from now on; connections made keep theirs.
- * Returns 0, or -1 with a message in err (the old certificate stays). */
+/* New handshakes use pem's certificate from now on; connections made
+ * keep theirs. The ticket keys stay t's, so tickets issued before resume
+ * after. Returns 0, or -1 with a message in err (the old certificate
+ * stays). */
 int tls_swap(tls_t *t, const tls_pem_t *pem, char *err, size_t errlen);
 
 void tls_free(tls_t *t);
