@@ -524,6 +524,22 @@ def archived_state(room):
     return out
 
 
+def wait_archive_matches(room, want, limit, label):
+    """Waits up to limit seconds for the room's archived documents to equal
+    want (fold_room of the live frames); fails naming the first that differ."""
+    got = {}
+
+    def same():
+        nonlocal got
+        got = archived_state(room)
+        return got == want
+    try:
+        wait_for(same, limit, interval=0.5, what="the archive to match the live state")
+    except AssertionError:
+        bad = [(s, got.get(s), want.get(s)) for s in sorted(set(got) | set(want)) if got.get(s) != want.get(s)]
+        raise AssertionError(f"{label}{len(bad)} documents differ, first (seq, archive, live): {bad[:3]}") from None
+
+
 @atest(120)
 async def test_archive_converges_on_the_live_state():
     """Three writers edit, delete and react concurrently; both workers
@@ -540,17 +556,7 @@ async def test_archive_converges_on_the_live_state():
         await watcher.wait(lambda f: f.get("type") == "chat" and f["payload"]["seq"] == top, what="the end")
         want = fold_room(watcher.frames, room)
 
-        got = {}
-
-        def same():
-            nonlocal got
-            got = archived_state(room)
-            return got == want
-        try:
-            wait_for(same, 40, interval=0.5, what="the archive to match the live state")
-        except AssertionError:
-            bad = [(s, got.get(s), want.get(s)) for s in sorted(set(got) | set(want)) if got.get(s) != want.get(s)]
-            raise AssertionError(f"{len(bad)} documents differ, first (seq, archive, live): {bad[:3]}") from None
+        wait_archive_matches(room, want, 40, "")
         n_ev = len([f for f in watcher.frames if f.get("type") in ("edit", "delete", "reaction")])
         print(f"    archive converge: {len(want)} messages, {n_ev} events, seqs up to {top}")
     finally:
@@ -581,17 +587,7 @@ async def test_archive_converges_while_both_workers_archive():
             await watcher.wait(lambda f: f.get("type") == "chat" and f["payload"].get("room") == room
                                and f["payload"]["seq"] == top, what="the end")
             want = fold_room(watcher.frames, room)
-            got = {}
-
-            def same():
-                nonlocal got
-                got = archived_state(room)
-                return got == want
-            try:
-                wait_for(same, 20, interval=0.5, what="the archive to match the live state")
-            except AssertionError:
-                bad = [(s, got.get(s), want.get(s)) for s in sorted(set(got) | set(want)) if got.get(s) != want.get(s)]
-                raise AssertionError(f"{room}: {len(bad)} documents differ, first (seq, archive, live): {bad[:3]}") from None
+            wait_archive_matches(room, want, 20, f"{room}: ")
     finally:
         for c in writers + [watcher]:
             await c.close()
